@@ -1,0 +1,6 @@
+"""AiiDA node types of aiida-alml."""
+
+from .configurations import ConfigurationSet
+from .model import MlipModel, ModelIntegrityError
+
+__all__ = ('ConfigurationSet', 'MlipModel', 'ModelIntegrityError')

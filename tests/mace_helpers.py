@@ -1,0 +1,126 @@
+"""Helpers to label EMT copper data and train tiny MACE models (no AiiDA).
+
+Shared by ``tests/test_committee_inference.py`` and ``benchmarks/committee.py``.
+The models are deliberately tiny so that training one member costs seconds on
+a laptop CPU; they are only meant to exercise the inference code paths.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.io import write
+
+#: Hyper-parameters of the "tiny" test model (trains in a few seconds).
+TINY = {'num_channels': 8, 'max_L': 0, 'r_max': 4.0, 'num_interactions': 2, 'correlation': 2}
+#: A somewhat more realistic (still small) model size for benchmarks.
+SMALL = {'num_channels': 32, 'max_L': 1, 'r_max': 5.0, 'num_interactions': 2, 'correlation': 3}
+
+
+def cu_cell(repeat: tuple[int, int, int] = (1, 1, 1), a: float = 3.6) -> Atoms:
+    """Cubic fcc Cu supercell (4 atoms per repeat unit)."""
+    return bulk('Cu', 'fcc', a=a, cubic=True).repeat(repeat)
+
+
+def make_cu_dataset(n_configs: int = 20, seed: int = 0) -> list[Atoms]:
+    """Rattled/strained 4- and 8-atom Cu cells labelled with EMT.
+
+    Labels go to ``info['REF_energy']`` / ``arrays['REF_forces']`` so that MACE
+    does not pick up calculator results under its default keys.
+    """
+    rng = np.random.default_rng(seed)
+    configs = []
+    for i in range(n_configs):
+        atoms = cu_cell((2, 1, 1) if i % 2 else (1, 1, 1), a=3.6 * (1 + rng.uniform(-0.03, 0.03)))
+        strain = np.eye(3) + rng.uniform(-0.02, 0.02, (3, 3))
+        atoms.set_cell(atoms.cell @ strain, scale_atoms=True)
+        atoms.rattle(stdev=0.05, seed=int(rng.integers(1 << 30)))
+        atoms.calc = EMT()
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = None
+        atoms.info['REF_energy'] = energy
+        atoms.arrays['REF_forces'] = forces
+        configs.append(atoms)
+    return configs
+
+
+def _mace_run_train() -> str:
+    """Path of ``mace_run_train`` next to the running interpreter (the venv)."""
+    exe = Path(sys.executable).parent / 'mace_run_train'
+    return str(exe) if exe.exists() else 'mace_run_train'
+
+
+def train_tiny_mace(
+    work_dir: Path,
+    train_file: Path,
+    seed: int,
+    epochs: int = 3,
+    hyper: dict | None = None,
+    name: str = 'cu',
+) -> Path:
+    """Train one MACE member with ``mace_run_train`` and return the model path.
+
+    Re-uses ``work_dir/<name>.model`` if it already exists (cache).
+    """
+    hyper = {**TINY, **(hyper or {})}
+    work_dir = Path(work_dir)
+    model = work_dir / f'{name}.model'
+    if model.exists():
+        return model
+    work_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        _mace_run_train(), '--name', name, '--seed', str(seed),
+        '--train_file', str(train_file), '--valid_fraction', '0.2',
+        '--E0s', '{29: 3.51}', '--model', 'MACE',
+        '--num_channels', str(hyper['num_channels']), '--max_L', str(hyper['max_L']),
+        '--r_max', str(hyper['r_max']), '--num_interactions', str(hyper['num_interactions']),
+        '--correlation', str(hyper['correlation']),
+        '--batch_size', '5', '--max_num_epochs', str(epochs),
+        '--device', 'cpu', '--default_dtype', 'float64',
+        '--energy_key', 'REF_energy', '--forces_key', 'REF_forces',
+        '--work_dir', str(work_dir),
+    ]  # fmt: skip
+    # Keep each trainer single-threaded-ish so two can run side by side.
+    env = {**os.environ, 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1')}
+    proc = subprocess.run(cmd, cwd=work_dir, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0 or not model.exists():
+        raise RuntimeError(f'mace_run_train failed (rc={proc.returncode}):\n{proc.stderr[-3000:]}')
+    # Checkpoints / logs are not needed once the model file exists.
+    for sub in ('checkpoints', 'logs', 'results', 'valid_indices_' + str(seed) + '.txt'):
+        shutil.rmtree(work_dir / sub, ignore_errors=True)
+    return model
+
+
+def train_committee(
+    root: Path,
+    seeds: list[int],
+    epochs: int = 3,
+    hyper: dict | None = None,
+    tag: str = 'tiny',
+) -> list[Path]:
+    """Train (or reuse) one member per seed under ``root/<tag>_s<seed>``.
+
+    Members are trained concurrently (one process per seed) because each
+    training run is dominated by single-threaded Python overhead.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    train_file = root / 'train.xyz'
+    if not train_file.exists():
+        write(train_file, make_cu_dataset(), format='extxyz')
+    dirs = [root / f'{tag}_s{seed}' for seed in seeds]
+    todo = [(d, s) for d, s in zip(dirs, seeds) if not (d / 'cu.model').exists()]
+    if len(todo) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(todo)) as pool:
+            list(pool.map(lambda ds: train_tiny_mace(ds[0], train_file, ds[1], epochs, hyper), todo))
+    return [train_tiny_mace(d, train_file, s, epochs, hyper) for d, s in zip(dirs, seeds)]

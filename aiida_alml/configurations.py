@@ -214,19 +214,17 @@ class Configurations:
         return digest.hexdigest()
 
     def to_npz_bytes(self) -> bytes:
-        """Serialise the arrays (uncompressed npz: positions barely compress and it keeps loading fast)."""
+        """Serialise arrays and metadata (uncompressed npz: positions barely compress and loading stays fast)."""
         buffer = io.BytesIO()
-        np.savez(buffer, **dict(self._named_arrays()))
+        metadata = np.array(json.dumps(self.metadata, sort_keys=True))
+        np.savez(buffer, metadata=metadata, **dict(self._named_arrays()))
         return buffer.getvalue()
 
-    def metadata_json(self) -> str:
-        return json.dumps(self.metadata, sort_keys=True)
-
     @classmethod
-    def from_npz(cls, handle, metadata_json: str | None = None) -> 'Configurations':
+    def from_npz(cls, handle) -> 'Configurations':
         with np.load(handle, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
-        metadata = json.loads(metadata_json) if metadata_json else None
+        metadata = json.loads(str(arrays.pop('metadata'))) if 'metadata' in arrays else None
         return cls(metadata=metadata, **arrays)
 
     # ------------------------------------------------------------------ ASE
@@ -319,6 +317,18 @@ class Configurations:
 
     def to_ase(self) -> list:
         return [self.get_atoms(index) for index in range(len(self))]
+
+    def replace(self, **changes) -> 'Configurations':
+        """A new set with some fields replaced, e.g. ``replace(energy=None, forces=None)`` to drop labels."""
+        fields = {
+            'numbers': self.numbers, 'positions': self.positions, 'n_atoms': self.n_atoms, 'cells': self.cells,
+            'pbc': self.pbc, 'energy': self.energy, 'forces': self.forces, 'stress': self.stress,
+            'metadata': self.metadata,
+        }
+        unknown = set(changes) - set(fields)
+        if unknown:
+            raise TypeError(f'unknown fields {sorted(unknown)}')
+        return Configurations(**{**fields, **changes})
 
     def select(self, indices: Sequence[int]) -> 'Configurations':
         """A new set holding the configurations ``indices`` (in that order)."""

@@ -13,13 +13,12 @@ from aiida_alml.configurations import Configurations, read_extxyz, write_extxyz
 __all__ = ('ConfigurationSet',)
 
 _ARRAYS_FILE = 'configurations.npz'
-_METADATA_FILE = 'metadata.json'
 
 
 class ConfigurationSet(orm.Data):
     """A set of atomic configurations (numbers, positions, cell, pbc) with optional energy/forces/stress labels.
 
-    The arrays live in the node repository as one npz file; the per-configuration metadata as one JSON file.
+    The arrays and the per-configuration metadata (as JSON) live in the node repository as one npz file.
     Attributes kept for querying without loading the arrays: ``num_configurations``, ``elements`` (sorted symbols),
     ``total_atoms``, ``labels`` (names of the labels present) and ``content_hash`` (SHA-256 of the content).
 
@@ -33,9 +32,6 @@ class ConfigurationSet(orm.Data):
         if not isinstance(configurations, Configurations):
             raise TypeError(f'expected aiida_alml.configurations.Configurations, got {type(configurations).__name__}')
         self.base.repository.put_object_from_filelike(io.BytesIO(configurations.to_npz_bytes()), _ARRAYS_FILE)
-        self.base.repository.put_object_from_filelike(
-            io.BytesIO(configurations.metadata_json().encode()), _METADATA_FILE
-        )
         self.base.attributes.set_many(
             {
                 'num_configurations': len(configurations),
@@ -66,8 +62,7 @@ class ConfigurationSet(orm.Data):
         if cached is None:
             with self.base.repository.open(_ARRAYS_FILE, mode='rb') as handle:
                 data = io.BytesIO(handle.read())
-            metadata = self.base.repository.get_object_content(_METADATA_FILE, mode='r')
-            cached = Configurations.from_npz(data, metadata_json=metadata)
+            cached = Configurations.from_npz(data)
             self._configurations = cached
         return cached
 

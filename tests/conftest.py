@@ -157,3 +157,117 @@ def label_code(aiida_code_installed):
         default_calc_job_plugin='alml.ase',
         filepath_executable=str(pathlib.Path(sys.executable).parent / 'alml-label'),
     )
+
+
+# ---------------------------------------------------------------------- MACE training and MD (tests/test_mace_train.py,
+# tests/test_md.py, tests/test_committee_workflow.py). Session-scoped so that the tiny models are trained once.
+TINY_MACE = {
+    'model': 'MACE', 'num_channels': 8, 'max_L': 0, 'r_max': 4.0, 'num_interactions': 2, 'correlation': 2,
+    'batch_size': 5, 'valid_batch_size': 5, 'valid_fraction': 0.2, 'max_num_epochs': 3, 'device': 'cpu',
+    'default_dtype': 'float64',
+}  # fmt: skip
+
+
+@pytest.fixture(scope='session')
+def alml_localhost(aiida_profile, tmp_path_factory):
+    """A local computer that lives for the whole session (aiida's ``aiida_localhost`` is per test)."""
+    from aiida import orm
+
+    computer = orm.Computer(
+        label='alml-localhost',
+        hostname='localhost',
+        transport_type='core.local',
+        scheduler_type='core.direct',
+        workdir=str(tmp_path_factory.mktemp('alml-scratch')),
+    ).store()
+    computer.configure(safe_interval=0.0)
+    computer.set_minimum_job_poll_interval(0.0)
+    computer.set_default_mpiprocs_per_machine(1)
+    return computer
+
+
+def _venv_code(computer, label, executable, plugin):
+    import sys
+
+    from aiida import orm
+
+    return orm.InstalledCode(
+        label=label,
+        computer=computer,
+        filepath_executable=str(pathlib.Path(sys.executable).parent / executable),
+        default_calc_job_plugin=plugin,
+    ).store()
+
+
+@pytest.fixture(scope='session')
+def mace_train_code(alml_localhost):
+    """The venv's ``mace_run_train`` as an InstalledCode (the cluster's module in production)."""
+    return _venv_code(alml_localhost, 'mace_run_train', 'mace_run_train', 'alml.mace.train')
+
+
+@pytest.fixture(scope='session')
+def md_code(alml_localhost):
+    """The venv's ``alml-md`` console script as an InstalledCode."""
+    return _venv_code(alml_localhost, 'alml-md', 'alml-md', 'alml.md')
+
+
+@pytest.fixture(scope='session')
+def cu_training_set(aiida_profile):
+    """20 EMT-labelled Cu cells (4 and 8 atoms) plus one isolated Cu atom tagged as MACE's IsolatedAtom."""
+    from ase import Atoms
+    from ase.calculators.emt import EMT
+    from mace_helpers import make_cu_dataset
+
+    from aiida_alml.data import ConfigurationSet
+
+    images = make_cu_dataset(20, seed=0)
+    atom = Atoms('Cu', positions=[[0.0, 0.0, 0.0]], cell=[12.0, 12.0, 12.0], pbc=False)
+    atom.calc = EMT()
+    atom.info['REF_energy'] = atom.get_potential_energy()
+    atom.arrays['REF_forces'] = atom.get_forces()
+    atom.calc = None
+    atom.info['config_type'] = 'IsolatedAtom'
+    return ConfigurationSet.from_ase(images + [atom]).store()
+
+
+def mace_train_options():
+    """Each mace_run_train single-threaded so that two members train side by side on two cores."""
+    return {'resources': {'num_machines': 1}, 'environment_variables': {'OMP_NUM_THREADS': '1'}, 'withmpi': False}
+
+
+@pytest.fixture(scope='session')
+def trained_committee(mace_train_code, cu_training_set):
+    """Two tiny members (seeds 1, 2; 3 epochs) trained by ``alml.committee``: (workchain node, [MlipModel, ...])."""
+    from aiida import engine, orm
+
+    from aiida_alml.workflows.committee import CommitteeWorkChain
+
+    _, node = engine.run_get_node(
+        CommitteeWorkChain,
+        num_members=orm.Int(2),
+        train={
+            'code': mace_train_code,
+            'training_set': cu_training_set,
+            'parameters': orm.Dict(TINY_MACE),
+            'metadata': {'options': mace_train_options()},
+        },
+    )
+    assert node.is_finished_ok, node.exit_message
+    models = [node.outputs.models[f'member_{i}'] for i in range(2)]
+    return node, models
+
+
+@pytest.fixture
+def tiny_mace_inputs(mace_train_code, cu_training_set):
+    """Inputs of ``alml.mace.train`` for a tiny model; ``parameters`` entries given as keywords override TINY_MACE."""
+    from aiida import orm
+
+    def factory(**parameters):
+        return {
+            'code': mace_train_code,
+            'training_set': cu_training_set,
+            'parameters': orm.Dict({**TINY_MACE, **parameters}),
+            'metadata': {'options': mace_train_options()},
+        }
+
+    return factory

@@ -1,0 +1,139 @@
+"""``aiida-alml demo``: label rattled/strained copper cells with EMT through the daemon and show the result."""
+
+from __future__ import annotations
+
+import time
+
+import click
+import numpy as np
+
+from aiida_alml.cli.options import PROFILE, load_profile
+
+
+def copper_cells(count: int, seed: int) -> list:
+    """Bulk copper cells of 4 to 32 atoms, one with a vacancy, perturbed at random."""
+    from ase.build import bulk
+
+    from aiida_alml.perturb import perturbed_copies
+
+    cubic = bulk('Cu', 'fcc', a=3.61, cubic=True)
+    vacancy = cubic.repeat((2, 2, 1))
+    del vacancy[5]
+    templates = [cubic, cubic.repeat((2, 1, 1)), vacancy, cubic.repeat((2, 2, 2))]
+    return perturbed_copies(templates, count, rattle_std=0.08, max_strain=0.04, seed=seed)
+
+
+def follow(node, timeout: float, interval: float = 1.0) -> None:
+    """Print each change of the process state until it terminates (or ``timeout`` seconds pass)."""
+    start, last = time.monotonic(), None
+    while not node.is_terminated:
+        state = node.process_state.value if node.process_state else 'created'
+        job_state = node.get_scheduler_state() if hasattr(node, 'get_scheduler_state') else None
+        shown = f'{state}' + (f' / scheduler: {job_state.value}' if job_state else '')
+        if shown != last:
+            click.echo(f'  [{time.monotonic() - start:6.1f} s] {node.process_label}<{node.pk}>: {shown}')
+            last = shown
+        if time.monotonic() - start > timeout:
+            raise click.ClickException(
+                f'process {node.pk} did not finish within {timeout:.0f} s; follow it with `verdi process show {node.pk}`'
+            )
+        time.sleep(interval)
+    click.echo(f'  [{time.monotonic() - start:6.1f} s] {node.process_label}<{node.pk}>: {node.process_state.value}')
+
+
+def _summary_table(labelled, report: dict) -> str:
+    conf = labelled.configurations
+    rows = {}
+    for index in range(len(conf)):
+        n = int(conf.n_atoms[index])
+        forces = np.linalg.norm(conf.forces[conf.atom_slice(index)], axis=1)
+        pressure = -conf.stress[index][:3].mean() * 160.21766  # eV/Å^3 -> GPa
+        row = rows.setdefault(n, {'count': 0, 'e': [], 'f': 0.0, 'p': []})
+        row['count'] += 1
+        row['e'].append(conf.energy[index] / n)
+        row['f'] = max(row['f'], float(forces.max()))
+        row['p'].append(pressure)
+    lines = [
+        f'{"atoms":>6} {"cells":>6} {"E/atom min..max (eV)":>24} {"max |F| (eV/Å)":>15} {"P mean (GPa)":>13}',
+    ]
+    for n in sorted(rows):
+        row = rows[n]
+        lines.append(
+            f'{n:>6} {row["count"]:>6} {min(row["e"]):>11.4f}..{max(row["e"]):<11.4f} {row["f"]:>15.3f} '
+            f'{np.mean(row["p"]):>13.2f}'
+        )
+    times = [record['wall_time'] for record in report['configurations']]
+    lines.append(
+        f'{len(conf)} of {report["num_configurations"]} labelled, {report["num_failed"]} failed; '
+        f'{sum(times) * 1000:.1f} ms of calculator time on the compute node'
+    )
+    return '\n'.join(lines)
+
+
+def _check_against_in_process(structures, labelled) -> tuple[float, float]:
+    """Largest deviation of the daemon's labels from EMT evaluated here."""
+    from ase.calculators.emt import EMT
+
+    d_energy = d_forces = 0.0
+    for atoms, reference in zip(structures.to_ase(), labelled.to_ase()):
+        atoms.calc = EMT()
+        d_energy = max(d_energy, abs(atoms.get_potential_energy() - reference.get_potential_energy()))
+        d_forces = max(d_forces, float(np.abs(atoms.get_forces() - reference.get_forces()).max()))
+    return d_energy, d_forces
+
+
+@click.command()
+@PROFILE
+@click.option('--count', default=50, show_default=True, type=click.IntRange(1), help='Number of copper cells.')
+@click.option('--seed', default=1, show_default=True, help='Seed of the random perturbations.')
+@click.option('--wait/--no-wait', default=True, show_default=True, help='Follow the job until it ends.')
+@click.option('--timeout', default=600, show_default=True, help='Seconds to wait for the job before giving up.')
+def demo(profile_name, count, seed, wait, timeout):
+    """Label COUNT rattled/strained copper cells with EMT through the daemon (alml.ase) and summarise them."""
+    load_profile(profile_name)
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+    from aiida.engine import submit
+    from aiida.engine.daemon.client import get_daemon_client
+
+    from aiida_alml.calculations.ase import AseLabelCalculation
+    from aiida_alml.data import ConfigurationSet
+
+    try:
+        code = orm.load_code('alml-label@localhost')
+    except NotExistent:
+        raise click.ClickException('code alml-label@localhost does not exist: run `aiida-alml setup` first')
+    if wait and not get_daemon_client().is_daemon_running:
+        raise click.ClickException('the daemon is not running: start it with `verdi daemon start`')
+
+    images = copper_cells(count, seed)
+    structures = ConfigurationSet.from_ase(images, metadata=[{'demo_seed': seed, 'index': i} for i in range(count)])
+    structures.label = f'demo: {count} perturbed Cu cells'
+    structures.store()
+    click.echo(f'Stored {count} copper cells ({structures.total_atoms} atoms) as ConfigurationSet<{structures.pk}>.')
+
+    builder = AseLabelCalculation.get_builder()
+    builder.code = code
+    builder.structures = structures
+    builder.calculator = orm.Dict({'name': 'emt'})
+    builder.properties = orm.List(['energy', 'forces', 'stress'])
+    builder.metadata.label = 'demo: EMT labels of perturbed Cu'
+    node = submit(builder)
+    click.echo(f'Submitted {node.process_label}<{node.pk}> to the daemon.')
+    if not wait:
+        click.echo(f'Follow it with: verdi process show {node.pk}')
+        return
+    follow(node, timeout)
+    if not node.is_finished_ok:
+        raise click.ClickException(
+            f'{node.process_label}<{node.pk}> ended with exit status {node.exit_status}: {node.exit_message}. '
+            f'See `verdi process report {node.pk}`.'
+        )
+    labelled = node.outputs.labelled
+    click.echo('\n' + _summary_table(labelled, node.outputs.output_parameters.get_dict()))
+    d_energy, d_forces = _check_against_in_process(structures, labelled)
+    click.echo(f'Check against EMT evaluated here: max |dE| = {d_energy:.1e} eV, max |dF| = {d_forces:.1e} eV/Å')
+    click.echo(
+        f'\nLook closer:\n  verdi process show {node.pk}\n  verdi node show {labelled.pk}   '
+        f'# the labelled ConfigurationSet\n  verdi node graph generate {labelled.pk}'
+    )

@@ -1,0 +1,17 @@
+"""Pure-numpy selection of frames to label: uncertainty, trust window, diversity, calibration.
+
+Nothing here touches AiiDA; the workflows wrap these functions in calcfunctions so that every decision is recorded.
+"""
+
+from .calibration import calibration_summary, fit_calibration_factor
+from .descriptors import radial_descriptor
+from .sampling import distance_to_set, farthest_point_sampling
+from .select import REASONS, SelectionResult, select_frames
+from .trust import ACCURATE, CANDIDATE, CLASS_NAMES, FAILED, classify, validate_trust_window
+from .uncertainty import force_sigma, frame_uncertainty
+
+__all__ = (
+    'ACCURATE', 'CANDIDATE', 'CLASS_NAMES', 'FAILED', 'REASONS', 'SelectionResult', 'calibration_summary',
+    'classify', 'distance_to_set', 'farthest_point_sampling', 'fit_calibration_factor', 'force_sigma',
+    'frame_uncertainty', 'radial_descriptor', 'select_frames', 'validate_trust_window',
+)

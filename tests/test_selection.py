@@ -1,0 +1,128 @@
+"""Selection building blocks (pure numpy, no AiiDA profile needed)."""
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from aiida_alml.selection import (
+    ACCURATE, CANDIDATE, FAILED, calibration_summary, classify, distance_to_set, farthest_point_sampling,
+    fit_calibration_factor, force_sigma, frame_uncertainty, radial_descriptor, select_frames,
+)
+
+
+def test_force_sigma_matches_definition():
+    rng = np.random.default_rng(0)
+    forces = rng.normal(size=(4, 7, 3))  # members, atoms, xyz
+    expected = np.array([
+        np.sqrt(sum(np.mean((forces[:, atom, c] - forces[:, atom, c].mean()) ** 2) for c in range(3)))
+        for atom in range(7)
+    ])
+    np.testing.assert_allclose(force_sigma(forces), expected, rtol=1e-12)
+    assert force_sigma(np.stack([forces] * 5)).shape == (5, 7)  # frames batch over the leading axis
+    with pytest.raises(ValueError, match='at least two committee members'):
+        force_sigma(forces[:1])
+
+
+def test_frame_uncertainty_is_max_over_atoms_scaled():
+    sigma = np.array([[0.01, 0.20, 0.02], [0.03, 0.01, 0.04]])
+    np.testing.assert_allclose(frame_uncertainty(sigma, calibration=2.0), [0.40, 0.08])
+    with pytest.raises(ValueError, match='calibration factor must be positive'):
+        frame_uncertainty(sigma, calibration=0.0)
+
+
+def test_classify_and_trust_window_errors():
+    classes = classify([0.01, 0.05, 0.1, 0.15, 0.2, np.nan], 0.05, 0.15)
+    assert classes.tolist() == [ACCURATE, CANDIDATE, CANDIDATE, CANDIDATE, FAILED, FAILED]
+    with pytest.raises(ValueError, match=r'trust_lo \(0.2\) must be smaller than trust_hi \(0.1\)'):
+        classify([0.1], 0.2, 0.1)
+    with pytest.raises(ValueError, match='trust_lo must be positive'):
+        classify([0.1], 0.0, 0.1)
+
+
+def test_farthest_point_sampling_spreads_out():
+    # two tight clusters and one outlier: three picks must hit all three groups
+    rng = np.random.default_rng(1)
+    points = np.concatenate([rng.normal(0, 0.01, (20, 2)), rng.normal(5, 0.01, (20, 2)), [[0.0, 10.0]]])
+    picks = farthest_point_sampling(points, 3)
+    groups = {0 if i < 20 else 1 if i < 40 else 2 for i in picks}
+    assert groups == {0, 1, 2} and len(set(picks)) == 3
+    # with existing data near cluster 0, the first pick is the point farthest from it
+    first = farthest_point_sampling(points, 1, existing=np.zeros((1, 2)))[0]
+    assert first == 40
+    assert farthest_point_sampling(points, 100) and len(farthest_point_sampling(points, 100)) == len(points)
+
+
+def test_distance_to_set():
+    d = distance_to_set(np.array([[0.0, 0.0], [3.0, 4.0]]), np.array([[0.0, 0.0], [3.0, 0.0]]))
+    np.testing.assert_allclose(d, [0.0, 4.0])
+    assert np.isinf(distance_to_set(np.zeros((2, 2)), None)).all()
+
+
+def test_descriptor_is_invariant_and_discriminating():
+    atoms = bulk('Cu', 'fcc', a=3.6, cubic=True).repeat(2)
+    base = radial_descriptor(atoms, [29])
+    shuffled = atoms[np.random.default_rng(0).permutation(len(atoms))]
+    shuffled.rotate(30, 'z', rotate_cell=True)
+    np.testing.assert_allclose(radial_descriptor(shuffled, [29]), base, atol=1e-10)
+    np.testing.assert_allclose(radial_descriptor(atoms.repeat((2, 1, 1)), [29]), base, atol=1e-10)
+    compressed = atoms.copy()
+    compressed.set_cell(atoms.cell * 0.95, scale_atoms=True)
+    assert np.linalg.norm(radial_descriptor(compressed, [29]) - base) > 0.1 * np.linalg.norm(base)
+    with pytest.raises(ValueError, match='element 29 is not among'):
+        radial_descriptor(atoms, [13])
+
+
+def test_select_frames_fps_caps_dedups_and_explains():
+    uncertainty = np.array([0.01, 0.08, 0.09, 0.10, 0.11, 0.30, 0.07])
+    descriptors = np.array([[0.0], [1.0], [1.001], [2.0], [3.0], [4.0], [0.0005]])
+    result = select_frames(uncertainty, descriptors, 0.05, 0.15, labels_per_iteration=2,
+                           training_descriptors=np.array([[0.0]]), min_distance=0.01)
+    assert result.counts() == {'accurate': 1, 'candidate': 5, 'failed': 1}
+    assert result.reasons[0] == 'accurate' and result.reasons[5] == 'failed'
+    assert result.reasons[6] == 'duplicate'  # a near-copy of the training data
+    # farthest from the training data first (3.0), then the point farthest from both (1.001)
+    assert result.order == [4, 2] and result.chosen.sum() == 2
+    assert [result.reasons[i] for i in (1, 3)] == ['capped', 'capped']
+
+
+def test_select_frames_drops_duplicates_among_picks():
+    descriptors = np.array([[0.0], [0.001], [5.0]])
+    result = select_frames(np.full(3, 0.1), descriptors, 0.05, 0.15, labels_per_iteration=3, min_distance=0.01)
+    assert sorted(result.order) in ([0, 2], [1, 2]) and result.reasons.count('duplicate') == 1
+
+
+def test_select_frames_random_baseline_same_count():
+    rng = np.random.default_rng(3)
+    uncertainty = rng.uniform(0, 0.2, 200)
+    descriptors = rng.normal(size=(200, 4))
+    fps = select_frames(uncertainty, descriptors, 0.05, 0.15, 10)
+    random = select_frames(uncertainty, descriptors, 0.05, 0.15, 10, mode='random', seed=1)
+    assert len(fps.order) == len(random.order) == 10
+    assert (random.classes[random.order] == CANDIDATE).all()
+    assert random.order == select_frames(uncertainty, descriptors, 0.05, 0.15, 10, mode='random', seed=1).order
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({'labels_per_iteration': 0}, 'labels_per_iteration must be positive'),
+    ({'mode': 'best'}, "selection mode must be 'fps' or 'random'"),
+    ({'min_distance': -1.0}, 'min_distance must be non-negative'),
+])
+def test_select_frames_bad_input(kwargs, message):
+    arguments = {'labels_per_iteration': 2, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        select_frames(np.full(3, 0.1), np.zeros((3, 1)), 0.05, 0.15, **arguments)
+
+
+def test_calibration_recovers_known_scale():
+    rng = np.random.default_rng(5)
+    sigmas = rng.uniform(0.02, 0.2, 20000)
+    true_scale = 2.5
+    errors = np.linalg.norm(rng.normal(size=(20000, 3)) * (true_scale * sigmas / np.sqrt(3))[:, None], axis=1)
+    factor = fit_calibration_factor(errors, sigmas)
+    assert factor == pytest.approx(true_scale, rel=0.02)
+    summary = calibration_summary(errors, sigmas, factor)
+    assert summary['coverage_1sigma'] == pytest.approx(0.608, abs=0.02) and summary['spearman'] > 0.5
+    with pytest.raises(ValueError, match='differ in shape'):
+        fit_calibration_factor(errors[:3], sigmas[:2])
+    with pytest.raises(ValueError, match='at least one'):
+        fit_calibration_factor([], [])

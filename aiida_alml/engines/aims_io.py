@@ -1,0 +1,216 @@
+"""Writing FHI-aims inputs (``control.in``, ``geometry.in``) and checking control.in keywords.
+
+Pure Python (numpy and the periodic table from ASE only, no AiiDA): the CalcJob, the mock executable used in the
+tests and anyone else can share it. Everything written here is deterministic -- no timestamps, keywords in sorted
+order, fixed float formatting -- so that the same inputs give byte-identical files and AiiDA caching can hit.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+
+__all__ = (
+    'AimsInputError',
+    'format_value',
+    'validate_parameters',
+    'write_control_in',
+    'write_geometry_in',
+    'species_filename',
+    'electron_count',
+)
+
+# A control.in keyword: lower-case word (FHI-aims keywords are case sensitive and all lower case).
+_KEYWORD = re.compile(r'^[a-z][a-z0-9_]*$')
+# One token of a value: anything printable except whitespace and the comment character.
+_TOKEN = re.compile(r'^[^\s#]+$')
+
+#: Keywords this plugin writes itself from other inputs; giving them in ``parameters`` would be ambiguous.
+RESERVED_KEYWORDS = {
+    'species': 'species blocks come from the `species` or `species_dir` input',
+    'compute_forces': 'forces are always computed: they are the labels this plugin exists for',
+}
+
+#: Keywords whose value must be a positive integer.
+POSITIVE_INTEGER_KEYWORDS = ('sc_iter_limit', 'n_max_pulay', 'walltime', 'sc_init_iter')
+
+#: Keywords whose value must be a positive number.
+POSITIVE_NUMBER_KEYWORDS = ('charge_mix_param', 'sc_accuracy_rho', 'sc_accuracy_eev', 'sc_accuracy_etot',
+                            'sc_accuracy_forces', 'sc_accuracy_stress')
+
+
+class AimsInputError(ValueError):
+    """Raised for control.in parameters or structures FHI-aims inputs cannot be written for."""
+
+
+def format_value(keyword: str, value) -> str:
+    """The text after ``keyword`` on its control.in line; refuses values that could break the file's line structure.
+
+    Booleans become Fortran logicals; lists are space-joined tokens. Each token is checked separately: a newline or a
+    ``#`` in a value would let a parameter inject extra keywords or comment out the rest of the line.
+    """
+    if isinstance(value, bool):
+        return '.true.' if value else '.false.'
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise AimsInputError(f'parameters[{keyword!r}]: {value!r} is not a finite number')
+        return repr(value)
+    if isinstance(value, str):
+        tokens = value.split(' ')
+        if value != value.strip() or not value or any(not _TOKEN.match(token) for token in tokens if token):
+            raise AimsInputError(
+                f'parameters[{keyword!r}]: value {value!r} contains a newline, a tab, a `#` or leading/trailing '
+                'blanks; each value must be plain tokens on one line'
+            )
+        return ' '.join(token for token in tokens if token)
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise AimsInputError(f'parameters[{keyword!r}]: an empty list is not a value')
+        if any(isinstance(item, (list, tuple, dict)) for item in value):
+            raise AimsInputError(f'parameters[{keyword!r}]: nested lists are only allowed for repeated keywords')
+        return ' '.join(format_value(keyword, item) for item in value)
+    raise AimsInputError(f'parameters[{keyword!r}]: values of type {type(value).__name__} cannot be written')
+
+
+def _lines_for(keyword: str, value) -> list[str]:
+    # A list of lists is a keyword repeated on several lines, e.g. ``output: [[hirshfeld], [mulliken]]``.
+    if isinstance(value, (list, tuple)) and value and all(isinstance(item, (list, tuple)) for item in value):
+        return [f'{keyword} {format_value(keyword, item)}' for item in value]
+    return [f'{keyword} {format_value(keyword, value)}']
+
+
+def validate_parameters(parameters: Mapping, periodic: bool) -> None:
+    """Raise :class:`AimsInputError` naming the first keyword that is malformed or conflicts with this plugin."""
+    for keyword, value in parameters.items():
+        if not isinstance(keyword, str) or not _KEYWORD.match(keyword):
+            raise AimsInputError(
+                f'parameters: {keyword!r} is not a control.in keyword (lower-case letters, digits and `_` only)'
+            )
+        if keyword in RESERVED_KEYWORDS:
+            raise AimsInputError(f'parameters[{keyword!r}] may not be set: {RESERVED_KEYWORDS[keyword]}')
+        _lines_for(keyword, value)  # raises on malformed values
+    if not periodic and 'compute_analytical_stress' in parameters:
+        raise AimsInputError('parameters[compute_analytical_stress]: stress is only defined for a periodic cell')
+    if periodic and parameters.get('compute_analytical_stress', True) is not True:
+        raise AimsInputError(
+            'parameters[compute_analytical_stress] must stay .true. for a periodic cell: the stress is a label'
+        )
+    if not periodic and 'k_grid' in parameters:
+        raise AimsInputError('parameters[k_grid]: k-points make no sense for a non-periodic structure')
+    for keyword in POSITIVE_INTEGER_KEYWORDS:
+        if keyword in parameters:
+            value = parameters[keyword]
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise AimsInputError(f'parameters[{keyword!r}] must be a positive integer, got {value!r}')
+    for keyword in POSITIVE_NUMBER_KEYWORDS:
+        if keyword in parameters:
+            value = parameters[keyword]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise AimsInputError(f'parameters[{keyword!r}] must be a positive number, got {value!r}')
+    if 'charge' in parameters:
+        charge = parameters['charge']
+        if isinstance(charge, bool) or not isinstance(charge, (int, float)):
+            raise AimsInputError(f'parameters[charge] must be a number, got {charge!r}')
+    spin = parameters.get('spin', 'none')
+    if spin not in ('none', 'collinear'):
+        raise AimsInputError(f"parameters[spin] must be 'none' or 'collinear', got {spin!r}")
+    if 'default_initial_moment' in parameters and spin != 'collinear':
+        raise AimsInputError('parameters[default_initial_moment] needs spin collinear')
+
+
+def electron_count(numbers: Sequence[int], charge: float = 0.0) -> float:
+    """Number of electrons of the neutral atoms minus the total ``charge``."""
+    return float(sum(int(z) for z in numbers)) - float(charge)
+
+
+def species_filename(number: int) -> str:
+    """File name of a species default, e.g. ``29_Cu_default``."""
+    from ase.data import chemical_symbols
+
+    return f'{int(number):02d}_{chemical_symbols[int(number)]}_default'
+
+
+def write_control_in(
+    parameters: Mapping,
+    periodic: bool,
+    k_grid: Sequence[int] | None = None,
+    k_offset: Sequence[float] | None = None,
+    species_blocks: Sequence[str] = (),
+) -> str:
+    """The full control.in text: keywords sorted by name, then forces/stress requests, k-points, species blocks.
+
+    ``species_blocks`` are the species default files' texts, already in the order wanted (the caller sorts by Z).
+    When the species are concatenated on the remote computer instead, leave it empty.
+    """
+    validate_parameters(parameters, periodic)
+    lines = ['# control.in written by aiida-alml (alml.aims); species defaults follow the keywords']
+    for keyword in sorted(parameters):
+        if keyword == 'compute_analytical_stress':
+            continue  # written below with the other label requests
+        lines.extend(_lines_for(keyword, parameters[keyword]))
+    lines.append('compute_forces .true.')
+    if periodic:
+        lines.append('compute_analytical_stress .true.')
+        if k_grid is not None:
+            if 'k_grid' in parameters:
+                raise AimsInputError('parameters[k_grid] conflicts with the `kpoints` input: give only one')
+            lines.append('k_grid ' + ' '.join(str(int(n)) for n in k_grid))
+            if k_offset is not None and any(float(x) != 0.0 for x in k_offset):
+                lines.append('k_offset ' + ' '.join(f'{float(x):.6f}' for x in k_offset))
+        elif 'k_grid' not in parameters:
+            raise AimsInputError('a periodic structure needs k-points: give the `kpoints` input or parameters[k_grid]')
+    text = '\n'.join(lines) + '\n'
+    for block in species_blocks:
+        text += block if block.endswith('\n') else block + '\n'
+    return text
+
+
+def write_geometry_in(
+    symbols: Sequence[str],
+    positions: Sequence[Sequence[float]],
+    cell: Sequence[Sequence[float]] | None,
+    initial_moments: Sequence[float] | None = None,
+) -> str:
+    """geometry.in text, Cartesian coordinates in Å; ``cell`` None for a molecule (FHI-aims is all-or-nothing periodic).
+
+    Twelve decimals keep positions to 1e-12 Å, far below any physical difference, with a fixed width so the same
+    structure always gives the same bytes.
+    """
+    lines = ['# geometry.in written by aiida-alml (alml.aims)']
+    if cell is not None:
+        for vector in cell:
+            lines.append('lattice_vector ' + ' '.join(f'{float(x):.12f}' for x in vector))
+    for index, (symbol, position) in enumerate(zip(symbols, positions)):
+        lines.append('atom ' + ' '.join(f'{float(x):.12f}' for x in position) + f' {symbol}')
+        if initial_moments is not None and initial_moments[index]:
+            lines.append(f'    initial_moment {float(initial_moments[index]):.6f}')
+    return '\n'.join(lines) + '\n'
+
+
+def read_geometry_in(text: str) -> tuple[list[str], list[list[float]], list[list[float]] | None]:
+    """Symbols, Cartesian positions (Å) and lattice vectors (None for a molecule) of a geometry.in text.
+
+    Fractional ``atom_frac`` lines are converted with the lattice vectors; per-atom modifiers are ignored.
+    """
+    import numpy as np
+
+    symbols, positions, fractional, lattice = [], [], [], []
+    for line in text.splitlines():
+        parts = line.split('#', 1)[0].split()
+        if not parts:
+            continue
+        if parts[0] == 'lattice_vector':
+            lattice.append([float(x) for x in parts[1:4]])
+        elif parts[0] in ('atom', 'atom_frac'):
+            symbols.append(parts[4])
+            positions.append([float(x) for x in parts[1:4]])
+            fractional.append(parts[0] == 'atom_frac')
+    if any(fractional):
+        if len(lattice) != 3:
+            raise AimsInputError('geometry.in: atom_frac needs three lattice_vector lines')
+        cell = np.array(lattice)
+        positions = [list(np.dot(p, cell)) if frac else p for p, frac in zip(positions, fractional)]
+    return symbols, positions, lattice or None

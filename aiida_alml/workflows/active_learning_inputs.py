@@ -1,0 +1,135 @@
+"""Input validation of ``alml.active_learning``: every bad input is refused before anything runs."""
+
+from __future__ import annotations
+
+import difflib
+
+__all__ = ('SELECTION_DEFAULTS', 'PERTURBATION_KEYS', 'validate_selection', 'validate_perturbation',
+           'validate_active_learning_inputs')
+
+#: Defaults of the ``selection`` input (trust window in eV/Å after calibration).
+SELECTION_DEFAULTS = {
+    'trust_lo': 0.05,
+    'trust_hi': 0.15,
+    'labels_per_iteration': 20,
+    'min_distance': 0.0,
+    'mode': 'fps',
+    'seed': 0,
+    'descriptor_r_cut': 5.0,
+    'descriptor_bins': 32,
+}
+PERTURBATION_KEYS = ('count', 'rattle_std', 'max_strain', 'seed')
+
+
+def _unknown(given, known, name: str) -> str | None:
+    unknown = sorted(set(given) - set(known))
+    if not unknown:
+        return None
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=2)
+        hints.append(f'{key}' + (f' (did you mean {" or ".join(close)}?)' if close else ''))
+    return f'{name}: unknown keys {", ".join(hints)}; known: {", ".join(known)}'
+
+
+def validate_selection(value, _=None) -> str | None:
+    if value is None:
+        return None
+    settings = value.get_dict()
+    if (message := _unknown(settings, SELECTION_DEFAULTS, 'selection')):
+        return message
+    settings = {**SELECTION_DEFAULTS, **settings}
+    lo, hi = settings['trust_lo'], settings['trust_hi']
+    if not isinstance(lo, (int, float)) or not isinstance(hi, (int, float)) or lo <= 0:
+        return f'selection: trust_lo must be a positive number (eV/Å), got {lo!r}'
+    if lo >= hi:
+        return f'selection: trust_lo ({lo}) must be smaller than trust_hi ({hi})'
+    count = settings['labels_per_iteration']
+    if not isinstance(count, int) or count < 1:
+        return f'selection: labels_per_iteration must be a positive integer, got {count!r}'
+    if settings['mode'] not in ('fps', 'random'):
+        return f"selection: mode must be 'fps' or 'random', got {settings['mode']!r}"
+    if settings['min_distance'] < 0:
+        return f'selection: min_distance must be non-negative, got {settings["min_distance"]}'
+    if settings['descriptor_r_cut'] <= 0 or int(settings['descriptor_bins']) < 2:
+        return 'selection: descriptor_r_cut must be positive and descriptor_bins at least 2'
+    return None
+
+
+def validate_perturbation(value, _=None) -> str | None:
+    if value is None:
+        return None
+    settings = value.get_dict()
+    if (message := _unknown(settings, PERTURBATION_KEYS, 'initial_perturbation')):
+        return message
+    if not isinstance(settings.get('count'), int) or settings['count'] < 1:
+        return f'initial_perturbation: count must be a positive integer, got {settings.get("count")!r}'
+    for key in ('rattle_std', 'max_strain'):
+        if key in settings and settings[key] < 0:
+            return f'initial_perturbation: {key} must be non-negative, got {settings[key]}'
+    return None
+
+
+def _labeller_elements(label_inputs) -> set[str] | None:
+    """Elements the configured labeller can handle, where we can know it (EMT's parameter table); else None."""
+    labeller = label_inputs['labeller'].value if 'labeller' in label_inputs else None
+    if labeller == 'ase' and 'calculator' in label_inputs.get('ase', {}):
+        if label_inputs['ase']['calculator'].get_dict().get('name', '').lower() == 'emt':
+            from ase.calculators.emt import parameters
+
+            return set(parameters)
+    return None
+
+
+def validate_active_learning_inputs(inputs, _=None) -> str | None:
+    for name in ('max_iterations', 'max_labels', 'patience'):
+        if name in inputs and inputs[name].value < 1:
+            return f'{name}: must be positive, got {inputs[name].value}'
+    if 'target_accurate_fraction' in inputs and not 0 < inputs['target_accurate_fraction'].value <= 1:
+        return f'target_accurate_fraction: must be in (0, 1], got {inputs["target_accurate_fraction"].value}'
+    if 'initial_dataset' not in inputs and 'initial_structures' not in inputs:
+        return 'give initial_dataset (labelled) and/or initial_structures (labelled first)'
+    if 'initial_dataset' in inputs:
+        labels = set(inputs['initial_dataset'].labels)
+        if not {'energy', 'forces'} <= labels:
+            return (f'initial_dataset: needs energy and forces labels, has {sorted(labels) or "none"}; give '
+                    'unlabelled structures as initial_structures to have them labelled')
+    if 'exploration_structures' not in inputs and 'initial_structures' not in inputs:
+        return 'exploration_structures: needed when there are no initial_structures to start MD from'
+
+    known = set()
+    for name in ('initial_dataset', 'initial_structures'):
+        if name in inputs:
+            known |= set(inputs[name].elements)
+    explored = set(inputs.get('exploration_structures', inputs.get('initial_structures')).elements)
+    missing = explored - known
+    labellable = _labeller_elements(inputs.get('label', {}))
+    if missing and labellable is None:
+        return (f'exploration_structures: elements {sorted(missing)} are absent from the training data; add '
+                'structures with them to initial_structures so that they are labelled first')
+    if labellable is not None and not (explored | known) <= labellable:
+        bad = sorted((explored | known) - labellable)
+        return f'label: the labeller (EMT) cannot label elements {bad}; it knows {sorted(labellable)}'
+    if missing:
+        return (f'exploration_structures: elements {sorted(missing)} are absent from the training data; add '
+                'structures with them to initial_structures so that they are labelled first')
+
+    label = inputs.get('label', {})
+    expected = {'ase': 'alml.ase', 'aims': 'alml.aims'}
+    labeller = label['labeller'].value if 'labeller' in label else None
+    if labeller == 'ase' and 'code' in label.get('ase', {}):
+        plugin = label['ase']['code'].default_calc_job_plugin
+        if plugin not in (None, expected['ase']):
+            return f'label.ase.code: is a code for {plugin!r}, the ASE labeller needs one for {expected["ase"]!r}'
+    aims_code = label.get('aims', {}).get('aims', {}).get('code')
+    if labeller == 'aims' and aims_code is not None:
+        plugin = aims_code.default_calc_job_plugin
+        if plugin not in (None, expected['aims']):
+            return f'label.aims.aims.code: is a code for {plugin!r}, the FHI-aims labeller needs one for {expected["aims"]!r}'
+    train_code = inputs.get('train', {}).get('train', {}).get('code')
+    if train_code is not None and train_code.default_calc_job_plugin not in (None, 'alml.mace.train'):
+        return f'train.train.code: is a code for {train_code.default_calc_job_plugin!r}, training needs alml.mace.train'
+    md_code = inputs.get('explore', {}).get('md', {}).get('code')
+    if md_code is not None and md_code.default_calc_job_plugin not in (None, 'alml.md'):
+        return f'explore.md.code: is a code for {md_code.default_calc_job_plugin!r}, exploration needs alml.md'
+    return None

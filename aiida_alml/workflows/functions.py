@@ -1,0 +1,203 @@
+"""Calcfunctions of the active-learning loop: every data transformation between processes is on record."""
+
+from __future__ import annotations
+
+import numpy as np
+from aiida import orm
+from aiida.engine import calcfunction
+
+from aiida_alml.configurations import Configurations
+from aiida_alml.data import ConfigurationSet
+from aiida_alml.selection import (
+    CLASS_NAMES, calibration_summary, fit_calibration_factor, radial_descriptor, select_frames,
+)
+
+__all__ = (
+    'perturb_structures', 'split_structures', 'merge_training_sets', 'select_for_labelling', 'evaluate_predictions',
+)
+
+
+@calcfunction
+def perturb_structures(structures: ConfigurationSet, parameters: orm.Dict) -> ConfigurationSet:
+    """Rattled and strained copies of ``structures`` (``count``, ``rattle_std`` Å, ``max_strain``, ``seed``)."""
+    from aiida_alml.perturb import perturbed_copies
+
+    settings = parameters.get_dict()
+    images = perturbed_copies(structures.to_ase(), **settings)
+    metadata = [{'perturbed_from': index % len(structures), 'iteration': 0} for index in range(len(images))]
+    return ConfigurationSet(Configurations.from_ase(images, metadata=metadata, include_info=False))
+
+
+@calcfunction
+def split_structures(structures: ConfigurationSet) -> dict:
+    """One StructureData per configuration (starting points of the MD runs), named ``s0``, ``s1``, ..."""
+    return {f's{index}': structures.get_structure(index) for index in range(len(structures))}
+
+
+@calcfunction
+def merge_training_sets(**sets: ConfigurationSet) -> ConfigurationSet:
+    """Concatenate labelled sets in the order of their (sorted) keys; every configuration keeps its metadata."""
+    parts = [sets[key].configurations for key in sorted(sets)]
+    labels = {tuple(part.labels) for part in parts}
+    if len(labels) != 1:
+        raise ValueError(f'cannot merge sets with different labels: {sorted(labels)}')
+    label_names = parts[0].labels
+    return ConfigurationSet(
+        Configurations(
+            numbers=np.concatenate([part.numbers for part in parts]),
+            positions=np.concatenate([part.positions for part in parts]),
+            n_atoms=np.concatenate([part.n_atoms for part in parts]),
+            cells=np.concatenate([part.cells for part in parts]),
+            pbc=np.concatenate([part.pbc for part in parts]),
+            metadata=[meta for part in parts for meta in part.metadata],
+            **{label: np.concatenate([getattr(part, label) for part in parts]) for label in label_names},
+        )
+    )
+
+
+def _descriptors(configurations: list, elements: list[int], settings: dict) -> np.ndarray:
+    return np.array([
+        radial_descriptor(atoms, elements, r_cut=settings['descriptor_r_cut'], n_bins=settings['descriptor_bins'])
+        for atoms in configurations
+    ])
+
+
+@calcfunction
+def select_for_labelling(
+    settings: orm.Dict, calibration: orm.Float, iteration: orm.Int, training_set: ConfigurationSet, **trajectories
+) -> dict:
+    """Classify every explored frame by its calibrated uncertainty and pick a diverse, capped batch to label.
+
+    Outputs: ``record`` (ArrayData: per frame its trajectory, frame index, σ, class, chosen, reason), ``summary``
+    (Dict: counts and fractions), and when anything was chosen ``selected`` (the frames, unlabelled, with their
+    origin in the metadata) and ``predictions`` (ArrayData: the committee's mean forces, energies and per-atom σ at
+    the chosen frames, to measure its out-of-sample error once they are labelled).
+    """
+    from ase import Atoms
+
+    settings = settings.get_dict()
+    keys = sorted(trajectories)
+    frames, origin, sigma_atoms, uncertainty = [], [], [], []
+    for trajectory_index, key in enumerate(keys):
+        trajectory = trajectories[key]
+        positions, cells = trajectory.get_positions(), trajectory.get_cells()
+        numbers = trajectory.get_array('numbers') if 'numbers' in trajectory.get_arraynames() else None
+        symbols = trajectory.symbols
+        pbc = trajectory.base.attributes.get('pbc', [True, True, True])
+        force_sigma = trajectory.get_array('force_sigma')
+        for frame in range(len(positions)):
+            atoms = Atoms(numbers=numbers, symbols=None if numbers is not None else symbols,
+                          positions=positions[frame], cell=cells[frame], pbc=pbc)
+            frames.append(atoms)
+            origin.append((trajectory_index, frame))
+            sigma_atoms.append(force_sigma[frame])
+            uncertainty.append(calibration.value * float(force_sigma[frame].max()))
+    uncertainty = np.array(uncertainty)
+
+    elements = sorted(set(training_set.configurations.numbers.tolist()).union(*(set(a.numbers) for a in frames)))
+    descriptors = _descriptors(frames, elements, settings)
+    training_descriptors = _descriptors(training_set.to_ase(), elements, settings)
+    result = select_frames(
+        uncertainty, descriptors, settings['trust_lo'], settings['trust_hi'], settings['labels_per_iteration'],
+        training_descriptors=training_descriptors, min_distance=settings['min_distance'], mode=settings['mode'],
+        seed=settings['seed'] + iteration.value,
+    )
+
+    record = orm.ArrayData()
+    record.set_array('trajectory_index', np.array([o[0] for o in origin], dtype=np.int64))
+    record.set_array('frame', np.array([o[1] for o in origin], dtype=np.int64))
+    record.set_array('uncertainty', uncertainty)
+    record.set_array('class', result.classes.astype(np.int64))
+    record.set_array('chosen', result.chosen)
+    record.set_array('reason', np.array(result.reasons, dtype='U16'))
+    record.base.attributes.set_many({
+        'trajectories': {str(i): {'key': key, 'uuid': trajectories[key].uuid} for i, key in enumerate(keys)},
+        'class_names': list(CLASS_NAMES),
+        'pick_order': [int(i) for i in result.order],
+        'iteration': iteration.value,
+        'calibration': calibration.value,
+        'settings': settings,
+    })
+    counts = result.counts()
+    total = max(len(uncertainty), 1)
+    summary = {
+        'iteration': iteration.value,
+        'frames': len(uncertainty),
+        **{f'num_{name}': count for name, count in counts.items()},
+        **{f'{name}_fraction': count / total for name, count in counts.items()},
+        'num_chosen': len(result.order),
+        'num_duplicates': result.reasons.count('duplicate'),
+        'max_uncertainty': float(uncertainty.max()) if len(uncertainty) else None,
+    }
+    outputs = {'record': record, 'summary': orm.Dict(summary)}
+    if result.order:
+        chosen_frames = [frames[i] for i in result.order]
+        metadata = [
+            {
+                'iteration': iteration.value,
+                'selection_index': rank,
+                'trajectory': trajectories[keys[origin[i][0]]].uuid,
+                'frame': origin[i][1],
+                'uncertainty': float(uncertainty[i]),
+            }
+            for rank, i in enumerate(result.order)
+        ]
+        outputs['selected'] = ConfigurationSet(Configurations.from_ase(chosen_frames, metadata=metadata,
+                                                                       include_info=False))
+        predictions = orm.ArrayData()
+        predictions.set_array('force_sigma', np.concatenate([sigma_atoms[i] for i in result.order]))
+        arrays = {}
+        for name in ('forces', 'energy'):
+            per_frame = []
+            for i in result.order:
+                trajectory = trajectories[keys[origin[i][0]]]
+                if name not in trajectory.get_arraynames():
+                    break
+                per_frame.append(trajectory.get_array(name)[origin[i][1]])
+            else:
+                arrays[name] = np.concatenate(per_frame) if name == 'forces' else np.array(per_frame)
+        for name, value in arrays.items():
+            predictions.set_array(name, value)
+        outputs['predictions'] = predictions
+    return outputs
+
+
+@calcfunction
+def evaluate_predictions(labelled: ConfigurationSet, selected: ConfigurationSet, predictions: orm.ArrayData) -> dict:
+    """The committee's error on freshly labelled frames (out of sample by construction) and the refit calibration.
+
+    Frames are matched through ``selection_index`` in the metadata, so frames whose labelling failed drop out.
+    """
+    labels = labelled.configurations
+    chosen = selected.configurations
+    if 'forces' not in predictions.get_arraynames():
+        raise ValueError('the trajectories carried no committee forces: cannot measure the out-of-sample error')
+    predicted_forces = predictions.get_array('forces')
+    predicted_sigma = predictions.get_array('force_sigma')
+    predicted_energy = predictions.get_array('energy') if 'energy' in predictions.get_arraynames() else None
+    errors, sigmas, energy_errors, frame_errors, frame_sigmas = [], [], [], [], []
+    for index, meta in enumerate(labels.metadata):
+        rank = meta['selection_index']
+        source = chosen.atom_slice(rank)
+        error = np.linalg.norm(predicted_forces[source] - labels.forces[labels.atom_slice(index)], axis=1)
+        errors.append(error)
+        sigmas.append(predicted_sigma[source])
+        frame_errors.append(float(error.max()))
+        frame_sigmas.append(float(predicted_sigma[source].max()))
+        if predicted_energy is not None:
+            energy_errors.append((predicted_energy[rank] - labels.energy[index]) / labels.n_atoms[index])
+    errors, sigmas = np.concatenate(errors), np.concatenate(sigmas)
+    factor = fit_calibration_factor(errors, sigmas)
+    result = {
+        'num_frames': len(labels),
+        'force_rmse': float(np.sqrt(np.mean(errors**2))),
+        'force_mae': float(np.mean(errors)),
+        'energy_rmse_per_atom': float(np.sqrt(np.mean(np.square(energy_errors)))) if energy_errors else None,
+        'calibration': calibration_summary(errors, sigmas, factor),
+    }
+    pairs = orm.ArrayData()
+    pairs.set_array('atom_error', errors)
+    pairs.set_array('atom_sigma', sigmas)
+    pairs.set_array('frame_max_error', np.array(frame_errors))
+    pairs.set_array('frame_max_sigma', np.array(frame_sigmas))
+    return {'metrics': orm.Dict(result), 'calibration_factor': orm.Float(factor), 'error_sigma_pairs': pairs}

@@ -83,6 +83,8 @@ def aiida_profile(aiida_config, aiida_profile_factory, tmp_path_factory):
     with aiida_profile_factory(
         aiida_config, storage_backend=STORAGE_BACKEND, storage_config=storage_config, broker_backend='core.zeromq'
     ) as profile:
+        # A loaded machine (MACE training beside the daemon) can be slow to answer; the default 2 s is too short.
+        aiida_config.set_option('daemon.timeout', 30, scope=profile.name)
         yield profile
 
 

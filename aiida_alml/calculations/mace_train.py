@@ -1,0 +1,247 @@
+"""``alml.mace.train``: train one MACE model with ``mace_run_train`` on labelled ConfigurationSets."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+from aiida import orm
+from aiida.common import datastructures
+from aiida.engine import CalcJob
+
+from aiida_alml.data import ConfigurationSet, MlipModel, ModelIntegrityError
+from aiida_alml.engines.mace_options import MaceOptionError, check_parameters, to_command_line
+
+__all__ = ('MaceTrainCalculation', 'isolated_atom_energies')
+
+MODEL_NAME = 'mace'  # mace_run_train --name: the model is written as mace.model
+TRAIN_FILE = 'train.xyz'
+VALID_FILE = 'valid.xyz'
+TEST_FILE = 'test.xyz'
+PARENT_FILE = 'parent.model'
+STDOUT_FILE = 'mace_run_train.out'
+ISOLATED_ATOM = 'IsolatedAtom'  # MACE's config_type for the configurations that give E0s
+# MACE defaults used by the input checks (they do not change between 0.3.x versions).
+DEFAULT_BATCH_SIZE = 10
+DEFAULT_VALID_FRACTION = 0.1
+
+
+def _is_isolated_atom(metadata: dict, n_atoms: int) -> bool:
+    return metadata.get('config_type') == ISOLATED_ATOM and n_atoms == 1
+
+
+def isolated_atom_energies(configurations) -> dict[str, float]:
+    """E0 per element from the configurations whose metadata says ``config_type: IsolatedAtom``."""
+    from ase.data import chemical_symbols
+
+    energies = {}
+    if configurations.energy is None:
+        return energies
+    for index, meta in enumerate(configurations.metadata):
+        if _is_isolated_atom(meta, int(configurations.n_atoms[index])):
+            number = int(configurations.numbers[configurations.atom_slice(index)][0])
+            energies[chemical_symbols[number]] = float(configurations.energy[index])
+    return energies
+
+
+def _split_isolated(configurations) -> list[int]:
+    """Indices of the configurations that are not isolated atoms (those are trained on)."""
+    keep = [
+        i for i, meta in enumerate(configurations.metadata) if not _is_isolated_atom(meta, int(configurations.n_atoms[i]))
+    ]
+    return keep
+
+
+def _check_labels(name: str, node: ConfigurationSet) -> str | None:
+    missing = [label for label in ('energy', 'forces') if label not in node.labels]
+    if missing:
+        return f'{name}: MACE training needs energy and forces labels, the set has no {" and no ".join(missing)}'
+    return None
+
+
+def _resolve_e0s(inputs, configurations) -> dict[str, float] | str:
+    """The E0s to use: the `e0s` input, else IsolatedAtom configurations, else 'average'. Raises ValueError."""
+    elements = set(configurations.elements)
+    if 'e0s' in inputs:
+        value = inputs['e0s']
+        if isinstance(value, orm.Str):
+            if value.value != 'average':
+                raise ValueError(f'e0s: a string must be "average", got {value.value!r}')
+            return 'average'
+        e0s = value.get_dict()
+        from ase.data import atomic_numbers
+
+        unknown = [key for key in e0s if key not in atomic_numbers]
+        if unknown:
+            raise ValueError(f'e0s: keys must be element symbols, got {unknown}')
+        bad = [key for key, energy in e0s.items() if not isinstance(energy, (int, float)) or not math.isfinite(energy)]
+        if bad:
+            raise ValueError(f'e0s: energies of {bad} are not finite numbers')
+        missing = sorted(elements - set(e0s))
+        if missing:
+            raise ValueError(f'e0s: no isolated-atom energy for {missing} (elements of the training set)')
+        return {key: float(e0s[key]) for key in sorted(elements)}
+    from_set = isolated_atom_energies(configurations)
+    if from_set:
+        missing = sorted(elements - set(from_set))
+        if missing:
+            raise ValueError(
+                f'training_set: has IsolatedAtom configurations but none for {missing}; add them or give `e0s`'
+            )
+        return from_set
+    return 'average'
+
+
+def _validate_inputs(inputs, _):
+    """Every check that needs more than one input, run before anything is written or submitted."""
+    parameters = inputs['parameters'].get_dict() if 'parameters' in inputs else {}
+    try:
+        check_parameters(parameters)
+    except MaceOptionError as error:
+        return f'parameters: {error}'
+    for name in ('training_set', 'validation_set', 'test_set'):
+        if name in inputs and (message := _check_labels(name, inputs[name])):
+            return message
+    if 'training_set' not in inputs:
+        return None  # exposed by a workflow that supplies the training set later (it is a required port here)
+    training = inputs['training_set'].configurations
+    elements = set(training.elements)
+    for name in ('validation_set', 'test_set'):
+        if name in inputs and not set(inputs[name].elements) <= elements:
+            extra = sorted(set(inputs[name].elements) - elements)
+            return f'{name}: has elements {extra} that the training set does not contain'
+    try:
+        _resolve_e0s(inputs, training)
+    except ValueError as error:
+        return str(error)
+
+    # MACE drops the last incomplete batch: with fewer configurations than one batch nothing is trained.
+    n_train = len(_split_isolated(training))
+    if 'validation_set' not in inputs:
+        n_train -= int(parameters.get('valid_fraction', DEFAULT_VALID_FRACTION) * n_train)
+    batch_size = int(parameters.get('batch_size', DEFAULT_BATCH_SIZE))
+    if n_train < batch_size:
+        return (
+            f'training_set: {n_train} configurations are left for training (after the validation split and without '
+            f'isolated atoms) but batch_size is {batch_size}: give more configurations or a smaller batch_size'
+        )
+
+    if 'restart_folder' in inputs:
+        # Checkpoints are named after the seed: another seed would silently start over instead of continuing.
+        creator = inputs['restart_folder'].creator
+        previous = creator.inputs.seed.value if creator is not None and 'seed' in creator.inputs else None
+        seed = inputs['seed'].value if 'seed' in inputs else 1
+        if previous is not None and previous != seed:
+            return f'restart_folder: comes from a run with seed {previous}, this one has seed {seed}: they must agree'
+
+    if 'parent_model' in inputs:
+        parent: MlipModel = inputs['parent_model']
+        try:
+            parent.verify()
+        except ModelIntegrityError as error:
+            return f'parent_model: {error}'
+        if parent.architecture != 'MACE':
+            return f'parent_model: a MACE model is needed to continue training, got {parent.architecture!r}'
+        if not elements <= set(parent.elements):
+            return f'parent_model: was trained on {parent.elements}, the training set also has {sorted(elements - set(parent.elements))}'
+        if 'r_max' in parameters and not math.isclose(float(parameters['r_max']), parent.r_max):
+            return f'parameters: r_max {parameters["r_max"]} differs from the parent model r_max {parent.r_max}'
+        dtype = parameters.get('default_dtype', 'float64')
+        if dtype != parent.dtype:
+            return f'parameters: default_dtype {dtype} differs from the parent model dtype {parent.dtype}'
+    return None
+
+
+class MaceTrainCalculation(CalcJob):
+    """Train a MACE model with ``mace_run_train``.
+
+    ``parameters`` are ``mace_run_train`` options without dashes (``{'num_channels': 8, 'max_L': 0, ...}``); on/off
+    flags take true/false. Files, seed, keys, E0s, warm start and restart are set through their own inputs so that
+    each is a node in the provenance graph. On a GPU node give ``device: cuda`` and the scheduler's GPU request in
+    ``metadata.options.custom_scheduler_commands`` (see docs/mace.md).
+    """
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.input('training_set', valid_type=ConfigurationSet, help='Labelled configurations (energy and forces).')
+        spec.input('validation_set', valid_type=ConfigurationSet, required=False,
+                   help='Validation configurations; without it MACE splits off `valid_fraction` of the training set.')
+        spec.input('test_set', valid_type=ConfigurationSet, required=False, help='Test configurations.')
+        spec.input('parameters', valid_type=orm.Dict, default=lambda: orm.Dict({}),
+                   help='mace_run_train options, e.g. {"num_channels": 8, "max_L": 0, "max_num_epochs": 5}.')
+        spec.input('seed', valid_type=orm.Int, default=lambda: orm.Int(1), help='Seed of the initial weights and split.')
+        spec.input('e0s', valid_type=(orm.Dict, orm.Str), required=False,
+                   help='Isolated-atom energies {symbol: eV} or "average"; default: the IsolatedAtom configurations '
+                   'of the training set, else "average".')
+        spec.input('parent_model', valid_type=MlipModel, required=False,
+                   help='Warm start: continue from this model (mace_run_train --foundation_model).')
+        spec.input('restart_folder', valid_type=orm.RemoteData, required=False,
+                   help='Remote folder of an interrupted run: its checkpoints are copied and training continues.')
+        spec.inputs.validator = _validate_inputs
+        spec.inputs['metadata']['options']['resources'].default = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
+        spec.inputs['metadata']['options']['parser_name'].default = 'alml.mace.train'
+        spec.inputs['metadata']['options']['withmpi'].default = False
+
+        spec.output('model', valid_type=MlipModel, help='The trained model (hash-pinned).')
+        spec.output('metrics', valid_type=orm.Dict, help='Final RMSE/MAE of energy per atom and forces per set.')
+        spec.output('training_curve', valid_type=orm.ArrayData, help='Validation errors per epoch.')
+
+        spec.exit_code(300, 'ERROR_MISSING_OUTPUT', message='mace_run_train wrote no log: it did not run or crashed.')
+        spec.exit_code(310, 'ERROR_NO_MODEL', message='mace_run_train wrote no model file: {details}')
+        spec.exit_code(320, 'ERROR_NAN_LOSS', message='The loss became NaN at epoch {epoch}.')
+        spec.exit_code(400, 'ERROR_OUT_OF_WALLTIME',
+                       message='Training ran out of walltime at epoch {epoch}: restart with `restart_folder` set to '
+                       'this job\'s remote_folder to continue from its checkpoints.')
+
+    def prepare_for_submission(self, folder):
+        training = self.inputs.training_set.configurations
+        e0s = _resolve_e0s(self.inputs, training)
+        # Isolated atoms give the E0s; MACE would drop them from training anyway (keep_isolated_atoms=False).
+        keep = _split_isolated(training)
+        from aiida_alml.configurations import write_extxyz
+
+        write_extxyz(training.select(keep), folder.get_abs_path(TRAIN_FILE))
+        arguments = ['--name', MODEL_NAME, '--seed', str(self.inputs.seed.value), '--train_file', TRAIN_FILE]
+        if 'validation_set' in self.inputs:
+            self.inputs.validation_set.write_extxyz(folder.get_abs_path(VALID_FILE))
+            arguments += ['--valid_file', VALID_FILE]
+        if 'test_set' in self.inputs:
+            self.inputs.test_set.write_extxyz(folder.get_abs_path(TEST_FILE))
+            arguments += ['--test_file', TEST_FILE]
+        arguments += ['--E0s', e0s if isinstance(e0s, str) else repr(_by_atomic_number(e0s))]
+        arguments += ['--energy_key', 'REF_energy', '--forces_key', 'REF_forces', '--stress_key', 'REF_stress']
+        arguments += ['--work_dir', '.']
+        if 'parent_model' in self.inputs:
+            # Copy through verified_path: what is checked against the hash is exactly what is uploaded.
+            with self.inputs.parent_model.verified_path() as path:
+                shutil.copyfile(path, folder.get_abs_path(PARENT_FILE))
+            arguments += ['--foundation_model', PARENT_FILE]
+        calcinfo = datastructures.CalcInfo()
+        calcinfo.remote_copy_list = []
+        if 'restart_folder' in self.inputs:
+            remote = self.inputs.restart_folder
+            calcinfo.remote_copy_list.append(
+                (remote.computer.uuid, f'{remote.get_remote_path()}/checkpoints', 'checkpoints')
+            )
+            arguments.append('--restart_latest')
+        arguments += to_command_line(self.inputs.parameters.get_dict())
+
+        codeinfo = datastructures.CodeInfo()
+        codeinfo.code_uuid = self.inputs.code.uuid
+        codeinfo.cmdline_params = arguments
+        codeinfo.stdout_name = STDOUT_FILE
+        # MACE logs to stderr too; keep it in the same file so that nothing is lost.
+        codeinfo.join_files = True
+
+        calcinfo.codes_info = [codeinfo]
+        # Checkpoints stay in the remote folder (they can be large): a restart copies them from there.
+        calcinfo.retrieve_list = [f'{MODEL_NAME}.model', 'logs', 'results', STDOUT_FILE]
+        return calcinfo
+
+
+def _by_atomic_number(e0s: dict[str, float]) -> dict[int, float]:
+    from ase.data import atomic_numbers
+
+    return {atomic_numbers[symbol]: float(np.float64(energy)) for symbol, energy in e0s.items()}

@@ -1,0 +1,488 @@
+"""Batched committee inference for MACE models.
+
+``CommitteeCalculator`` is an ASE calculator that evaluates a committee of N
+MACE models on one structure while doing the model-independent work once:
+
+* the neighbour list, one-hot node attributes and edge shifts are built once
+  per structure (directly with ``mace.data.neighborhood.get_neighborhood``,
+  without the ``AtomicData``/``Batch`` machinery and its per-member cloning);
+* all members are evaluated in one pass and differentiated with a *single*
+  autograd call: every member gets its own copy of the positions (and of the
+  strain/displacement), so the gradient of the summed member energies w.r.t.
+  those copies is exactly the stack of per-member forces (and virials).
+
+Two evaluation strategies give identical results (to round-off):
+
+``"vmap"``
+    The members' parameters are stacked with ``torch.func.stack_module_state``
+    and one member forward is run under ``torch.vmap`` + ``functional_call``.
+    Each tensor op is dispatched once for all members, which pays off when the
+    cost is dominated by per-op overhead (small cells / small models).
+``"sequential"``
+    The members' forward passes run back to back on the shared graph, followed
+    by the single backward.  Cheaper once the cost is dominated by arithmetic
+    (larger cells / models), because batched kernels under vmap are less
+    efficient than plain ones on CPU.
+
+``"auto"`` picks ``"vmap"`` for graphs with few edges (see ``AUTO_VMAP_MAX_EDGES``)
+and ``"sequential"`` otherwise, or whenever the members cannot be stacked.
+
+The energy expression replicates ``MACE.forward`` / ``ScaleShiftMACE.forward``
+of mace-torch 0.3.x for the standard (non-LAMMPS, no extra embeddings) case.
+It calls the model's own sub-modules, so it only depends on the sub-module
+interfaces; equality with the stock ``MACECalculator`` is covered by tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import numbers
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+from ase.data import chemical_symbols
+from ase.stress import full_3x3_to_voigt_6_stress
+from mace.data.neighborhood import get_neighborhood
+from mace.modules.models import MACE, ScaleShiftMACE
+from torch.func import functional_call, stack_module_state
+from torch.overrides import TorchFunctionMode
+
+__all__ = ['CommitteeCalculator', 'file_sha256', 'load_committee', 'validate_committee']
+
+LOGGER = logging.getLogger(__name__)
+
+#: Model classes whose ``forward`` is replicated by ``_MemberEnergy``.  Exact
+#: types only: a subclass may override ``forward`` with different physics.
+SUPPORTED_MODEL_TYPES = (MACE, ScaleShiftMACE)
+
+#: ``strategy="auto"`` uses vmap up to this many edges (x members).  Measured
+#: crossover on a 2-core CPU, see ``benchmarks/committee.py``.
+AUTO_VMAP_MAX_EDGES = 4000
+
+_DTYPES = {'float64': torch.float64, 'float32': torch.float32}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 digest of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _model_dtype(model: torch.nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def _z_table(model: torch.nn.Module) -> list[int]:
+    return [int(z) for z in model.atomic_numbers]
+
+
+def validate_committee(models: Sequence[torch.nn.Module], names: Sequence[str] | None = None) -> None:
+    """Check that the members can form one committee; raise ``ValueError`` if not.
+
+    Members must be supported MACE models that agree on the element table,
+    cutoff, dtype and heads, since the graph (neighbour list, one-hot node
+    attributes) is shared between them.
+    """
+    if len(models) < 1:
+        raise ValueError('A committee needs at least one model.')
+    names = list(names) if names is not None else [f'member {i}' for i in range(len(models))]
+    ref, ref_name = models[0], names[0]
+    for model, name in zip(models, names):
+        if type(model) not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f'{name}: unsupported model type {type(model).__name__}; '
+                f'supported: {", ".join(t.__name__ for t in SUPPORTED_MODEL_TYPES)}.'
+            )
+        if hasattr(model, 'joint_embedding') or hasattr(model, 'embedding_readout'):
+            raise ValueError(f'{name}: models with extra (charge/spin) embeddings are not supported.')
+    for model, name in zip(models[1:], names[1:]):
+        checks = (
+            ('atomic numbers (z table)', _z_table),
+            ('r_max', lambda m: float(m.r_max)),
+            ('dtype', _model_dtype),
+            ('heads', lambda m: list(getattr(m, 'heads', ['Default']))),
+        )
+        for what, get in checks:
+            if get(model) != get(ref):
+                raise ValueError(
+                    f'Committee members disagree on {what}: {name} has {get(model)} '
+                    f'but {ref_name} has {get(ref)}.'
+                )
+
+
+def load_committee(
+    model_paths: Sequence[str | Path],
+    device: str = 'cpu',
+    default_dtype: str = 'float64',
+    expected_sha256: Sequence[str] | None = None,
+) -> list[torch.nn.Module]:
+    """Load and validate MACE committee members from model files.
+
+    :param model_paths: paths of ``torch.save``-d MACE models (full modules).
+    :param device: torch device to load onto.
+    :param default_dtype: ``'float64'`` or ``'float32'``; members are converted
+        to it after checking that they all had the same dtype on disk.
+    :param expected_sha256: optional hex digests, one per path; each file is
+        hashed *before* ``torch.load`` (which unpickles arbitrary code).
+    :raises ValueError: on a hash mismatch, an empty list or inconsistent members.
+    """
+    paths = [Path(p) for p in model_paths]
+    if len(paths) < 1:
+        raise ValueError('A committee needs at least one model file.')
+    if default_dtype not in _DTYPES:
+        raise ValueError(f'default_dtype must be one of {sorted(_DTYPES)}, got {default_dtype!r}.')
+    if expected_sha256 is not None:
+        if len(expected_sha256) != len(paths):
+            raise ValueError(f'Got {len(expected_sha256)} sha256 digests for {len(paths)} model files.')
+        for path, expected in zip(paths, expected_sha256):
+            actual = file_sha256(path)
+            if actual != expected.lower():
+                raise ValueError(f'sha256 mismatch for model file {path}: expected {expected}, got {actual}.')
+    # weights_only=False: MACE model files are pickled nn.Modules, not state dicts.
+    models = [torch.load(path, map_location=device, weights_only=False) for path in paths]
+    validate_committee(models, [str(p) for p in paths])  # dtype is checked before conversion
+    dtype = _DTYPES[default_dtype]
+    for model in models:
+        model.to(dtype=dtype).eval()
+        for param in model.parameters():
+            param.requires_grad_(False)  # we only differentiate w.r.t. positions/strain
+    return models
+
+
+#: Plain float attributes that MACE blocks only use as arithmetic operands (the
+#: message normalisation ``/ self.avg_num_neighbors``).  They depend on the
+#: training split, so members usually differ; for vmap they become per-member
+#: buffers of the template instead of blocking stacking.
+PER_MEMBER_SCALARS = ('avg_num_neighbors',)
+
+
+def _per_member_scalars(module: torch.nn.Module) -> dict[str, float]:
+    """``{'<submodule>.<attr>': value}`` for the ``PER_MEMBER_SCALARS`` found in ``module``."""
+    found = {}
+    for name, sub in module.named_modules():
+        for attr in PER_MEMBER_SCALARS:
+            value = vars(sub).get(attr)
+            if isinstance(value, numbers.Real):
+                found[f'{name}.{attr}' if name else attr] = float(value)
+    return found
+
+
+def _structure_signature(model: torch.nn.Module) -> list:
+    """Everything ``functional_call`` does *not* swap: module types, plain attributes.
+
+    Members are only stackable for vmap if these agree, since the template
+    member supplies them for all members (``PER_MEMBER_SCALARS`` excepted).
+    """
+    plain = (numbers.Number, str, bool, tuple, list, torch.dtype, type(None))
+    signature = []
+    for name, module in model.named_modules():
+        attrs = {
+            k: v
+            for k, v in vars(module).items()
+            if not k.startswith('_') and k not in PER_MEMBER_SCALARS and isinstance(v, plain)
+        }
+        signature.append((name, type(module).__name__, repr(sorted(attrs.items()))))
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        signature.append((name, tuple(tensor.shape), tensor.dtype))
+    return signature
+
+
+def _stack_members(members: Sequence[torch.nn.Module]) -> tuple[torch.nn.Module, dict, dict]:
+    """Template module plus stacked parameters/buffers for ``functional_call`` under vmap."""
+    params, buffers = stack_module_state(members)
+    template = copy.deepcopy(members[0])
+    reference = next(iter(params.values()))
+    for key in _per_member_scalars(template):
+        module_name, _, attr = key.rpartition('.')
+        module = template.get_submodule(module_name)
+        delattr(module, attr)  # the plain float ...
+        module.register_buffer(attr, torch.zeros((), dtype=reference.dtype, device=reference.device))  # ... now swappable
+        values = [_per_member_scalars(member)[key] for member in members]
+        buffers[key] = torch.tensor(values, dtype=reference.dtype, device=reference.device)
+    return template, params, buffers
+
+
+# --------------------------------------------------------------------------- model
+
+
+class _MemberEnergy(torch.nn.Module):
+    """Per-atom energies of one MACE member from precomputed edge geometry.
+
+    Mirrors ``MACE.forward`` / ``ScaleShiftMACE.forward`` (single graph, one
+    head, no LAMMPS), but takes edge vectors as input so that geometry and
+    differentiation are handled by the committee code.
+    """
+
+    def __init__(self, model: torch.nn.Module, head: int):
+        super().__init__()
+        self.model = model
+        self.head = head
+
+    def forward(self, node_attrs, edge_index, vectors, lengths) -> torch.Tensor:
+        model = self.model
+        num_atoms = node_attrs.shape[0]
+        node_heads = torch.full((num_atoms,), self.head, dtype=torch.long, device=node_attrs.device)
+        node_e0 = model.atomic_energies_fn(node_attrs)[:, self.head]
+        node_feats = model.node_embedding(node_attrs)
+        edge_attrs = model.spherical_harmonics(vectors)
+        edge_feats, cutoff = model.radial_embedding(lengths, node_attrs, edge_index, model.atomic_numbers)
+        node_es = []
+        if hasattr(model, 'pair_repulsion'):
+            node_es.append(model.pair_repulsion_fn(lengths, node_attrs, edge_index, model.atomic_numbers))
+        feats = []
+        for i, (interaction, product) in enumerate(zip(model.interactions, model.products)):
+            node_feats, sc = interaction(
+                node_attrs=node_attrs,
+                node_feats=node_feats,
+                edge_attrs=edge_attrs,
+                edge_feats=edge_feats,
+                edge_index=edge_index,
+                cutoff=cutoff,
+                first_layer=(i == 0),
+                lammps_class=None,
+                lammps_natoms=(0, 0),
+            )
+            node_feats = product(node_feats=node_feats, sc=sc, node_attrs=node_attrs)
+            feats.append(node_feats)
+        for i, readout in enumerate(model.readouts):
+            feat = feats[-1] if len(model.readouts) == 1 else feats[i]
+            node_es.append(readout(feat, node_heads)[:, self.head])
+        node_inter = torch.stack(node_es, dim=0).sum(dim=0)
+        if isinstance(model, ScaleShiftMACE):
+            node_inter = model.scale_shift(node_inter, node_heads)
+        return node_e0 + node_inter
+
+
+class _OutOfPlaceScatter(TorchFunctionMode):
+    """Run ``Tensor.scatter_add_`` out of place inside vmap.
+
+    ``mace.tools.scatter.scatter_sum`` accumulates member-batched messages into
+    a freshly allocated, un-batched ``zeros`` tensor in place, which vmap
+    rejects.  Its callers use the return value, so the out-of-place variant is
+    equivalent.  A function mode is thread-local and scoped, unlike patching
+    the ``mace`` module globals.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.scatter_add_:
+            func = torch.Tensor.scatter_add
+        return func(*args, **(kwargs or {}))
+
+
+# --------------------------------------------------------------------------- calculator
+
+
+class CommitteeCalculator(Calculator):
+    """ASE calculator evaluating a MACE committee with one graph per structure.
+
+    ``energy``/``free_energy``/``forces``/``stress`` are committee means.  Extra
+    results use the stock ``MACECalculator`` names where it has them:
+    ``energy_comm`` (N,), ``forces_comm`` (N, n_atoms, 3), ``stress_comm``
+    (N, 6, Voigt), ``energy_var``, ``forces_var`` (n_atoms, 3), ``stress_var``
+    (6,), ``energies`` (n_atoms,: mean per-atom energies, ASE's meaning of the
+    key) and ``node_energy_comm`` (N, n_atoms).  ``force_sigma`` (n_atoms,) is
+    the per-atom force uncertainty sqrt(sum_xyz var_members(F)).  Variances
+    use ddof=0 (population), like the stock ``torch.var(unbiased=False)``.
+    Stress is only computed for fully periodic cells.
+    """
+
+    implemented_properties = [
+        'energy', 'free_energy', 'forces', 'stress', 'energies',
+        'energy_comm', 'forces_comm', 'stress_comm', 'node_energy_comm',
+        'energy_var', 'forces_var', 'stress_var', 'force_sigma',
+    ]  # fmt: skip
+
+    def __init__(
+        self,
+        model_paths: Sequence[str | Path] | None = None,
+        models: Sequence[torch.nn.Module] | None = None,
+        device: str = 'cpu',
+        default_dtype: str = 'float64',
+        expected_sha256: Sequence[str] | None = None,
+        strategy: str = 'auto',
+        head: str | None = None,
+        **kwargs,
+    ):
+        """
+        :param model_paths: model files (see ``load_committee``), or
+        :param models: already loaded MACE modules (validated, not converted).
+        :param strategy: ``'auto'``, ``'vmap'`` or ``'sequential'`` (see module doc).
+        :param head: head name for multi-head models (default: the only head,
+            else the one called ``default``).
+        """
+        super().__init__(**kwargs)
+        if (model_paths is None) == (models is None):
+            raise ValueError("Give exactly one of 'model_paths' or 'models'.")
+        if strategy not in ('auto', 'vmap', 'sequential'):
+            raise ValueError(f"strategy must be 'auto', 'vmap' or 'sequential', got {strategy!r}.")
+        if model_paths is not None:
+            models = load_committee(model_paths, device, default_dtype, expected_sha256)
+        else:
+            models = list(models)
+            validate_committee(models)
+        self.models = models
+        self.num_models = len(models)
+        self.device = torch.device(device)
+        self.dtype = _model_dtype(models[0])
+        self.r_max = float(models[0].r_max)
+        self.z_table = _z_table(models[0])
+        self._z_to_index = np.full(max(self.z_table) + 1, -1, dtype=np.int64)
+        self._z_to_index[self.z_table] = np.arange(len(self.z_table))
+        self._members = [_MemberEnergy(m, self._head_index(m, head)) for m in models]
+
+        signature = _structure_signature(models[0])
+        self.can_vmap = all(_structure_signature(m) == signature for m in models[1:])
+        if strategy == 'vmap' and not self.can_vmap:
+            raise ValueError(
+                "strategy='vmap' needs members with identical architecture and hyper-parameters; "
+                'use strategy="sequential" or "auto".'
+            )
+        self.strategy = strategy
+        if self.can_vmap:
+            self._template, self._params, self._buffers = _stack_members(self._members)
+
+    @staticmethod
+    def _head_index(model: torch.nn.Module, head: str | None) -> int:
+        heads = list(getattr(model, 'heads', ['Default']))
+        if head is None:
+            if len(heads) == 1:
+                return 0
+            lowered = [h.lower() for h in heads]
+            if 'default' not in lowered:
+                raise ValueError(f'Multi-head model: pass head=..., available heads: {heads}.')
+            return lowered.index('default')
+        if head not in heads:
+            raise ValueError(f'Head {head!r} not in the model heads {heads}.')
+        return heads.index(head)
+
+    # ----------------------------------------------------------------- graph
+
+    def _check_elements(self, numbers_: np.ndarray) -> None:
+        unknown = sorted(set(int(z) for z in numbers_) - set(self.z_table))
+        if unknown:
+            listed = ', '.join(f'{chemical_symbols[z]} (Z={z})' for z in unknown)
+            known = ', '.join(chemical_symbols[z] for z in self.z_table)
+            raise ValueError(f'Structure contains elements the committee was not trained on: {listed}; models know {known}.')
+
+    def _build_graph(self, atoms: Atoms) -> dict[str, torch.Tensor]:
+        """Neighbour list and node attributes, shared by all members."""
+        self._check_elements(atoms.numbers)
+        positions = np.asarray(atoms.positions, dtype=np.float64)
+        # get_neighborhood overwrites non-periodic cell vectors in place: pass a copy.
+        edge_index, _, unit_shifts, cell = get_neighborhood(
+            positions, cutoff=self.r_max, pbc=tuple(bool(p) for p in atoms.pbc), cell=np.array(atoms.cell, dtype=np.float64)
+        )
+        as_float = dict(dtype=self.dtype, device=self.device)
+        index = torch.as_tensor(self._z_to_index[atoms.numbers], device=self.device)
+        return {
+            'positions': torch.as_tensor(positions, **as_float),
+            'cell': torch.as_tensor(cell, **as_float),
+            'edge_index': torch.as_tensor(edge_index, dtype=torch.long, device=self.device),
+            'unit_shifts': torch.as_tensor(unit_shifts, **as_float),
+            'node_attrs': torch.nn.functional.one_hot(index, len(self.z_table)).to(**as_float),
+        }
+
+    @staticmethod
+    def _edges(graph: dict, positions: torch.Tensor, strain: torch.Tensor | None):
+        """Edge vectors/lengths of one member, optionally under a symmetric strain.
+
+        Same construction as ``mace.modules.utils.get_symmetric_displacement``:
+        the stress is the derivative of the energy w.r.t. the strain.
+        """
+        cell = graph['cell']
+        if strain is not None:
+            positions = positions + positions @ strain
+            cell = cell + cell @ strain
+        sender, receiver = graph['edge_index']
+        vectors = positions[receiver] - positions[sender] + graph['unit_shifts'] @ cell
+        return vectors, torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
+
+    # ----------------------------------------------------------------- evaluation
+
+    def _use_vmap(self, num_edges: int) -> bool:
+        if self.strategy == 'auto':
+            return self.can_vmap and num_edges * self.num_models <= AUTO_VMAP_MAX_EDGES
+        return self.strategy == 'vmap'
+
+    def _node_energies(self, graph: dict, positions: torch.Tensor, strain: torch.Tensor | None) -> torch.Tensor:
+        """(N, n_atoms) per-atom energies; ``positions`` (N, n_atoms, 3), ``strain`` (N, 3, 3)."""
+        node_attrs, edge_index = graph['node_attrs'], graph['edge_index']
+        if not self._use_vmap(edge_index.shape[1]):
+            return torch.stack([
+                member(node_attrs, edge_index, *self._edges(graph, positions[i], None if strain is None else strain[i]))
+                for i, member in enumerate(self._members)
+            ])  # fmt: skip
+
+        def member_energy(params, buffers, member_positions, member_strain):
+            edges = self._edges(graph, member_positions, member_strain)
+            return functional_call(self._template, (params, buffers), (node_attrs, edge_index, *edges))
+
+        in_dims = (0, 0, 0, None if strain is None else 0)
+        with _OutOfPlaceScatter():
+            return torch.vmap(member_energy, in_dims=in_dims)(self._params, self._buffers, positions, strain)
+
+    def evaluate(self, atoms: Atoms, compute_stress: bool) -> dict[str, np.ndarray]:
+        """Per-member node energies, forces and (optionally) stresses as numpy arrays."""
+        graph = self._build_graph(atoms)
+        n = self.num_models
+        # One positions/strain copy per member: d(sum_i E_i)/d(copy_i) = dE_i/dx.
+        positions = graph['positions'].expand(n, -1, -1).clone().requires_grad_(True)
+        inputs = [positions]
+        strain = None
+        if compute_stress:
+            displacement = torch.zeros((n, 3, 3), dtype=self.dtype, device=self.device, requires_grad=True)
+            strain = 0.5 * (displacement + displacement.transpose(-1, -2))
+            inputs.append(displacement)
+        node_energies = self._node_energies(graph, positions, strain)
+        # allow_unused: a structure without edges has position-independent energy.
+        grads = torch.autograd.grad(node_energies.sum(), inputs, allow_unused=True)
+        grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+        out = {
+            'node_energies': node_energies.detach().cpu().numpy(),
+            'forces': -grads[0].cpu().numpy(),
+        }
+        if compute_stress:
+            volume = abs(float(torch.linalg.det(graph['cell'])))
+            out['stress'] = grads[1].cpu().numpy() / volume  # (N, 3, 3), as MACE's virials / volume
+        return out
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+        """Evaluate all members and store means, member values and variances."""
+        super().calculate(atoms, properties, system_changes)
+        compute_stress = bool(self.atoms.pbc.all())
+        member = self.evaluate(self.atoms, compute_stress)
+        energy_comm = member['node_energies'].sum(axis=1)
+        forces_comm = member['forces']
+        forces_var = forces_comm.var(axis=0)  # ddof=0, as stock MACECalculator
+        energy = float(energy_comm.mean())
+        self.results = {
+            'energy': energy,
+            'free_energy': energy,
+            'forces': forces_comm.mean(axis=0),
+            'energies': member['node_energies'].mean(axis=0),
+            'node_energy_comm': member['node_energies'],
+            'energy_comm': energy_comm,
+            'forces_comm': forces_comm,
+            'energy_var': float(energy_comm.var()),
+            'forces_var': forces_var,
+            'force_sigma': np.sqrt(forces_var.sum(axis=1)),
+        }
+        if compute_stress:
+            stress_comm = np.stack([full_3x3_to_voigt_6_stress(s) for s in member['stress']])
+            self.results.update(
+                stress=stress_comm.mean(axis=0),
+                stress_comm=stress_comm,
+                stress_var=stress_comm.var(axis=0),
+            )

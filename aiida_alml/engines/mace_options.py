@@ -1,0 +1,130 @@
+"""The command-line options of ``mace_run_train`` and the mapping of a parameters dict onto them.
+
+The list of known options is taken from MACE's own argparse parser (``mace.tools.build_default_arg_parser``) of the
+installed mace-torch, so it follows the version that is installed instead of a copy that goes stale. Importing it
+pulls in torch (a few seconds), hence it is loaded lazily and cached. No AiiDA import here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import functools
+import json
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ('RESERVED_OPTIONS', 'MaceOptionError', 'known_options', 'to_command_line')
+
+#: Options the calculation sets itself (files, names, seeds, keys, warm start, restart) with the input that controls
+#: each one: giving them in ``parameters`` would silently break provenance or the parser's expectations.
+RESERVED_OPTIONS = {
+    'name': 'the calculation names the model itself (the parser looks for that file)',
+    'seed': 'use the `seed` input (an Int), so that the seed is a node in the provenance graph',
+    'train_file': 'use the `training_set` input',
+    'valid_file': 'use the `validation_set` input',
+    'test_file': 'use the `test_set` input',
+    'test_dir': 'use the `test_set` input',
+    'work_dir': 'the calculation runs in its own working directory',
+    'log_dir': 'the parser reads the logs from the working directory',
+    'model_dir': 'the parser reads the model from the working directory',
+    'checkpoints_dir': 'checkpoints stay in the working directory so that a restart finds them',
+    'results_dir': 'the parser reads the results from the working directory',
+    'downloads_dir': 'nothing may be downloaded on a compute node',
+    'energy_key': 'the training file is written with the REF_energy key',
+    'forces_key': 'the training file is written with the REF_forces key',
+    'stress_key': 'the training file is written with the REF_stress key',
+    'virials_key': 'the training file has no virials (stress is written as REF_stress)',
+    'E0s': 'use the `e0s` input (a Dict of element: energy, or Str "average"), or IsolatedAtom configurations',
+    'foundation_model': 'use the `parent_model` input (an MlipModel, hash-checked)',
+    'restart_latest': 'use the `restart_folder` input (the remote folder of an interrupted run)',
+    'config': 'give every option in `parameters`, so that each one is recorded',
+    'wandb': 'compute nodes have no network',
+}
+
+
+class MaceOptionError(ValueError):
+    """A parameter cannot be mapped onto a ``mace_run_train`` option."""
+
+
+@functools.lru_cache(maxsize=1)
+def known_options() -> dict[str, argparse.Action]:
+    """Map of option name (``dest`` and every ``--spelling`` without dashes) to its argparse action."""
+    from mace.tools import build_default_arg_parser
+
+    options: dict[str, argparse.Action] = {}
+    for action in build_default_arg_parser()._actions:  # noqa: SLF001 (argparse has no public list of actions)
+        if action.dest == 'help':
+            continue
+        for spelling in action.option_strings:
+            options[spelling.lstrip('-')] = action
+    return options
+
+
+def _is_flag(action: argparse.Action) -> bool:
+    # store_true / store_false actions take no value (nargs == 0).
+    return action.nargs == 0
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return 'True' if value else 'False'  # MACE's str2bool accepts these
+    if isinstance(value, (list, tuple, dict)):
+        # MACE reads these options with ast.literal_eval (or json); Python literals satisfy both for numbers/str.
+        return repr(value) if not _json_safe(value) else json.dumps(value)
+    return str(value)
+
+
+def _json_safe(value: Any) -> bool:
+    text = json.dumps(value)
+    return 'true' not in text and 'false' not in text and 'null' not in text
+
+
+def check_parameters(parameters: Mapping[str, Any]) -> None:
+    """Raise :class:`MaceOptionError` naming every unknown or reserved option and every badly typed value."""
+    options = known_options()
+    problems = []
+    for key, value in parameters.items():
+        if key in RESERVED_OPTIONS:
+            problems.append(f'`{key}` is set by the calculation itself: {RESERVED_OPTIONS[key]}')
+            continue
+        action = options.get(key)
+        if action is None:
+            close = difflib.get_close_matches(key, options, n=3, cutoff=0.6)
+            hint = f' (did you mean {", ".join(close)}?)' if close else ''
+            problems.append(f'`{key}` is not an option of mace_run_train{hint}')
+            continue
+        if _is_flag(action):
+            if not isinstance(value, bool):
+                problems.append(f'`{key}` is an on/off flag of mace_run_train: give true or false, not {value!r}')
+            continue
+        if value is None:
+            problems.append(f'`{key}` has no value (None): leave it out to use the MACE default')
+            continue
+        if action.choices is not None and value not in action.choices:
+            problems.append(f'`{key}` must be one of {list(action.choices)}, got {value!r}')
+            continue
+        if callable(action.type):
+            try:
+                action.type(_as_text(value))
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
+                problems.append(f'`{key}`: mace_run_train cannot read {value!r} ({error})')
+    if problems:
+        raise MaceOptionError('invalid `parameters` for mace_run_train:\n  ' + '\n  '.join(problems))
+
+
+def to_command_line(parameters: Mapping[str, Any]) -> list[str]:
+    """``--option value`` arguments for ``parameters`` (checked first); flags set to false are left out."""
+    check_parameters(parameters)
+    options = known_options()
+    arguments: list[str] = []
+    for key in sorted(parameters):
+        value = parameters[key]
+        action = options[key]
+        if _is_flag(action):
+            # An on/off flag given as true is passed as written (as on MACE's command line), false leaves it out.
+            if value:
+                arguments.append(f'--{key}')
+            continue
+        arguments += [f'--{key}', _as_text(value)]
+    return arguments

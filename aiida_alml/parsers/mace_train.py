@@ -1,0 +1,170 @@
+"""Parser of ``alml.mace.train``: the model, final metrics and the per-epoch training curve."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import re
+import tempfile
+
+import numpy as np
+from aiida import orm
+from aiida.engine import ExitCode
+from aiida.parsers import Parser
+
+from aiida_alml.calculations.mace_train import MODEL_NAME, STDOUT_FILE
+from aiida_alml.data import MlipModel
+
+__all__ = ('MaceTrainParser', 'parse_error_tables', 'parse_results_lines')
+
+#: Arrays of the training curve, from MACE's per-epoch evaluation of the validation set (eV, eV/Å).
+CURVE_KEYS = ('loss', 'rmse_e_per_atom', 'mae_e_per_atom', 'rmse_f', 'mae_f')
+# Column headers of MACE's error tables → our metric names and the factor to eV or eV/Å.
+_COLUMNS = {
+    'RMSE E / meV / atom': ('rmse_e_per_atom', 1e-3),
+    'MAE E / meV / atom': ('mae_e_per_atom', 1e-3),
+    'RMSE E / meV': ('rmse_e', 1e-3),
+    'MAE E / meV': ('mae_e', 1e-3),
+    'RMSE F / meV / A': ('rmse_f', 1e-3),
+    'MAE F / meV / A': ('mae_f', 1e-3),
+    'relative F RMSE %': ('rel_rmse_f_percent', 1.0),
+    'relative F MAE %': ('rel_mae_f_percent', 1.0),
+    'RMSE Stress (Virials) / meV / A (A^3)': ('rmse_stress', 1e-3),
+    'RMSE Stress / meV / A^3': ('rmse_stress', 1e-3),
+    'MAE Stress / meV / A^3': ('mae_stress', 1e-3),
+}
+# The scheduler's "out of walltime" exit status that AiiDA sets before the parser runs (CalcJob exit code 120).
+_SCHEDULER_OUT_OF_WALLTIME = 120
+
+
+def parse_results_lines(text: str) -> list[dict]:
+    """The JSON records of MACE's ``results/*_train.txt`` (one per line; NaN is written as ``NaN``)."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def parse_error_tables(log: str) -> dict[str, dict[str, float]]:
+    """Final error tables of the log as ``{'train': {...}, 'valid': {...}, 'test': {...}}`` in eV / eV/Å."""
+    metrics: dict[str, dict[str, float]] = {}
+    header: list[str] | None = None
+    for line in log.splitlines():
+        if not line.startswith('|'):
+            header = None if not line.startswith('+') else header
+            continue
+        cells = [cell.strip() for cell in line.strip().strip('|').split('|')]
+        if cells[0] == 'config_type':
+            header = cells
+            continue
+        if header is None or len(cells) != len(header):
+            continue
+        # Rows are named <set>_<head> (train_Default, valid_Default) or after the test file stem.
+        name = cells[0].split('_')[0] if cells[0].split('_')[0] in ('train', 'valid', 'test') else cells[0]
+        row = metrics.setdefault(name, {})
+        for column, value in zip(header[1:], cells[1:]):
+            if column in _COLUMNS:
+                key, factor = _COLUMNS[column]
+                try:
+                    row[key] = float(value) * factor
+                except ValueError:
+                    continue  # an empty or non-numeric cell is no metric
+    return metrics
+
+
+def _log_value(pattern: str, log: str) -> str | None:
+    match = re.search(pattern, log)
+    return match.group(1) if match else None
+
+
+class MaceTrainParser(Parser):
+    """Store the model as an :class:`MlipModel`, the final metrics and the validation curve per epoch."""
+
+    def parse(self, **kwargs):
+        retrieved = self.retrieved
+        names = retrieved.base.repository.list_object_names()
+        seed = self.node.inputs.seed.value
+        log_name = f'logs/{MODEL_NAME}_run-{seed}.log'
+        results_name = f'results/{MODEL_NAME}_run-{seed}_train.txt'
+        walltime = self.node.exit_status == _SCHEDULER_OUT_OF_WALLTIME or self._stdout_says_walltime(names)
+
+        records = []
+        if 'results' in names and results_name in _list(retrieved, 'results'):
+            records = parse_results_lines(retrieved.base.repository.get_object_content(results_name, mode='r'))
+        evals = [record for record in records if record.get('mode') == 'eval']
+        last_epoch = max((r['epoch'] for r in records if r.get('epoch') is not None), default=None)
+        if walltime:
+            return self.exit_codes.ERROR_OUT_OF_WALLTIME.format(epoch=last_epoch)
+        if 'logs' not in names or log_name not in _list(retrieved, 'logs'):
+            return self.exit_codes.ERROR_MISSING_OUTPUT
+        log = retrieved.base.repository.get_object_content(log_name, mode='r')
+
+        nan = [r for r in records if not math.isfinite(float(r.get('loss', 0.0)))]
+        if nan:
+            epoch = nan[0].get('epoch')
+            return self.exit_codes.ERROR_NAN_LOSS.format(epoch='initial' if epoch is None else epoch)
+        if evals:
+            self.out('training_curve', self._curve(evals))
+
+        model_name = f'{MODEL_NAME}.model'
+        if model_name not in names:
+            tail = '\n'.join(log.splitlines()[-5:])
+            return self.exit_codes.ERROR_NO_MODEL.format(details=f'last lines of the log:\n{tail}')
+        self.out('model', self._model(model_name, log))
+        self.out('metrics', orm.Dict(self._metrics(log, evals)))
+        return ExitCode(0)
+
+    # ------------------------------------------------------------------ pieces
+    def _stdout_says_walltime(self, names) -> bool:
+        # SLURM writes this line into the job's stderr when it kills a job at its time limit; AiiDA's SLURM plugin
+        # also reports it as exit status 120, but other schedulers (and a lost accounting record) do not.
+        for name in (STDOUT_FILE, '_scheduler-stderr.txt'):
+            if name in names and 'DUE TO TIME LIMIT' in self.retrieved.base.repository.get_object_content(name, mode='r'):
+                return True
+        return False
+
+    def _curve(self, evals: list[dict]) -> orm.ArrayData:
+        curve = orm.ArrayData()
+        # Epoch -1 is MACE's "Initial" evaluation, before the first update: it shows where a warm start begins.
+        curve.set_array('epoch', np.array([-1 if r['epoch'] is None else r['epoch'] for r in evals], dtype=np.int64))
+        for key in CURVE_KEYS:
+            curve.set_array(key, np.array([r.get(key, np.nan) for r in evals], dtype=np.float64))
+        return curve
+
+    def _model(self, model_name: str, log: str) -> MlipModel:
+        from ase.data import chemical_symbols
+
+        numbers = _log_value(r'Atomic Numbers used: \[([^\]]*)\]', log) or ''
+        elements = [chemical_symbols[int(z)] for z in re.findall(r"\d+", re.sub(r"np\.\w+\(", "", numbers))]
+        r_max = _log_value(r'Radial cutoff: ([0-9.eE+-]+) A', log)
+        parameters = self.node.inputs.parameters.get_dict()
+        with tempfile.TemporaryDirectory() as folder:
+            path = pathlib.Path(folder) / model_name
+            with self.retrieved.base.repository.open(model_name, mode='rb') as source:
+                path.write_bytes(source.read())
+            return MlipModel(
+                file=path,
+                architecture='MACE',
+                elements=elements,
+                r_max=float(r_max),
+                dtype=parameters.get('default_dtype', 'float64'),
+                seed=self.node.inputs.seed.value,
+            )
+
+    def _metrics(self, log: str, evals: list[dict]) -> dict:
+        metrics: dict = parse_error_tables(log)
+        # The log names the epoch whose checkpoint became the model (the best on the validation set).
+        best = _log_value(r'Loaded Stage \w+ model from epoch (\d+)', log)
+        if best is not None:
+            metrics['best_epoch'] = int(best)
+            chosen = [r for r in evals if r.get('epoch') == int(best)]
+            if chosen:
+                # Per-epoch evaluation has RMSE and MAE on the validation set, whatever error_table says.
+                valid = metrics.setdefault('valid', {})
+                for key in ('rmse_e_per_atom', 'mae_e_per_atom', 'rmse_f', 'mae_f'):
+                    valid.setdefault(key, float(chosen[-1][key]))
+        metrics['epochs'] = sum(1 for r in evals if r.get('epoch') is not None)
+        metrics['units'] = {'energy': 'eV/atom', 'forces': 'eV/Å'}
+        return metrics
+
+
+def _list(retrieved, folder: str) -> list[str]:
+    return [f'{folder}/{name}' for name in retrieved.base.repository.list_object_names(folder)]

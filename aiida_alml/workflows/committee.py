@@ -1,0 +1,94 @@
+"""``alml.committee``: train a committee of MACE models that differ in seed (and optionally in a bootstrap resample)."""
+
+from __future__ import annotations
+
+import numpy as np
+from aiida import orm
+from aiida.engine import ToContext, WorkChain, calcfunction
+
+from aiida_alml.calculations.mace_train import MaceTrainCalculation
+from aiida_alml.data import ConfigurationSet
+
+__all__ = ('CommitteeWorkChain', 'bootstrap_resample')
+
+
+@calcfunction
+def bootstrap_resample(training_set: ConfigurationSet, seed: orm.Int) -> ConfigurationSet:
+    """Draw as many configurations as the set has, with replacement (a calcfunction, so provenance shows it).
+
+    Isolated-atom configurations are always kept once: they give the E0s and must not be dropped by the draw.
+    """
+    configurations = training_set.configurations
+    isolated = [i for i, meta in enumerate(configurations.metadata) if meta.get('config_type') == 'IsolatedAtom']
+    others = np.array([i for i in range(len(configurations)) if i not in set(isolated)])
+    rng = np.random.default_rng(seed.value)
+    drawn = rng.choice(others, size=len(others), replace=True)
+    return ConfigurationSet(configurations.select(isolated + sorted(drawn.tolist())))
+
+
+def _validate_inputs(inputs, _):
+    count = inputs['num_members'].value
+    if count < 2:
+        return f'num_members: a committee needs at least two members to estimate an uncertainty, got {count}'
+    if 'seeds' in inputs:
+        seeds = inputs['seeds'].get_list()
+        if len(seeds) != count:
+            return f'seeds: {len(seeds)} seeds given for num_members={count}'
+        if len(set(seeds)) != len(seeds) or not all(isinstance(seed, int) for seed in seeds):
+            return f'seeds: must be distinct integers, got {seeds}'
+    return None
+
+
+class CommitteeWorkChain(WorkChain):
+    """Train ``num_members`` MACE models concurrently; member ``i`` gets ``seeds[i]`` (default ``i + 1``).
+
+    The training inputs are those of ``alml.mace.train`` (namespace ``train``) except ``seed``. With ``bootstrap``
+    each member trains on its own resample of the training set, drawn by :func:`bootstrap_resample`.
+    """
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.expose_inputs(MaceTrainCalculation, namespace='train', exclude=('seed',))
+        spec.input('num_members', valid_type=orm.Int, default=lambda: orm.Int(4), help='Committee size (>= 2).')
+        spec.input('seeds', valid_type=orm.List, required=False, help='One distinct integer seed per member.')
+        spec.input('bootstrap', valid_type=orm.Bool, default=lambda: orm.Bool(False),
+                   help='Train each member on a bootstrap resample of the training set.')
+        spec.inputs.validator = _validate_inputs
+        spec.outline(cls.train_members, cls.gather)
+        spec.output_namespace('models', valid_type=orm.Data, dynamic=True, help='member_0, member_1, ...')
+        spec.output('summary', valid_type=orm.Dict, help='Seed and final metrics of every member.')
+        spec.exit_code(410, 'ERROR_MEMBER_FAILED', message='Training of members {members} failed.')
+
+    def _seeds(self) -> list[int]:
+        if 'seeds' in self.inputs:
+            return list(self.inputs.seeds.get_list())
+        return list(range(1, self.inputs.num_members.value + 1))
+
+    def train_members(self):
+        futures = {}
+        for index, seed in enumerate(self._seeds()):
+            inputs = self.exposed_inputs(MaceTrainCalculation, namespace='train')
+            inputs['seed'] = orm.Int(seed)
+            if self.inputs.bootstrap.value:
+                inputs['training_set'] = bootstrap_resample(inputs['training_set'], orm.Int(seed))
+            inputs.setdefault('metadata', {})['call_link_label'] = f'member_{index}'
+            futures[f'member_{index}'] = self.submit(MaceTrainCalculation, **inputs)
+            self.report(f'member_{index}: training launched as <{futures[f"member_{index}"].pk}> with seed {seed}')
+        return ToContext(**futures)
+
+    def gather(self):
+        failed, summary = [], {}
+        for index, seed in enumerate(self._seeds()):
+            key = f'member_{index}'
+            node = self.ctx[key]
+            if not node.is_finished_ok:
+                failed.append(f'{key} <{node.pk}> (exit status {node.exit_status})')
+                continue
+            summary[key] = {'seed': seed, 'pk': node.pk, 'metrics': node.outputs.metrics.get_dict()}
+        if failed:
+            return self.exit_codes.ERROR_MEMBER_FAILED.format(members=', '.join(failed))
+        for key in summary:
+            self.out(f'models.{key}', self.ctx[key].outputs.model)
+        self.out('summary', orm.Dict(summary).store())
+        return None

@@ -1,0 +1,100 @@
+"""``alml.explore``: committee MD on a grid of starting structures x conditions, all runs concurrent."""
+
+from __future__ import annotations
+
+from aiida import orm
+from aiida.engine import ToContext, WorkChain
+
+from aiida_alml.calculations.md import MdCalculation, check_committee
+from aiida_alml.engines.md import MdParameterError, validate_parameters
+
+__all__ = ('ExploreWorkChain',)
+
+
+def _conditions(inputs) -> list[dict]:
+    base = inputs['parameters'].get_dict() if 'parameters' in inputs else {}
+    return [{**base, **condition} for condition in inputs['conditions'].get_list()]
+
+
+def _validate_inputs(inputs, ctx):
+    conditions = inputs['conditions'].get_list()
+    if not conditions:
+        return 'conditions: give at least one set of MD conditions'
+    if not all(isinstance(condition, dict) for condition in conditions):
+        return 'conditions: every entry must be a dict of MD parameters (ensemble, temperature, pressure, steps, ...)'
+    for index, condition in enumerate(_conditions(inputs)):
+        try:
+            validate_parameters(condition)
+        except MdParameterError as error:
+            return f'conditions[{index}]: {error}'
+    if 'structures' not in ctx:
+        return None  # exposed by a workflow that supplies structures and models itself, and checks them
+    if not inputs.get('structures'):
+        return 'structures: give at least one starting structure'
+    models = [inputs['md']['models'][key] for key in sorted(inputs['md'].get('models', {}))]
+    elements = set().union(*(structure.get_symbols_set() for structure in inputs['structures'].values()))
+    return check_committee(models, elements, name='md.models')
+
+
+class ExploreWorkChain(WorkChain):
+    """Run ``alml.md`` for every structure in ``structures`` under every entry of ``conditions``.
+
+    Each condition is a dict of MD parameters laid over ``parameters`` (e.g. ``{'ensemble': 'npt_berendsen',
+    'temperature': 600, 'pressure': 1.0, 'steps': 2000}``). Run ``<structure>_c<i>`` gives
+    ``trajectories.<structure>_c<i>`` and ``summaries.<structure>_c<i>``; ``overview`` lists them all.
+    """
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.expose_inputs(MdCalculation, namespace='md', exclude=('structure', 'parameters'))
+        spec.input_namespace('structures', valid_type=orm.StructureData, dynamic=True, help='Starting structures.')
+        spec.input('conditions', valid_type=orm.List, help='List of MD parameter dicts, one per condition.')
+        spec.input('parameters', valid_type=orm.Dict, required=False, help='MD parameters shared by all conditions.')
+        spec.inputs.validator = _validate_inputs
+        spec.outline(cls.launch_runs, cls.gather)
+        spec.output_namespace('trajectories', valid_type=orm.TrajectoryData, dynamic=True)
+        spec.output_namespace('summaries', valid_type=orm.Dict, dynamic=True)
+        spec.output('overview', valid_type=orm.Dict, help='Per run: structure, condition, stop reason, max sigma.')
+        spec.exit_code(420, 'ERROR_ALL_RUNS_FAILED', message='Not one MD run finished: {runs}')
+
+    def _grid(self):
+        for key in sorted(self.inputs.structures):
+            for index, condition in enumerate(_conditions(self.inputs)):
+                yield f'{key}_c{index}', key, index, condition
+
+    def launch_runs(self):
+        futures = {}
+        for label, key, _, condition in self._grid():
+            inputs = self.exposed_inputs(MdCalculation, namespace='md')
+            inputs.update(structure=self.inputs.structures[key], parameters=orm.Dict(condition))
+            inputs.setdefault('metadata', {})['call_link_label'] = label
+            futures[label] = self.submit(MdCalculation, **inputs)
+        self.report(f'launched {len(futures)} MD runs')
+        return ToContext(**futures)
+
+    def gather(self):
+        overview, failed = {}, []
+        for label, key, index, condition in self._grid():
+            node = self.ctx[label]
+            entry = {'structure': key, 'condition': index, 'parameters': condition, 'pk': node.pk}
+            if not node.is_finished_ok:
+                failed.append(f'{label} <{node.pk}> (exit status {node.exit_status})')
+                overview[label] = {**entry, 'failed': True, 'exit_status': node.exit_status}
+                continue
+            summary = node.outputs.summary.get_dict()
+            overview[label] = {
+                **entry,
+                'failed': False,
+                'stop_reason': summary['stop_reason'],
+                'steps_done': summary['steps_done'],
+                'max_force_sigma': summary['max_force_sigma'],
+            }
+            self.out(f'trajectories.{label}', node.outputs.trajectory)
+            self.out(f'summaries.{label}', node.outputs.summary)
+        if failed:
+            self.report(f'failed MD runs: {", ".join(failed)}')
+        self.out('overview', orm.Dict(overview).store())
+        if len(failed) == len(overview):
+            return self.exit_codes.ERROR_ALL_RUNS_FAILED.format(runs=', '.join(failed))
+        return None

@@ -1,0 +1,184 @@
+"""``alml.mace.train``: input checks (no training), a trained model, warm start and restart after a walltime kill."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from aiida import orm
+from aiida.engine import run_get_node
+
+from aiida_alml.calculations.mace_train import MaceTrainCalculation
+from aiida_alml.data import ConfigurationSet, MlipModel
+from aiida_alml.engines.mace_options import MaceOptionError, check_parameters, to_command_line
+from aiida_alml.parsers.mace_train import parse_error_tables
+
+
+def _refused(inputs, match):
+    """The calculation must be refused at validation, before anything is written or run."""
+    with pytest.raises(ValueError, match=match):
+        run_get_node(MaceTrainCalculation, **inputs)
+
+
+# ---------------------------------------------------------------------- options
+def test_unknown_option_names_the_closest_known_ones():
+    with pytest.raises(MaceOptionError, match=r'`num_chanels` is not an option.*did you mean num_channels'):
+        check_parameters({'num_chanels': 8})
+
+
+def test_reserved_option_says_which_input_to_use():
+    with pytest.raises(MaceOptionError, match=r'`train_file` is set by the calculation itself: use the `training_set`'):
+        check_parameters({'train_file': 'mine.xyz'})
+    with pytest.raises(MaceOptionError, match=r'`foundation_model`.*`parent_model`'):
+        check_parameters({'foundation_model': 'small'})
+
+
+def test_values_are_checked_with_mace_types():
+    with pytest.raises(MaceOptionError, match='batch_size'):
+        check_parameters({'batch_size': 'ten'})
+    with pytest.raises(MaceOptionError, match='on/off flag'):
+        check_parameters({'swa': 'yes'})
+
+
+def test_command_line_mapping():
+    arguments = to_command_line({'swa': True, 'ema': False, 'radial_MLP': [8, 8], 'max_num_epochs': 3, 'plot': False})
+    assert arguments == ['--max_num_epochs', '3', '--plot', 'False', '--radial_MLP', '[8, 8]', '--swa']
+
+
+def test_error_table_parsing():
+    log = """x INFO: Error-table on TRAIN and VALID:
++---------------+---------------------+------------------+-------------------+
+|  config_type  | RMSE E / meV / atom | RMSE F / meV / A | relative F RMSE % |
++---------------+---------------------+------------------+-------------------+
+| train_Default |         3134.1      |        202.1     |         42.26     |
+| valid_Default |         3132.9      |        255.0     |         40.54     |
++---------------+---------------------+------------------+-------------------+"""
+    tables = parse_error_tables(log)
+    assert tables['train']['rmse_e_per_atom'] == pytest.approx(3.1341)
+    assert tables['valid']['rmse_f'] == pytest.approx(0.255)
+
+
+# ---------------------------------------------------------------------- bad inputs, refused before running
+def test_unknown_parameter_refused_by_the_calculation(tiny_mace_inputs):
+    _refused(tiny_mace_inputs(max_L=0, num_chanels=8), 'did you mean num_channels')
+
+
+def test_training_set_without_forces(tiny_mace_inputs, emt_labelled):
+    images = []
+    for atoms in emt_labelled:
+        image = atoms.copy()  # the copy has no calculator, so no forces
+        image.info['REF_energy'] = atoms.get_potential_energy()
+        images.append(image)
+    energies_only = ConfigurationSet.from_ase(images)
+    assert energies_only.labels == ['energy']
+    _refused({**tiny_mace_inputs(), 'training_set': energies_only}, r'training_set: .*no forces')
+
+
+def test_fewer_configurations_than_a_batch(tiny_mace_inputs):
+    # 20 cells, 20 % split off for validation: 16 are left, fewer than a batch of 32.
+    _refused(tiny_mace_inputs(batch_size=32), r'training_set: 16 configurations .* batch_size is 32')
+
+
+def test_e0s_must_cover_the_elements(tiny_mace_inputs):
+    _refused({**tiny_mace_inputs(), 'e0s': orm.Dict({'Ag': -0.1})}, r"e0s: no isolated-atom energy for \['Cu'\]")
+    _refused({**tiny_mace_inputs(), 'e0s': orm.Str('guess')}, r'e0s: a string must be "average"')
+
+
+def test_parent_model_with_a_changed_file_is_refused(tiny_mace_inputs, tmp_path):
+    path = tmp_path / 'fake.model'
+    path.write_bytes(b'original bytes')
+    parent = MlipModel(file=path, architecture='MACE', elements=['Cu'], r_max=4.0, dtype='float64')
+    path.write_bytes(b'tampered bytes')
+    parent.base.repository.put_object_from_file(str(path), parent.filename)
+    _refused({**tiny_mace_inputs(), 'parent_model': parent}, r'parent_model: .*does not match|parent_model: .*SHA-256')
+
+
+def test_parent_model_r_max_conflict(tiny_mace_inputs, tmp_path):
+    path = tmp_path / 'parent.model'
+    path.write_bytes(b'bytes')
+    parent = MlipModel(file=path, architecture='MACE', elements=['Cu'], r_max=5.0, dtype='float64')
+    _refused({**tiny_mace_inputs(), 'parent_model': parent}, r'r_max 4.0 differs from the parent model r_max 5.0')
+
+
+# ---------------------------------------------------------------------- trained models
+@pytest.mark.slow
+def test_committee_members_are_trained_models(trained_committee):
+    node, models = trained_committee
+    summary = node.outputs.summary.get_dict()
+    assert [summary[f'member_{i}']['seed'] for i in range(2)] == [1, 2]
+    for index, model in enumerate(models):
+        assert model.architecture == 'MACE'
+        assert model.elements == ['Cu']
+        assert model.r_max == pytest.approx(4.0)
+        assert model.dtype == 'float64'
+        assert model.seed == index + 1
+        model.verify()
+        metrics = summary[f'member_{index}']['metrics']
+        for subset in ('train', 'valid'):
+            assert np.isfinite(metrics[subset]['rmse_f']) and metrics[subset]['rmse_f'] > 0
+        assert {'rmse_e_per_atom', 'mae_e_per_atom', 'rmse_f', 'mae_f'} <= set(metrics['valid'])
+    assert models[0].sha256 != models[1].sha256  # different seeds give different weights
+    calc = node.called[0] if node.called[0].process_class is MaceTrainCalculation else node.called[1]
+    curve = calc.outputs.training_curve
+    # The initial evaluation (epoch -1) and one per epoch.
+    assert curve.get_array('epoch').tolist() == [-1, 0, 1, 2]
+    log = calc.outputs.retrieved.base.repository.get_object_content(f'logs/mace_run-{calc.inputs.seed.value}.log')
+    # E0 from the IsolatedAtom configuration of the set, not MACE's average.
+    e0 = cu_e0()
+    assert f'{{29: {e0!r}}}' in log
+
+
+def cu_e0():
+    from ase import Atoms
+    from ase.calculators.emt import EMT
+
+    atom = Atoms('Cu', positions=[[0.0, 0.0, 0.0]], cell=[12.0, 12.0, 12.0], pbc=False)
+    atom.calc = EMT()
+    return float(atom.get_potential_energy())
+
+
+@pytest.mark.slow
+def test_warm_start_continues_from_the_parent(trained_committee, tiny_mace_inputs):
+    parent_work, models = trained_committee
+    parent = models[0]
+    parent_calc = parent.creator
+    _, child = run_get_node(
+        MaceTrainCalculation, **{**tiny_mace_inputs(max_num_epochs=1), 'parent_model': parent, 'seed': orm.Int(1)}
+    )
+    assert child.is_finished_ok, child.exit_message
+    parent_curve, child_curve = parent_calc.outputs.training_curve, child.outputs.training_curve
+    best = parent_calc.outputs.metrics['best_epoch']
+    parent_epochs = parent_curve.get_array('epoch')
+    parent_best_rmse_f = parent_curve.get_array('rmse_f')[parent_epochs == best][0]
+    # Same seed, same split: before its first update the child is the parent's best model on the same validation set.
+    assert child_curve.get_array('rmse_f')[0] == pytest.approx(parent_best_rmse_f, rel=1e-6)
+    # A fresh start begins far worse: the parent needed `best + 1` epochs to get where the child starts.
+    assert child_curve.get_array('rmse_f')[0] < 0.8 * parent_curve.get_array('rmse_f')[0]
+    assert best >= 0
+
+
+@pytest.mark.slow
+def test_walltime_kill_then_restart_continues_from_checkpoints(tiny_mace_inputs):
+    inputs = tiny_mace_inputs(max_num_epochs=2)
+    inputs['seed'] = orm.Int(5)
+    # What SLURM does at the time limit: the trainer dies before writing the model, the message goes to stderr.
+    inputs['metadata']['options']['append_text'] = (
+        'rm -f mace.model\necho "slurmstepd: *** JOB 1 CANCELLED AT 2026-01-01 DUE TO TIME LIMIT ***" >&2\n'
+    )
+    _, killed = run_get_node(MaceTrainCalculation, **inputs)
+    assert killed.exit_status == MaceTrainCalculation.exit_codes.ERROR_OUT_OF_WALLTIME.status
+    assert 'restart_folder' in killed.exit_message
+
+    restart = tiny_mace_inputs(max_num_epochs=4)
+    restart.update(seed=orm.Int(5), restart_folder=killed.outputs.remote_folder)
+    _, node = run_get_node(MaceTrainCalculation, **restart)
+    assert node.is_finished_ok, node.exit_message
+    epochs = node.outputs.training_curve.get_array('epoch')
+    # Continued: no epoch 0 again, the first trained epoch follows the checkpointed one.
+    assert epochs[0] == -1 and epochs[1] >= 1 and epochs[-1] == 3
+    assert node.outputs.metrics['epochs'] == len(epochs) - 1
+
+
+def test_restart_with_another_seed_is_refused(trained_committee, tiny_mace_inputs):
+    member = trained_committee[1][0].creator
+    inputs = {**tiny_mace_inputs(), 'seed': orm.Int(99), 'restart_folder': member.outputs.remote_folder}
+    _refused(inputs, r'restart_folder: comes from a run with seed 1, this one has seed 99')

@@ -28,12 +28,12 @@ def test_setup_is_idempotent_and_demo_runs_through_the_daemon(tmp_path):
     storage = _run([BIN / 'verdi', '-p', 'clitest', 'profile', 'show'], tmp_path).stdout
     assert 'core.sqlite_dos' in storage and 'core.zeromq' in storage
 
-    refused = _run([BIN / 'aiida-alml', 'demo', '-p', 'clitest', '--count', '3'], tmp_path, check=False)
+    refused = _run([BIN / 'aiida-alml', 'demo', '-p', 'clitest', '--label-only', '--count', '3'], tmp_path, check=False)
     assert refused.returncode != 0 and 'the daemon is not running' in refused.stderr
 
     _run([BIN / 'verdi', '-p', 'clitest', 'daemon', 'start', '1'], tmp_path)
     try:
-        demo = _run([BIN / 'aiida-alml', 'demo', '-p', 'clitest', '--count', '6'], tmp_path)
+        demo = _run([BIN / 'aiida-alml', 'demo', '-p', 'clitest', '--label-only', '--count', '6'], tmp_path)
     finally:
         _run([BIN / 'verdi', '-p', 'clitest', 'daemon', 'stop'], tmp_path, check=False)
     assert '6 of 6 labelled, 0 failed' in demo.stdout

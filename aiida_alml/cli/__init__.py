@@ -1,9 +1,10 @@
-"""The ``aiida-alml`` command line: ``setup`` the embedded profile, run the ``demo``."""
+"""The ``aiida-alml`` command line (verdi conventions: ``-p/--profile`` selects the profile)."""
 
 from __future__ import annotations
 
 import click
 
+from aiida_alml.cli.campaign import launch, plot, status
 from aiida_alml.cli.demo import demo
 from aiida_alml.cli.setup import setup
 
@@ -13,5 +14,5 @@ def cli():
     """Active learning of machine-learning interatomic potentials with AiiDA provenance."""
 
 
-cli.add_command(setup)
-cli.add_command(demo)
+for command in (setup, demo, launch, status, plot):
+    cli.add_command(command)

@@ -82,19 +82,72 @@ def _check_against_in_process(structures, labelled) -> tuple[float, float]:
     return d_energy, d_forces
 
 
+DEMO_CAMPAIGN = 'protocols/demo/copper_vacancy.yaml'
+
+
 @click.command()
 @PROFILE
-@click.option('--count', default=50, show_default=True, type=click.IntRange(1), help='Number of copper cells.')
-@click.option('--seed', default=1, show_default=True, help='Seed of the random perturbations.')
-@click.option('--wait/--no-wait', default=True, show_default=True, help='Follow the job until it ends.')
-@click.option('--timeout', default=600, show_default=True, help='Seconds to wait for the job before giving up.')
-def demo(profile_name, count, seed, wait, timeout):
-    """Label COUNT rattled/strained copper cells with EMT through the daemon (alml.ase) and summarise them."""
+@click.option('--label-only', is_flag=True, help='Only label COUNT perturbed copper cells with EMT (a quick check).')
+@click.option('--count', default=50, show_default=True, type=click.IntRange(1), help='With --label-only: cells.')
+@click.option('--seed', default=1, show_default=True, help='With --label-only: seed of the perturbations.')
+@click.option('--wait/--no-wait', default=True, show_default=True, help='Follow the run until it ends.')
+@click.option('--timeout', default=3600, show_default=True, help='Seconds to wait before giving up.')
+@click.option('--plot', 'plot_path', default='alml-demo.png', show_default=True, type=click.Path(dir_okay=False),
+              help='Where the figures of the campaign go.')
+def demo(profile_name, label_only, count, seed, wait, timeout, plot_path):
+    """Run the demo campaign: active learning of copper with a vacancy, EMT reference, tiny MACE committee.
+
+    The campaign file is aiida_alml/protocols/demo/copper_vacancy.yaml; `aiida-alml launch` runs any such file.
+    """
     load_profile(profile_name)
+    from aiida.engine.daemon.client import get_daemon_client
+
+    if wait and not get_daemon_client().is_daemon_running:
+        raise click.ClickException('the daemon is not running: start it with `verdi daemon start`')
+    if label_only:
+        _label_demo(count, seed, wait, timeout)
+    else:
+        _campaign_demo(wait, timeout, plot_path)
+
+
+def _campaign_demo(wait, timeout, plot_path):
+    import pathlib
+
+    from aiida.engine import submit
+
+    import aiida_alml
+    from aiida_alml.campaign import CampaignError, load_campaign
+    from aiida_alml.cli.campaign import follow_campaign, show_status
+    from aiida_alml.workflows.active_learning import ActiveLearningWorkChain
+
+    config = pathlib.Path(aiida_alml.__file__).parent / DEMO_CAMPAIGN
+    try:
+        inputs = load_campaign(config)
+    except CampaignError as exception:
+        raise click.ClickException(f'{exception}\nRun `aiida-alml setup` first: it creates the codes the demo uses.')
+    inputs['metadata'] = {'label': 'demo: copper with a vacancy'}
+    try:
+        node = submit(ActiveLearningWorkChain, **inputs)
+    except ValueError as exception:
+        raise click.ClickException(f'{config}: {exception}')
+    click.echo(f'Submitted {node.process_label}<{node.pk}> (campaign file {config}).')
+    if not wait:
+        click.echo(f'Watch it with: aiida-alml status {node.pk}')
+        return
+    follow_campaign(node, interval=2.0, timeout=timeout)
+    click.echo()
+    show_status(node)
+    from aiida_alml.plotting import plot_campaign
+
+    click.echo(f'\nFigures: {plot_campaign(node, plot_path)}')
+    click.echo(f'Look closer: verdi process report {node.pk}   aiida-alml status {node.pk}   '
+               f'verdi node show {node.outputs.dataset.pk if "dataset" in node.outputs else node.pk}')
+
+
+def _label_demo(count, seed, wait, timeout):
     from aiida import orm
     from aiida.common.exceptions import NotExistent
     from aiida.engine import submit
-    from aiida.engine.daemon.client import get_daemon_client
 
     from aiida_alml.calculations.ase import AseLabelCalculation
     from aiida_alml.data import ConfigurationSet
@@ -103,8 +156,6 @@ def demo(profile_name, count, seed, wait, timeout):
         code = orm.load_code('alml-label@localhost')
     except NotExistent:
         raise click.ClickException('code alml-label@localhost does not exist: run `aiida-alml setup` first')
-    if wait and not get_daemon_client().is_daemon_running:
-        raise click.ClickException('the daemon is not running: start it with `verdi daemon start`')
 
     images = copper_cells(count, seed)
     structures = ConfigurationSet.from_ase(images, metadata=[{'demo_seed': seed, 'index': i} for i in range(count)])

@@ -1,0 +1,195 @@
+"""A campaign file (YAML) → the inputs of ``alml.active_learning``, and the progress table of a running campaign.
+
+The YAML keys are the workflow's own input names (``aiida-alml launch --help`` and docs/campaign.md list them);
+values are converted by the type each input expects: codes by label (``alml-label@localhost``), sets of
+configurations from any ASE-readable file (relative to the YAML file) or a node PK/UUID, dicts and lists as Dict and
+List nodes. Unknown keys are refused with the closest known names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import pathlib
+from typing import Any
+
+__all__ = ('CampaignError', 'load_campaign', 'inputs_from_config', 'iteration_table', 'current_stage')
+
+
+class CampaignError(ValueError):
+    """The campaign file is malformed; the message names the key."""
+
+
+def load_campaign(path: str | pathlib.Path) -> dict:
+    """Read the YAML file and convert it to process inputs (nothing is stored or run)."""
+    import yaml
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CampaignError(f'campaign file {path} does not exist')
+    try:
+        config = yaml.safe_load(path.read_text(encoding='utf-8'))
+    except yaml.YAMLError as exception:
+        raise CampaignError(f'{path}: not valid YAML: {exception}') from exception
+    if not isinstance(config, dict):
+        raise CampaignError(f'{path}: the top level must be a mapping of input names to values')
+    return inputs_from_config(config, base=path.parent)
+
+
+def inputs_from_config(config: dict, base: pathlib.Path) -> dict:
+    from aiida_alml.workflows.active_learning import ActiveLearningWorkChain
+
+    return _convert_namespace(ActiveLearningWorkChain.spec().inputs, config, base, '')
+
+
+def _convert_namespace(namespace, values: dict, base: pathlib.Path, where: str) -> dict:
+    from plumpy.ports import PortNamespace
+
+    if not isinstance(values, dict):
+        raise CampaignError(f'{where or "top level"}: expected a mapping, got {type(values).__name__}')
+    converted = {}
+    for key, value in values.items():
+        name = f'{where}.{key}' if where else key
+        if key == 'metadata':
+            converted[key] = value  # process options and labels: plain values, not nodes
+            continue
+        if key not in namespace:
+            if namespace.dynamic:
+                converted[key] = value
+                continue
+            known = [port for port in namespace if port != 'metadata']
+            close = difflib.get_close_matches(key, known, n=2)
+            hint = f' (did you mean {" or ".join(close)}?)' if close else ''
+            raise CampaignError(f'unknown key `{name}`{hint}; known here: {", ".join(sorted(known))}')
+        port = namespace[key]
+        if isinstance(port, PortNamespace):
+            converted[key] = _convert_namespace(port, value, base, name)
+        else:
+            converted[key] = _convert_value(port, value, base, name)
+    return converted
+
+
+def _valid_types(port) -> tuple:
+    valid = port.valid_type
+    if valid is None:
+        return ()
+    return valid if isinstance(valid, tuple) else (valid,)
+
+
+def _convert_value(port, value: Any, base: pathlib.Path, name: str):
+    from aiida import orm
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
+
+    from aiida_alml.data import ConfigurationSet
+
+    types = _valid_types(port)
+    try:
+        if any(issubclass(t, orm.AbstractCode) for t in types):
+            return orm.load_code(str(value))
+        if ConfigurationSet in types:
+            return _configuration_set(value, base)
+        if orm.Dict in types and isinstance(value, dict):
+            return orm.Dict(value)
+        if orm.List in types and isinstance(value, list):
+            return orm.List(value)
+        for node_type, python_type in ((orm.Bool, bool), (orm.Int, int), (orm.Float, (int, float)), (orm.Str, str)):
+            if node_type in types and isinstance(value, python_type) and not (
+                python_type is int and isinstance(value, bool)
+            ):
+                return node_type(value)
+    except (NotExistent, MultipleObjectsError) as exception:
+        raise CampaignError(f'`{name}`: {exception}') from exception
+    expected = ', '.join(t.__name__ for t in types) or 'any'
+    raise CampaignError(f'`{name}`: cannot use {value!r} here (expected {expected})')
+
+
+def _configuration_set(value, base: pathlib.Path):
+    """A set from a node PK/UUID, or from any ASE-readable file (labels from REF_* keys or the file's results)."""
+    from aiida import orm
+
+    from aiida_alml.data import ConfigurationSet
+
+    if isinstance(value, int) or (isinstance(value, str) and len(value) == 36 and value.count('-') == 4):
+        node = orm.load_node(value)
+        if not isinstance(node, ConfigurationSet):
+            raise CampaignError(f'node {value} is a {type(node).__name__}, not a ConfigurationSet')
+        return node
+    path = base / str(value)
+    if not path.is_file():
+        raise CampaignError(f'structure file {path} does not exist')
+    import ase.io
+
+    return ConfigurationSet.from_ase(ase.io.read(path, index=':'))
+
+
+# ---------------------------------------------------------------------- progress
+def _child(node, link_label: str):
+    from aiida.common.links import LinkType
+
+    children = node.base.links.get_outgoing(link_type=(LinkType.CALL_CALC, LinkType.CALL_WORK),
+                                            link_label_filter=link_label).all_nodes()
+    return children[0] if children else None
+
+
+def iteration_table(node) -> list[dict]:
+    """Per-iteration figures of an ``alml.active_learning`` run, finished or still running."""
+    if 'learning_curve' in node.outputs:
+        return node.outputs.learning_curve.get_dict()['iterations']
+    rows = []
+    iteration = 0
+    while (train := _child(node, f'train_{iteration}')) is not None:
+        row: dict[str, Any] = {'iteration': iteration, 'wall_time_s': {}}
+        if train.is_terminated:
+            row['wall_time_s']['train'] = (train.mtime - train.ctime).total_seconds()
+        if (explore := _child(node, f'explore_{iteration}')) is not None and explore.is_terminated:
+            row['wall_time_s']['explore'] = (explore.mtime - explore.ctime).total_seconds()
+        if (select := _child(node, f'select_{iteration}')) is not None and select.is_finished_ok:
+            summary = select.outputs.summary.get_dict()
+            row.update({key: summary[key] for key in ('frames', 'accurate_fraction', 'candidate_fraction',
+                                                        'failed_fraction', 'max_uncertainty')})
+        if (label := _child(node, f'label_{iteration}')) is not None and label.is_finished_ok:
+            row['labels_new'] = len(label.outputs.labelled)
+        if (evaluate := _child(node, f'evaluate_{iteration}')) is not None and evaluate.is_finished_ok:
+            metrics = evaluate.outputs.metrics.get_dict()
+            row['oos_force_rmse'] = metrics['force_rmse']
+            row['fitted_calibration_factor'] = evaluate.outputs.calibration_factor.value
+        rows.append(row)
+        iteration += 1
+    return rows
+
+
+def current_stage(node) -> str:
+    """The link label of the newest child process that has not finished (``done`` when none)."""
+    if node.is_terminated:
+        return 'done'
+    running = [child for child in node.called if not child.is_terminated]
+    if not running:
+        return 'between stages'
+    from aiida.common.links import LinkType
+
+    newest = max(running, key=lambda child: child.ctime)
+    links = node.base.links.get_outgoing(link_type=(LinkType.CALL_CALC, LinkType.CALL_WORK)).all()
+    labels = {entry.node.pk: entry.link_label for entry in links}
+    return labels.get(newest.pk, newest.process_label)
+
+
+def format_table(rows: list[dict]) -> str:
+    """A fixed-width table of :func:`iteration_table` rows."""
+    header = (f'{"iter":>4} {"frames":>6} {"accurate":>8} {"cand.":>6} {"failed":>6} {"new":>4} '
+              f'{"oos F-RMSE":>10} {"calib":>6} {"train s":>8} {"explore s":>9} {"label s":>8}')
+    lines = [header]
+
+    def number(value, fmt):
+        return format(value, fmt) if isinstance(value, (int, float)) else '-'
+
+    for row in rows:
+        times = row.get('wall_time_s', {})
+        lines.append(
+            f'{row["iteration"]:>4} {number(row.get("frames"), "6d"):>6} '
+            f'{number(row.get("accurate_fraction"), "8.1%"):>8} {number(row.get("candidate_fraction"), "6.1%"):>6} '
+            f'{number(row.get("failed_fraction"), "6.1%"):>6} {number(row.get("labels_new"), "4d"):>4} '
+            f'{number(row.get("oos_force_rmse"), "10.3f"):>10} '
+            f'{number(row.get("fitted_calibration_factor"), "6.2f"):>6} '
+            f'{number(times.get("train"), "8.1f"):>8} {number(times.get("explore"), "9.1f"):>9} '
+            f'{number(times.get("label"), "8.1f"):>8}'
+        )
+    return '\n'.join(lines)

@@ -1,0 +1,117 @@
+"""``aiida-alml launch | status | plot``: run and watch an active-learning campaign."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from aiida_alml.cli.options import PROFILE, load_profile
+
+
+def _load_campaign_node(pk):
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+
+    try:
+        node = orm.load_node(pk)
+    except NotExistent:
+        raise click.ClickException(f'no node with PK/UUID {pk}')
+    if node.process_type != 'aiida.workflows:alml.active_learning':
+        raise click.ClickException(f'node {pk} is a {type(node).__name__} ({node.process_type}), not an '
+                                   'alml.active_learning run')
+    return node
+
+
+def show_status(node) -> None:
+    from aiida_alml.campaign import current_stage, format_table, iteration_table
+
+    state = node.process_state.value if node.process_state else 'created'
+    click.echo(f'{node.process_label}<{node.pk}>  state: {state}  stage: {current_stage(node)}')
+    click.echo(format_table(iteration_table(node)))
+    if node.is_terminated:
+        if 'learning_curve' in node.outputs:
+            curve = node.outputs.learning_curve.get_dict()
+            click.echo(f'stopped: {curve["stop_reason"]}; {curve["labels_used"]} reference labels; '
+                       f'calibration factor {curve["final_calibration_factor"]:.2f}')
+        if node.exit_status:
+            click.echo(f'exit status {node.exit_status}: {node.exit_message}')
+
+
+def follow_campaign(node, interval: float = 5.0, timeout: float | None = None) -> None:
+    """Print a progress line whenever the stage changes, until the campaign ends."""
+    from aiida_alml.campaign import current_stage
+
+    start, last = time.monotonic(), None
+    while not node.is_terminated:
+        stage = current_stage(node)
+        if stage != last:
+            click.echo(f'  [{time.monotonic() - start:7.1f} s] {stage}')
+            last = stage
+        if timeout is not None and time.monotonic() - start > timeout:
+            raise click.ClickException(f'campaign {node.pk} still running after {timeout:.0f} s; '
+                                       f'follow it with `aiida-alml status {node.pk}`')
+        time.sleep(interval)
+    click.echo(f'  [{time.monotonic() - start:7.1f} s] finished')
+
+
+@click.command()
+@PROFILE
+@click.argument('config', type=click.Path(exists=True, dir_okay=False))
+@click.option('--wait/--no-wait', default=False, show_default=True, help='Follow the campaign until it ends.')
+@click.option('--plot', 'plot_path', type=click.Path(dir_okay=False), default=None,
+              help='With --wait: write the figures here at the end.')
+def launch(profile_name, config, wait, plot_path):
+    """Submit the campaign described in CONFIG (YAML; see docs/campaign.md) to the daemon."""
+    load_profile(profile_name)
+    from aiida.engine import submit
+    from aiida.engine.daemon.client import get_daemon_client
+
+    from aiida_alml.campaign import CampaignError, load_campaign
+    from aiida_alml.workflows.active_learning import ActiveLearningWorkChain
+
+    try:
+        inputs = load_campaign(config)
+    except CampaignError as exception:
+        raise click.ClickException(str(exception))
+    if not get_daemon_client().is_daemon_running:
+        raise click.ClickException('the daemon is not running: start it with `verdi daemon start`')
+    try:
+        node = submit(ActiveLearningWorkChain, **inputs)
+    except ValueError as exception:
+        raise click.ClickException(f'{config}: {exception}')
+    click.echo(f'Submitted {node.process_label}<{node.pk}>. Watch it with: aiida-alml status {node.pk}')
+    if wait:
+        follow_campaign(node)
+        show_status(node)
+        if plot_path:
+            from aiida_alml.plotting import plot_campaign
+
+            click.echo(f'Figures: {plot_campaign(node, plot_path)}')
+
+
+@click.command()
+@PROFILE
+@click.argument('pk')
+@click.option('--watch', is_flag=True, help='Refresh every few seconds until the campaign ends.')
+def status(profile_name, pk, watch):
+    """Per-iteration table and current stage of the campaign PK."""
+    load_profile(profile_name)
+    node = _load_campaign_node(pk)
+    show_status(node)
+    while watch and not node.is_terminated:
+        time.sleep(5)
+        click.echo()
+        show_status(node)
+
+
+@click.command()
+@PROFILE
+@click.argument('pk')
+@click.option('-o', '--output', type=click.Path(dir_okay=False), default='campaign.png', show_default=True)
+def plot(profile_name, pk, output):
+    """Learning curve, σ against the true error and uncertainty histograms of the campaign PK (PNG)."""
+    load_profile(profile_name)
+    from aiida_alml.plotting import plot_campaign
+
+    click.echo(f'Wrote {plot_campaign(_load_campaign_node(pk), output)}')

@@ -53,10 +53,11 @@ def _convert_namespace(namespace, values: dict, base: pathlib.Path, where: str) 
             converted[key] = value  # process options and labels: plain values, not nodes
             continue
         if key not in namespace:
-            if namespace.dynamic:
+            known = [port for port in namespace if port != 'metadata']
+            # Exposed namespaces are flagged dynamic too; only one without named ports really takes free keys.
+            if namespace.dynamic and not known:
                 converted[key] = value
                 continue
-            known = [port for port in namespace if port != 'metadata']
             close = difflib.get_close_matches(key, known, n=2)
             hint = f' (did you mean {" or ".join(close)}?)' if close else ''
             raise CampaignError(f'unknown key `{name}`{hint}; known here: {", ".join(sorted(known))}')
@@ -146,8 +147,10 @@ def iteration_table(node) -> list[dict]:
             summary = select.outputs.summary.get_dict()
             row.update({key: summary[key] for key in ('frames', 'accurate_fraction', 'candidate_fraction',
                                                         'failed_fraction', 'max_uncertainty')})
-        if (label := _child(node, f'label_{iteration}')) is not None and label.is_finished_ok:
-            row['labels_new'] = len(label.outputs.labelled)
+        if (label := _child(node, f'label_{iteration}')) is not None and label.is_terminated:
+            row['wall_time_s']['label'] = (label.mtime - label.ctime).total_seconds()
+            if label.is_finished_ok:
+                row['labels_new'] = len(label.outputs.labelled)
         if (evaluate := _child(node, f'evaluate_{iteration}')) is not None and evaluate.is_finished_ok:
             metrics = evaluate.outputs.metrics.get_dict()
             row['oos_force_rmse'] = metrics['force_rmse']

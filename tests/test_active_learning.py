@@ -50,18 +50,30 @@ def al_inputs(label_code, mace_train_code, md_code):
 
 
 def test_stops_on_label_budget_through_the_daemon(submit_and_await, al_inputs):
-    inputs = al_inputs(max_labels=orm.Int(14))
-    node = submit_and_await(ActiveLearningWorkChain, timeout=900, **inputs)
+    # trust_lo tiny: every frame is a candidate, so each iteration labels up to the cap (4), then what is left (2)
+    inputs = al_inputs(max_labels=orm.Int(18), warm_start=orm.Bool(True),
+                       warm_start_parameters=orm.Dict({'max_num_epochs': 2}),
+                       selection=orm.Dict({'trust_lo': 1e-6, 'trust_hi': 50.0, 'labels_per_iteration': 4}))
+    node = submit_and_await(ActiveLearningWorkChain, timeout=1200, **inputs)
     assert node.exit_status == ActiveLearningWorkChain.exit_codes.ERROR_LABEL_BUDGET_SPENT.status, node.exit_message
     curve = node.outputs.learning_curve.get_dict()
-    assert curve['stop_reason'] == 'label_budget' and curve['labels_used'] == 14
-    (first,) = curve['iterations']
-    assert first['labels_new'] == 2  # the cap was cut to what was left of the budget (14 - 12)
-    assert first['frames'] == 13 and 0 <= first['accurate_fraction'] <= 1
+    assert curve['stop_reason'] == 'label_budget' and curve['labels_used'] == 18
+    first, second = curve['iterations']
+    assert (first['labels_new'], second['labels_new']) == (4, 2)  # the cap, then what was left of the budget
+    assert first['frames'] == 13 and first['candidate_fraction'] == 1.0
+    # the calibration fitted on iteration 0's new labels scales the uncertainty of iteration 1
+    assert second['calibration_factor'] == pytest.approx(first['fitted_calibration_factor'])
+    assert first['oos_force_rmse'] > 0
     # all outputs still attached
-    assert len(node.outputs.dataset) == 14 and len(node.outputs.models) == 2
+    assert len(node.outputs.dataset) == 18 and len(node.outputs.models) == 2
     record = node.outputs.selection_records.iteration_0
-    assert int(record.get_array('chosen').sum()) == 2 and len(record.get_array('reason')) == 13
+    assert int(record.get_array('chosen').sum()) == 4 and len(record.get_array('reason')) == 13
+    # warm start: each member of iteration 1 continued from the same member of iteration 0
+    from aiida_alml.data import MlipModel
+    final = node.outputs.models.member_1
+    parent = final.creator.inputs.parent_model
+    assert isinstance(parent, MlipModel) and parent.creator.base.attributes.get('process_label') == 'MaceTrainCalculation'
+    assert parent.creator.inputs.seed.value == final.creator.inputs.seed.value
     # lineage: the final dataset descends from the EMT labelling calculations
     query = orm.QueryBuilder().append(orm.CalcJobNode, filters={'attributes.process_label': 'AseLabelCalculation'},
                                       tag='calc').append(ConfigurationSet, with_ancestors='calc',

@@ -75,6 +75,11 @@ class ActiveLearningWorkChain(WorkChain):
         spec.input('max_iterations', valid_type=orm.Int, default=lambda: orm.Int(6), help='Iteration limit.')
         spec.input('max_labels', valid_type=orm.Int, default=lambda: orm.Int(500),
                    help='Budget of new reference labels (initial structures included).')
+        spec.input('warm_start', valid_type=orm.Bool, default=lambda: orm.Bool(False),
+                   help='From the second iteration on, member i continues from member i of the previous committee.')
+        spec.input('warm_start_parameters', valid_type=orm.Dict, required=False,
+                   help='mace_run_train options that replace train.train.parameters entries for warm-started '
+                        'members, e.g. {"max_num_epochs": 10}.')
         spec.input('calibrate', valid_type=orm.Bool, default=lambda: orm.Bool(True),
                    help='Scale σ by the factor refit each iteration on the newly labelled frames.')
         spec.inputs.validator = validate_active_learning_inputs
@@ -161,6 +166,11 @@ class ActiveLearningWorkChain(WorkChain):
         self.ctx.entry = {'iteration': self.ctx.iteration, 'labels_total': len(self.ctx.dataset), 'wall_time_s': {}}
         inputs = self.exposed_inputs(CommitteeWorkChain, namespace='train')
         inputs['train']['training_set'] = self.ctx.dataset
+        if self.inputs.warm_start.value and self.ctx.models:
+            inputs['parent_models'] = self.ctx.models
+            if 'warm_start_parameters' in self.inputs:
+                base = inputs['train']['parameters'].get_dict() if 'parameters' in inputs['train'] else {}
+                inputs['train']['parameters'] = orm.Dict({**base, **self.inputs.warm_start_parameters.get_dict()})
         inputs['metadata'] = {'call_link_label': f'train_{self.ctx.iteration}'}
         self.report(f'iteration {self.ctx.iteration}: training the committee on {len(self.ctx.dataset)} configurations')
         return ToContext(committee=self.submit(CommitteeWorkChain, **inputs))

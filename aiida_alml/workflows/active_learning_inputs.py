@@ -114,6 +114,14 @@ def validate_active_learning_inputs(inputs, _=None) -> str | None:
         return (f'exploration_structures: elements {sorted(missing)} are absent from the training data; add '
                 'structures with them to initial_structures so that they are labelled first')
 
+    if 'warm_start_parameters' in inputs:
+        from aiida_alml.engines.mace_options import MaceOptionError, check_parameters
+
+        try:
+            check_parameters(inputs['warm_start_parameters'].get_dict())
+        except MaceOptionError as error:
+            return f'warm_start_parameters: {error}'
+
     label = inputs.get('label', {})
     expected = {'ase': 'alml.ase', 'aims': 'alml.aims'}
     labeller = label['labeller'].value if 'labeller' in label else None

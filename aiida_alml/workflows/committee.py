@@ -7,7 +7,7 @@ from aiida import orm
 from aiida.engine import ToContext, WorkChain, calcfunction
 
 from aiida_alml.calculations.mace_train import MaceTrainCalculation
-from aiida_alml.data import ConfigurationSet
+from aiida_alml.data import ConfigurationSet, MlipModel
 
 __all__ = ('CommitteeWorkChain', 'bootstrap_resample')
 
@@ -30,6 +30,9 @@ def _validate_inputs(inputs, _):
     count = inputs['num_members'].value
     if count < 2:
         return f'num_members: a committee needs at least two members to estimate an uncertainty, got {count}'
+    parents = inputs.get('parent_models', {})
+    if parents and sorted(parents) != [f'member_{i}' for i in range(count)]:
+        return f'parent_models: needs exactly member_0 .. member_{count - 1}, got {sorted(parents)}'
     if 'seeds' in inputs:
         seeds = inputs['seeds'].get_list()
         if len(seeds) != count:
@@ -54,6 +57,8 @@ class CommitteeWorkChain(WorkChain):
         spec.input('seeds', valid_type=orm.List, required=False, help='One distinct integer seed per member.')
         spec.input('bootstrap', valid_type=orm.Bool, default=lambda: orm.Bool(False),
                    help='Train each member on a bootstrap resample of the training set.')
+        spec.input_namespace('parent_models', valid_type=MlipModel, dynamic=True, required=False,
+                             help='Warm start member_i from parent_models.member_i (e.g. the previous committee).')
         spec.inputs.validator = _validate_inputs
         spec.outline(cls.train_members, cls.gather)
         spec.output_namespace('models', valid_type=orm.Data, dynamic=True, help='member_0, member_1, ...')
@@ -72,6 +77,9 @@ class CommitteeWorkChain(WorkChain):
             inputs['seed'] = orm.Int(seed)
             if self.inputs.bootstrap.value:
                 inputs['training_set'] = bootstrap_resample(inputs['training_set'], orm.Int(seed))
+            parent = self.inputs.get('parent_models', {}).get(f'member_{index}')
+            if parent is not None:
+                inputs['parent_model'] = parent
             inputs.setdefault('metadata', {})['call_link_label'] = f'member_{index}'
             futures[f'member_{index}'] = self.submit(MaceTrainCalculation, **inputs)
             self.report(f'member_{index}: training launched as <{futures[f"member_{index}"].pk}> with seed {seed}')

@@ -74,6 +74,14 @@ def test_stops_on_label_budget_through_the_daemon(submit_and_await, al_inputs):
     parent = final.creator.inputs.parent_model
     assert isinstance(parent, MlipModel) and parent.creator.base.attributes.get('process_label') == 'MaceTrainCalculation'
     assert parent.creator.inputs.seed.value == final.creator.inputs.seed.value
+    # provenance API: the EMT jobs behind the final dataset, by iteration
+    from aiida_alml.provenance import labelling_calculations, labels_of_iteration
+
+    jobs = labelling_calculations(node.outputs.dataset)
+    assert sum(job['num_configurations'] for job in jobs) == 18
+    assert sorted(job['iteration'] for job in jobs) == [-1, 0, 1]
+    assert all(job['settings']['calculator'] == {'name': 'emt'} for job in jobs)
+    assert len(labels_of_iteration(node, 1)) == 2
     # lineage: the final dataset descends from the EMT labelling calculations
     query = orm.QueryBuilder().append(orm.CalcJobNode, filters={'attributes.process_label': 'AseLabelCalculation'},
                                       tag='calc').append(ConfigurationSet, with_ancestors='calc',

@@ -9,11 +9,10 @@ this same run.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 
 import numpy as np
+from _profile import throwaway_profile
 
 
 def _images(count: int, atoms: int, seed: int = 0) -> list:
@@ -47,16 +46,9 @@ def main() -> None:
     parser.add_argument('--baseline', type=int, default=500, help='configurations stored the native way (0: skip)')
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as folder:
-        os.environ['AIIDA_PATH'] = folder
-        from aiida import load_profile, orm
-        from aiida.manage.configuration import create_profile, get_config
+    with throwaway_profile():
+        from aiida import orm
 
-        config = get_config(create=True)
-        create_profile(config, name='bench', email='bench@localhost', storage_backend='core.sqlite_dos',
-                       storage_config={'filepath': os.path.join(folder, 'storage')})
-        config.store()
-        load_profile('bench', allow_switch=True)
         from aiida_alml.data import ConfigurationSet
 
         images = _images(args.count, args.atoms)

@@ -25,6 +25,7 @@ import tempfile
 import time
 
 import numpy as np
+from _profile import throwaway_profile
 
 ATOMS = 8  # atoms per configuration
 
@@ -207,16 +208,9 @@ def main() -> None:
                         help='seconds allowed to each QueryBuilder with_descendants comparison (0: skip)')
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as folder:
-        os.environ['AIIDA_PATH'] = folder
-        from aiida import load_profile, orm
-        from aiida.manage.configuration import create_profile, get_config
+    with throwaway_profile() as folder:
+        from aiida import orm
 
-        config = get_config(create=True)
-        create_profile(config, name='bench', email='bench@localhost', storage_backend='core.sqlite_dos',
-                       storage_config={'filepath': os.path.join(folder, 'storage')})
-        config.store()
-        load_profile('bench', allow_switch=True)
         from aiida_alml import provenance
 
         computer = orm.Computer(label='bench', hostname='localhost', transport_type='core.local',

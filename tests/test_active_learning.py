@@ -90,14 +90,19 @@ def test_stops_on_label_budget_through_the_daemon(submit_and_await, al_inputs):
 
 
 def test_converges_when_exploration_stays_trusted(al_inputs):
-    # a wide trust window: every frame is accurate, so the loop converges after `patience` iterations
+    # A wide trust window: every frame is accurate. The first iteration still labels a diverse batch of accurate
+    # frames, because σ has not been checked against labels yet; once calibrated, the loop converges.
     inputs = al_inputs(selection=orm.Dict({'trust_lo': 10.0, 'trust_hi': 20.0, 'labels_per_iteration': 4}),
                        patience=orm.Int(1), target_accurate_fraction=orm.Float(0.9))
     results, node = run_get_node(ActiveLearningWorkChain, **inputs)
     assert node.is_finished_ok, node.exit_message
     curve = results['learning_curve'].get_dict()
-    assert curve['stop_reason'] == 'converged' and len(curve['iterations']) == 1
-    assert curve['iterations'][0]['accurate_fraction'] == 1.0 and curve['labels_used'] == 12
+    assert curve['stop_reason'] == 'converged' and len(curve['iterations']) == 2
+    first, second = curve['iterations']
+    assert first['accurate_fraction'] == 1.0 and first['labels_new'] == 4
+    assert set(results['selection_records']['iteration_0'].get_array('reason')) == {'calibration', 'accurate'}
+    assert second['accurate_fraction'] == 1.0 and second['labels_new'] == 0 and curve['labels_used'] == 16
+    assert second['calibration_factor'] == pytest.approx(first['fitted_calibration_factor'])
 
 
 @pytest.mark.parametrize('name, value, message', [

@@ -14,6 +14,7 @@ from ase.md.langevin import Langevin
 from ase.stress import full_3x3_to_voigt_6_stress
 
 pytest.importorskip('mace')
+pytestmark = pytest.mark.slow  # the session fixture trains two tiny MACE members
 
 # Robust to tests/ becoming a package: the helpers live next to this file.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -91,6 +92,19 @@ def test_matches_stock_committee(members, stock, strategy, pbc):
         assert 'stress' not in res
     assert res['energy_comm'].shape == (2,)
     assert res['forces_comm'].shape == (2, len(atoms), 3)
+
+
+def test_auto_times_both_strategies_then_settles(members):
+    atoms = _rattled()
+    calc = CommitteeCalculator(models=members, strategy='auto')
+    used, energies = [], []
+    for _ in range(8):
+        calc.calculate(atoms)
+        used.append(calc.last_strategy)
+        energies.append(calc.results['energy_comm'])
+    assert set(used[:6]) == {'sequential', 'vmap'}  # calibration: warm-up + 2 timed calls each
+    assert used[6] == used[7] and used[6] in calc._timer.choice.values()
+    np.testing.assert_allclose(energies, [energies[0]] * 8, rtol=1e-12)
 
 
 def test_force_sigma_is_rms_member_spread(members):

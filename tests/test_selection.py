@@ -126,3 +126,15 @@ def test_calibration_recovers_known_scale():
         fit_calibration_factor(errors[:3], sigmas[:2])
     with pytest.raises(ValueError, match='at least one'):
         fit_calibration_factor([], [])
+
+
+def test_uncalibrated_committee_without_candidates_labels_accurate_frames():
+    descriptors = np.array([[0.0], [1.0], [2.0], [3.0]])
+    confident = np.full(4, 0.01)
+    assert select_frames(confident, descriptors, 0.05, 0.15, 2).order == []
+    result = select_frames(confident, descriptors, 0.05, 0.15, 2, calibrate_with_accurate=True)
+    assert sorted(result.order) == [0, 3]  # diverse: the two ends
+    assert [result.reasons[i] for i in result.order] == ['calibration', 'calibration']
+    # with candidates present the fallback does nothing
+    mixed = np.array([0.01, 0.1, 0.01, 0.01])
+    assert select_frames(mixed, descriptors, 0.05, 0.15, 2, calibrate_with_accurate=True).order == [1]

@@ -24,8 +24,11 @@ Two evaluation strategies give identical results (to round-off):
     (larger cells / models), because batched kernels under vmap are less
     efficient than plain ones on CPU.
 
-``"auto"`` picks ``"vmap"`` for graphs with few edges (see ``AUTO_VMAP_MAX_EDGES``)
-and ``"sequential"`` otherwise, or whenever the members cannot be stacked.
+Which one is faster depends on model size, structure size, thread count and
+hardware (on a 2-core CPU vmap only wins for very small models and cells), so
+``"auto"`` times both on the first real calls of each structure-size class and
+keeps the faster (see ``_StrategyTimer``); it uses ``"sequential"`` whenever
+the members cannot be stacked.
 
 The energy expression replicates ``MACE.forward`` / ``ScaleShiftMACE.forward``
 of mace-torch 0.3.x for the standard (non-LAMMPS, no extra embeddings) case.
@@ -36,9 +39,13 @@ interfaces; equality with the stock ``MACECalculator`` is covered by tests.
 from __future__ import annotations
 
 import copy
+import ctypes
+import ctypes.util
 import hashlib
 import logging
+import math
 import numbers
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,17 +60,13 @@ from mace.modules.models import MACE, ScaleShiftMACE
 from torch.func import functional_call, stack_module_state
 from torch.overrides import TorchFunctionMode
 
-__all__ = ['CommitteeCalculator', 'file_sha256', 'load_committee', 'validate_committee']
+__all__ = ['CommitteeCalculator', 'file_sha256', 'keep_large_allocations', 'load_committee', 'validate_committee']
 
 LOGGER = logging.getLogger(__name__)
 
 #: Model classes whose ``forward`` is replicated by ``_MemberEnergy``.  Exact
 #: types only: a subclass may override ``forward`` with different physics.
 SUPPORTED_MODEL_TYPES = (MACE, ScaleShiftMACE)
-
-#: ``strategy="auto"`` uses vmap up to this many edges (x members).  Measured
-#: crossover on a 2-core CPU, see ``benchmarks/committee.py``.
-AUTO_VMAP_MAX_EDGES = 4000
 
 _DTYPES = {'float64': torch.float64, 'float32': torch.float32}
 
@@ -153,12 +156,16 @@ def load_committee(
     # weights_only=False: MACE model files are pickled nn.Modules, not state dicts.
     models = [torch.load(path, map_location=device, weights_only=False) for path in paths]
     validate_committee(models, [str(p) for p in paths])  # dtype is checked before conversion
-    dtype = _DTYPES[default_dtype]
     for model in models:
-        model.to(dtype=dtype).eval()
-        for param in model.parameters():
-            param.requires_grad_(False)  # we only differentiate w.r.t. positions/strain
+        _prepare_for_inference(model.to(dtype=_DTYPES[default_dtype]))
     return models
+
+
+def _prepare_for_inference(model: torch.nn.Module) -> None:
+    """Eval mode, no parameter gradients: only positions/strain are differentiated."""
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
 
 
 #: Plain float attributes that MACE blocks only use as arithmetic operands (the
@@ -214,6 +221,26 @@ def _stack_members(members: Sequence[torch.nn.Module]) -> tuple[torch.nn.Module,
     return template, params, buffers
 
 
+def keep_large_allocations(max_bytes: int = 1 << 30) -> bool:
+    """Let glibc malloc serve (and keep) blocks up to ``max_bytes`` from the heap.
+
+    By default glibc ``mmap``s every block above 32 MiB and unmaps it on free,
+    so each MD step page-faults its large activations in again (system time).
+    The member-batched tensors of the vmap strategy cross that limit much
+    earlier than single-model ones.  This is process-wide (the heap then keeps
+    its peak size), hence opt-in: call it once in a dedicated MD process.
+    Returns False where it does not apply (not glibc).
+    """
+    libc_name = ctypes.util.find_library('c')
+    if libc_name is None:
+        return False
+    libc = ctypes.CDLL(libc_name)
+    if not hasattr(libc, 'mallopt'):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, max_bytes)) and bool(libc.mallopt(m_trim_threshold, 2 * max_bytes))
+
+
 # --------------------------------------------------------------------------- model
 
 
@@ -265,20 +292,83 @@ class _MemberEnergy(torch.nn.Module):
         return node_e0 + node_inter
 
 
-class _OutOfPlaceScatter(TorchFunctionMode):
-    """Run ``Tensor.scatter_add_`` out of place inside vmap.
+class _VmapFriendlyScatter(TorchFunctionMode):
+    """Make ``mace.tools.scatter.scatter_sum`` vmap-able and fast under vmap.
 
-    ``mace.tools.scatter.scatter_sum`` accumulates member-batched messages into
-    a freshly allocated, un-batched ``zeros`` tensor in place, which vmap
-    rejects.  Its callers use the return value, so the out-of-place variant is
-    equivalent.  A function mode is thread-local and scoped, unlike patching
-    the ``mace`` module globals.
+    ``scatter_sum`` accumulates the member-batched messages into a freshly
+    allocated, un-batched ``zeros`` tensor with ``scatter_add_``, which vmap
+    rejects (in-place write of batched data into an un-batched tensor).  Its
+    callers use the return value, so an out-of-place op is equivalent.  The
+    index is a 1-D index broadcast (stride 0) along the other dimensions; in
+    that case ``index_add`` with the 1-D index gives the same sums and is much
+    faster under vmap than ``scatter_add``, whose batching rule materialises the
+    broadcast index for every member (and whose backward is a ``gather`` with it).
+
+    A function mode is thread-local and scoped, unlike patching ``mace`` globals.
     """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         if func is torch.Tensor.scatter_add_:
-            func = torch.Tensor.scatter_add
-        return func(*args, **(kwargs or {}))
+            out, dim, index, src = _scatter_args(*args, **kwargs)
+            index_1d = _broadcast_source(index, dim)
+            if index_1d is not None:
+                return out.index_add(dim, index_1d, src)
+            return out.scatter_add(dim, index, src)
+        return func(*args, **kwargs)
+
+
+def _scatter_args(self, dim, index, src):
+    return self, dim, index, src
+
+
+def _broadcast_source(index: torch.Tensor, dim: int) -> torch.Tensor | None:
+    """The 1-D index along ``dim`` if ``index`` is only broadcast (stride 0) elsewhere."""
+    dim = dim % index.dim()
+    if any(stride != 0 for d, stride in enumerate(index.stride()) if d != dim and index.shape[d] > 1):
+        return None
+    return index[tuple(slice(None) if d == dim else 0 for d in range(index.dim()))]
+
+
+class _StrategyTimer:
+    """Pick ``'sequential'`` or ``'vmap'`` by timing real calls, per size class.
+
+    A size class is the number of edges rounded to a power of two.  Each new
+    class runs ``WARMUP + TIMED`` calls with each strategy (the first calls pay
+    one-off TorchScript/allocator costs and are not counted), then keeps the
+    strategy with the lower best time.  Both strategies give the same results
+    up to round-off, so the calibration calls are ordinary evaluations.
+    """
+
+    WARMUP = 1
+    TIMED = 2
+    STRATEGIES = ('sequential', 'vmap')
+
+    def __init__(self):
+        self._times: dict[int, dict[str, list[float]]] = {}
+        self.choice: dict[int, str] = {}
+
+    @staticmethod
+    def size_class(num_edges: int) -> int:
+        return int(math.log2(max(num_edges, 1)))
+
+    def pick(self, num_edges: int) -> str:
+        size = self.size_class(num_edges)
+        if size in self.choice:
+            return self.choice[size]
+        times = self._times.setdefault(size, {s: [] for s in self.STRATEGIES})
+        return next(s for s in self.STRATEGIES if len(times[s]) < self.WARMUP + self.TIMED)
+
+    def record(self, num_edges: int, strategy: str, seconds: float) -> None:
+        size = self.size_class(num_edges)
+        if size in self.choice:
+            return
+        times = self._times[size]
+        times[strategy].append(seconds)
+        if all(len(t) >= self.WARMUP + self.TIMED for t in times.values()):
+            best = {s: min(t[self.WARMUP :]) for s, t in times.items()}
+            self.choice[size] = min(best, key=best.get)
+            LOGGER.info('committee strategy for ~2^%d edges: %s (best s: %s)', size, self.choice[size], best)
 
 
 # --------------------------------------------------------------------------- calculator
@@ -317,7 +407,9 @@ class CommitteeCalculator(Calculator):
     ):
         """
         :param model_paths: model files (see ``load_committee``), or
-        :param models: already loaded MACE modules (validated, not converted).
+        :param models: already loaded MACE modules (validated and set to eval
+            mode without parameter gradients, like the stock calculator does;
+            their dtype is kept).
         :param strategy: ``'auto'``, ``'vmap'`` or ``'sequential'`` (see module doc).
         :param head: head name for multi-head models (default: the only head,
             else the one called ``default``).
@@ -332,6 +424,8 @@ class CommitteeCalculator(Calculator):
         else:
             models = list(models)
             validate_committee(models)
+            for model in models:
+                _prepare_for_inference(model)
         self.models = models
         self.num_models = len(models)
         self.device = torch.device(device)
@@ -350,6 +444,8 @@ class CommitteeCalculator(Calculator):
                 'use strategy="sequential" or "auto".'
             )
         self.strategy = strategy
+        self.last_strategy: str | None = None  # strategy of the latest evaluation
+        self._timer = _StrategyTimer()
         if self.can_vmap:
             self._template, self._params, self._buffers = _stack_members(self._members)
 
@@ -411,15 +507,15 @@ class CommitteeCalculator(Calculator):
 
     # ----------------------------------------------------------------- evaluation
 
-    def _use_vmap(self, num_edges: int) -> bool:
-        if self.strategy == 'auto':
-            return self.can_vmap and num_edges * self.num_models <= AUTO_VMAP_MAX_EDGES
-        return self.strategy == 'vmap'
+    def _pick_strategy(self, num_edges: int) -> str:
+        if self.strategy != 'auto':
+            return self.strategy
+        return self._timer.pick(num_edges) if self.can_vmap else 'sequential'
 
-    def _node_energies(self, graph: dict, positions: torch.Tensor, strain: torch.Tensor | None) -> torch.Tensor:
+    def _node_energies(self, graph: dict, positions: torch.Tensor, strain: torch.Tensor | None, strategy: str):
         """(N, n_atoms) per-atom energies; ``positions`` (N, n_atoms, 3), ``strain`` (N, 3, 3)."""
         node_attrs, edge_index = graph['node_attrs'], graph['edge_index']
-        if not self._use_vmap(edge_index.shape[1]):
+        if strategy == 'sequential':
             return torch.stack([
                 member(node_attrs, edge_index, *self._edges(graph, positions[i], None if strain is None else strain[i]))
                 for i, member in enumerate(self._members)
@@ -430,32 +526,40 @@ class CommitteeCalculator(Calculator):
             return functional_call(self._template, (params, buffers), (node_attrs, edge_index, *edges))
 
         in_dims = (0, 0, 0, None if strain is None else 0)
-        with _OutOfPlaceScatter():
+        with _VmapFriendlyScatter():
             return torch.vmap(member_energy, in_dims=in_dims)(self._params, self._buffers, positions, strain)
 
     def evaluate(self, atoms: Atoms, compute_stress: bool) -> dict[str, np.ndarray]:
         """Per-member node energies, forces and (optionally) stresses as numpy arrays."""
+        start = time.perf_counter()
         graph = self._build_graph(atoms)
+        num_edges = graph['edge_index'].shape[1]
+        strategy = self._pick_strategy(num_edges)
         n = self.num_models
-        # One positions/strain copy per member: d(sum_i E_i)/d(copy_i) = dE_i/dx.
-        positions = graph['positions'].expand(n, -1, -1).clone().requires_grad_(True)
-        inputs = [positions]
-        strain = None
-        if compute_stress:
-            displacement = torch.zeros((n, 3, 3), dtype=self.dtype, device=self.device, requires_grad=True)
-            strain = 0.5 * (displacement + displacement.transpose(-1, -2))
-            inputs.append(displacement)
-        node_energies = self._node_energies(graph, positions, strain)
-        # allow_unused: a structure without edges has position-independent energy.
-        grads = torch.autograd.grad(node_energies.sum(), inputs, allow_unused=True)
+        # enable_grad: forces are gradients, even if the caller runs under no_grad.
+        with torch.enable_grad():
+            # One positions/strain copy per member: d(sum_i E_i)/d(copy_i) = dE_i/dx.
+            positions = graph['positions'].expand(n, -1, -1).clone().requires_grad_(True)
+            inputs = [positions]
+            strain = None
+            if compute_stress:
+                displacement = torch.zeros((n, 3, 3), dtype=self.dtype, device=self.device, requires_grad=True)
+                strain = 0.5 * (displacement + displacement.transpose(-1, -2))
+                inputs.append(displacement)
+            node_energies = self._node_energies(graph, positions, strain, strategy)
+            # allow_unused: a structure without edges has position-independent energy.
+            grads = torch.autograd.grad(node_energies.sum(), inputs, allow_unused=True)
         grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
         out = {
             'node_energies': node_energies.detach().cpu().numpy(),
-            'forces': -grads[0].cpu().numpy(),
+            'forces': -grads[0].cpu().numpy(),  # .cpu() synchronises an accelerator before timing
         }
         if compute_stress:
             volume = abs(float(torch.linalg.det(graph['cell'])))
             out['stress'] = grads[1].cpu().numpy() / volume  # (N, 3, 3), as MACE's virials / volume
+        self.last_strategy = strategy
+        if self.strategy == 'auto' and self.can_vmap:
+            self._timer.record(num_edges, strategy, time.perf_counter() - start)
         return out
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes):

@@ -18,6 +18,7 @@ REASONS = {
     'failed': 'σ above trust_hi: outside the trusted region (likely unphysical)',
     'duplicate': 'candidate closer than min_distance to the training data or to a chosen frame',
     'capped': 'candidate not picked: labels_per_iteration reached',
+    'calibration': 'accurate frame labelled to calibrate σ (no calibration yet and no candidates)',
 }
 
 
@@ -48,11 +49,14 @@ def select_frames(
     min_distance: float = 0.0,
     mode: str = 'fps',
     seed: int = 0,
+    calibrate_with_accurate: bool = False,
 ) -> SelectionResult:
     """Select at most ``labels_per_iteration`` candidate frames.
 
     ``mode='fps'`` thins candidates by farthest-point sampling in descriptor space after dropping near-duplicates of
     the training data; ``mode='random'`` picks the same number uniformly from the candidates (the paired baseline).
+    With ``calibrate_with_accurate`` and no candidate at all, a diverse batch of *accurate* frames is chosen instead:
+    an uncalibrated committee can look confident everywhere, and only labels tell whether it is.
     """
     uncertainty = np.asarray(uncertainty, dtype=float)
     descriptors = np.atleast_2d(np.asarray(descriptors, dtype=float))
@@ -90,8 +94,13 @@ def select_frames(
                     reasons[index] = 'duplicate'
                     continue
                 order.append(index)
+    if not order and not len(candidates) and calibrate_with_accurate:
+        accurate = np.flatnonzero(classes == ACCURATE)
+        picks = farthest_point_sampling(descriptors[accurate], labels_per_iteration, existing=training_descriptors)
+        order = [int(accurate[i]) for i in picks]
+        for index in order:
+            reasons[index] = 'calibration'
     chosen = np.zeros(len(classes), dtype=bool)
     chosen[order] = True
-    reasons[chosen] = 'chosen'
-    assert not (chosen & (classes != CANDIDATE)).any()
+    reasons[chosen & (classes == CANDIDATE)] = 'chosen'
     return SelectionResult(classes=classes, chosen=chosen, reasons=reasons.tolist(), order=order)

@@ -116,6 +116,7 @@ class ActiveLearningWorkChain(WorkChain):
         self.ctx.dataset = self.inputs.get('initial_dataset')
         self.ctx.labels_used = 0
         self.ctx.calibration = 1.0
+        self.ctx.calibrated = False
         self.ctx.accurate_streak = 0
         self.ctx.curve = []
         self.ctx.stop = None
@@ -208,6 +209,7 @@ class ActiveLearningWorkChain(WorkChain):
         start = time.perf_counter()
         outputs = select_for_labelling(
             orm.Dict(settings), orm.Float(self.ctx.calibration), orm.Int(self.ctx.iteration), self.ctx.dataset,
+            orm.Bool(self.ctx.calibrated or not self.inputs.calibrate.value),
             metadata={'call_link_label': f'select_{self.ctx.iteration}'},
             **dict(exploration.outputs.trajectories.items()),
         )
@@ -222,8 +224,10 @@ class ActiveLearningWorkChain(WorkChain):
             'max_uncertainty': summary['max_uncertainty'],
             'calibration_factor': self.ctx.calibration,
         })
+        # An iteration counts towards convergence only once σ has been checked against labels (calibrated).
         converged_now = (summary['accurate_fraction'] >= self.inputs.target_accurate_fraction.value
-                         and summary['num_failed'] == 0)
+                         and summary['num_failed'] == 0
+                         and (self.ctx.calibrated or not self.inputs.calibrate.value))
         self.ctx.accurate_streak = self.ctx.accurate_streak + 1 if converged_now else 0
         self.report(
             f'iteration {self.ctx.iteration}: {summary["frames"]} frames explored, accurate '
@@ -264,6 +268,7 @@ class ActiveLearningWorkChain(WorkChain):
         })
         if self.inputs.calibrate.value:
             self.ctx.calibration = evaluation['calibration_factor'].value
+            self.ctx.calibrated = True
         self.ctx.labels_used += len(labelled)
         self.ctx.dataset = merge_training_sets(
             a_previous=self.ctx.dataset, b_new=labelled, metadata={'call_link_label': f'merge_{self.ctx.iteration}'}

@@ -64,7 +64,12 @@ def _descriptors(configurations: list, elements: list[int], settings: dict) -> n
 
 @calcfunction
 def select_for_labelling(
-    settings: orm.Dict, calibration: orm.Float, iteration: orm.Int, training_set: ConfigurationSet, **trajectories
+    settings: orm.Dict,
+    calibration: orm.Float,
+    iteration: orm.Int,
+    training_set: ConfigurationSet,
+    calibrated: orm.Bool,
+    **trajectories,
 ) -> dict:
     """Classify every explored frame by its calibrated uncertainty and pick a diverse, capped batch to label.
 
@@ -100,7 +105,7 @@ def select_for_labelling(
     result = select_frames(
         uncertainty, descriptors, settings['trust_lo'], settings['trust_hi'], settings['labels_per_iteration'],
         training_descriptors=training_descriptors, min_distance=settings['min_distance'], mode=settings['mode'],
-        seed=settings['seed'] + iteration.value,
+        seed=settings['seed'] + iteration.value, calibrate_with_accurate=not calibrated.value,
     )
 
     record = orm.ArrayData()
@@ -126,6 +131,7 @@ def select_for_labelling(
         **{f'num_{name}': count for name, count in counts.items()},
         **{f'{name}_fraction': count / total for name, count in counts.items()},
         'num_chosen': len(result.order),
+        'num_chosen_for_calibration': result.reasons.count('calibration'),
         'num_duplicates': result.reasons.count('duplicate'),
         'max_uncertainty': float(uncertainty.max()) if len(uncertainty) else None,
     }

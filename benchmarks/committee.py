@@ -72,9 +72,10 @@ def bench_cell(calcs: dict, natoms: int, rounds: int, clock=time.perf_counter) -
     rng = np.random.default_rng(0)
     for calc in calcs.values():  # warm-up: TorchScript profiling runs, allocator
         time_step(calc, atoms, rng)
-    auto = calcs.get('auto')
-    while auto is not None and not auto._timer.choice:  # let auto finish calibrating first
-        time_step(auto, atoms, rng)
+    if 'auto' in calcs:  # let auto finish calibrating (if it calibrates at this size) first
+        timer = calcs['auto']._timer
+        for _ in range(2 * (timer.WARMUP + timer.TIMED)):
+            time_step(calcs['auto'], atoms, rng)
     times = {name: [] for name in calcs}
     for _ in range(rounds):
         for name, calc in calcs.items():

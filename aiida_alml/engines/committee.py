@@ -70,6 +70,11 @@ SUPPORTED_MODEL_TYPES = (MACE, ScaleShiftMACE)
 
 _DTYPES = {'float64': torch.float64, 'float32': torch.float32}
 
+#: ``strategy='auto'`` does not even try vmap above this many edges x members:
+#: vmap materialises every edge tensor for all members at once (GBs for big
+#: cells and models), and on CPU it was only faster far below this size.
+AUTO_VMAP_MAX_EDGE_MEMBERS = 32768
+
 
 # --------------------------------------------------------------------------- loading
 
@@ -333,15 +338,19 @@ def _broadcast_source(index: torch.Tensor, dim: int) -> torch.Tensor | None:
 class _StrategyTimer:
     """Pick ``'sequential'`` or ``'vmap'`` by timing real calls, per size class.
 
-    A size class is the number of edges rounded to a power of two.  Each new
-    class runs ``WARMUP + TIMED`` calls with each strategy (the first calls pay
-    one-off TorchScript/allocator costs and are not counted), then keeps the
-    strategy with the lower best time.  Both strategies give the same results
-    up to round-off, so the calibration calls are ordinary evaluations.
+    A size class is the number of edges rounded down to a power of two.  Each
+    new class runs ``WARMUP + TIMED`` calls with each strategy (the first calls
+    pay one-off TorchScript/allocator costs and are not counted), alternating,
+    and then keeps vmap only if its best time is below ``VMAP_MARGIN`` times
+    sequential's: best-of-few is robust to other processes taking the CPU; the margin
+    keeps the leaner, always-applicable sequential strategy on near ties.
+    Both strategies give the same results up to round-off, so the calibration
+    calls are ordinary evaluations.
     """
 
     WARMUP = 1
-    TIMED = 2
+    TIMED = 3
+    VMAP_MARGIN = 0.9
     STRATEGIES = ('sequential', 'vmap')
 
     def __init__(self):
@@ -357,17 +366,20 @@ class _StrategyTimer:
         if size in self.choice:
             return self.choice[size]
         times = self._times.setdefault(size, {s: [] for s in self.STRATEGIES})
-        return next(s for s in self.STRATEGIES if len(times[s]) < self.WARMUP + self.TIMED)
+        # Alternate (fewest samples first) so that load changes hit both alike.
+        return min(self.STRATEGIES, key=lambda s: len(times[s]))
+
+    def calibrating(self, num_edges: int) -> bool:
+        size = self.size_class(num_edges)
+        return size in self._times and size not in self.choice
 
     def record(self, num_edges: int, strategy: str, seconds: float) -> None:
         size = self.size_class(num_edges)
-        if size in self.choice:
-            return
         times = self._times[size]
         times[strategy].append(seconds)
         if all(len(t) >= self.WARMUP + self.TIMED for t in times.values()):
             best = {s: min(t[self.WARMUP :]) for s, t in times.items()}
-            self.choice[size] = min(best, key=best.get)
+            self.choice[size] = 'vmap' if best['vmap'] < self.VMAP_MARGIN * best['sequential'] else 'sequential'
             LOGGER.info('committee strategy for ~2^%d edges: %s (best s: %s)', size, self.choice[size], best)
 
 
@@ -510,7 +522,9 @@ class CommitteeCalculator(Calculator):
     def _pick_strategy(self, num_edges: int) -> str:
         if self.strategy != 'auto':
             return self.strategy
-        return self._timer.pick(num_edges) if self.can_vmap else 'sequential'
+        if not self.can_vmap or num_edges * self.num_models > AUTO_VMAP_MAX_EDGE_MEMBERS:
+            return 'sequential'
+        return self._timer.pick(num_edges)
 
     def _node_energies(self, graph: dict, positions: torch.Tensor, strain: torch.Tensor | None, strategy: str):
         """(N, n_atoms) per-atom energies; ``positions`` (N, n_atoms, 3), ``strain`` (N, 3, 3)."""
@@ -558,7 +572,7 @@ class CommitteeCalculator(Calculator):
             volume = abs(float(torch.linalg.det(graph['cell'])))
             out['stress'] = grads[1].cpu().numpy() / volume  # (N, 3, 3), as MACE's virials / volume
         self.last_strategy = strategy
-        if self.strategy == 'auto' and self.can_vmap:
+        if self.strategy == 'auto' and self._timer.calibrating(num_edges):
             self._timer.record(num_edges, strategy, time.perf_counter() - start)
         return out
 

@@ -114,3 +114,40 @@ def test_daemon_runs_protocol_builder(aiida_code_installed, submit_and_await):
     node = submit_and_await(builder, timeout=120)
     assert node.is_finished_ok, node.exit_message
     assert node.outputs.labelled.configurations.metadata[0]['label_settings']['occupation_type'] == 'gaussian 0.01'
+
+
+class _FakeKilledCalc:
+    """What the walltime handler reads from a calculation killed at its time limit (no real FHI-aims run)."""
+
+    pk = 1
+    process_label = 'AimsCalculation'
+
+    def __init__(self, parameters, remote, retrieved):
+        from aiida.common import AttributeDict
+
+        self.inputs = AttributeDict({'parameters': orm.Dict(parameters), 'structure': water_structure()})
+        self.outputs = AttributeDict({'remote_folder': remote, 'retrieved': retrieved})
+
+    @staticmethod
+    def get_option(name):
+        return {'max_wallclock_seconds': 3600}[name]
+
+
+def test_walltime_handler_gives_more_time_and_reads_the_restart(aiida_localhost):
+    from aiida.engine.utils import instantiate_process
+    from aiida.manage import get_manager
+
+    parameters = {'xc': 'pbe', 'elsi_restart': 'write 5'}
+    process = instantiate_process(
+        get_manager().get_runner(), AimsBaseWorkChain,
+        aims=aims_inputs(orm.InstalledCode(computer=aiida_localhost, filepath_executable='/bin/true').store(),
+                         water_structure(), parameters),
+    )
+    process.setup()
+    remote = orm.RemoteData(computer=aiida_localhost, remote_path='/tmp/killed-run')
+    calc = _FakeKilledCalc(parameters, remote, orm.FolderData())
+    report = AimsBaseWorkChain.handle_out_of_walltime.__wrapped__(process, calc)
+    assert report.do_break and not report.exit_code.status
+    assert process.ctx.inputs.metadata['options']['max_wallclock_seconds'] == 5400
+    assert process.ctx.inputs.parent_folder is remote
+    assert process.ctx.inputs.parameters.get_dict()['elsi_restart'] == 'read_and_write 5'

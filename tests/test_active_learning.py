@@ -63,6 +63,20 @@ def test_stops_on_label_budget_through_the_daemon(submit_and_await, al_inputs):
     assert first['frames'] == 13 and first['candidate_fraction'] == 1.0
     # the calibration fitted on iteration 0's new labels scales the uncertainty of iteration 1
     assert second['calibration_factor'] == pytest.approx(first['fitted_calibration_factor'])
+    # each iteration's committee was scored on the test set, independently of our numbers: check one by hand
+    assert 0 < first['test_force_rmse'] < 5 and 'test_force_rmse' in second
+    import numpy as np
+    from aiida_alml.engines.committee import CommitteeCalculator
+
+    models = [results['models'][key] for key in sorted(results['models'])]
+    with models[0].verified_path() as a, models[1].verified_path() as b:
+        calculator = CommitteeCalculator(model_paths=[str(a), str(b)])
+        errors = []
+        for atoms in emt_labelled[:3]:
+            reference = atoms.get_forces()
+            atoms.calc = calculator
+            errors.append(np.linalg.norm(atoms.get_forces() - reference, axis=1))
+    assert second['test_force_rmse'] == pytest.approx(float(np.sqrt(np.mean(np.concatenate(errors) ** 2))))
     assert first['oos_force_rmse'] > 0
     # all outputs still attached
     assert len(node.outputs.dataset) == 18 and len(node.outputs.models) == 2
@@ -89,11 +103,12 @@ def test_stops_on_label_budget_through_the_daemon(submit_and_await, al_inputs):
     assert query.count() >= 1
 
 
-def test_converges_when_exploration_stays_trusted(al_inputs):
+def test_converges_when_exploration_stays_trusted(al_inputs, emt_labelled):
     # A wide trust window: every frame is accurate. The first iteration still labels a diverse batch of accurate
     # frames, because σ has not been checked against labels yet; once calibrated, the loop converges.
     inputs = al_inputs(selection=orm.Dict({'trust_lo': 10.0, 'trust_hi': 20.0, 'labels_per_iteration': 4}),
-                       patience=orm.Int(1), target_accurate_fraction=orm.Float(0.9))
+                       patience=orm.Int(1), target_accurate_fraction=orm.Float(0.9),
+                       test_set=ConfigurationSet.from_ase(emt_labelled[:3]))
     results, node = run_get_node(ActiveLearningWorkChain, **inputs)
     assert node.is_finished_ok, node.exit_message
     curve = results['learning_curve'].get_dict()
@@ -103,6 +118,20 @@ def test_converges_when_exploration_stays_trusted(al_inputs):
     assert set(results['selection_records']['iteration_0'].get_array('reason')) == {'calibration', 'accurate'}
     assert second['accurate_fraction'] == 1.0 and second['labels_new'] == 0 and curve['labels_used'] == 16
     assert second['calibration_factor'] == pytest.approx(first['fitted_calibration_factor'])
+    # each iteration's committee was scored on the test set, independently of our numbers: check one by hand
+    assert 0 < first['test_force_rmse'] < 5 and 'test_force_rmse' in second
+    import numpy as np
+    from aiida_alml.engines.committee import CommitteeCalculator
+
+    models = [results['models'][key] for key in sorted(results['models'])]
+    with models[0].verified_path() as a, models[1].verified_path() as b:
+        calculator = CommitteeCalculator(model_paths=[str(a), str(b)])
+        errors = []
+        for atoms in emt_labelled[:3]:
+            reference = atoms.get_forces()
+            atoms.calc = calculator
+            errors.append(np.linalg.norm(atoms.get_forces() - reference, axis=1))
+    assert second['test_force_rmse'] == pytest.approx(float(np.sqrt(np.mean(np.concatenate(errors) ** 2))))
 
 
 @pytest.mark.parametrize('name, value, message', [
@@ -137,3 +166,5 @@ def test_wrong_plugin_code_and_unlabelled_dataset_refused(al_inputs, md_code, cu
     inputs = al_inputs(initial_dataset=ConfigurationSet.from_ase(cu_images))
     with pytest.raises(ValueError, match='initial_dataset: needs energy and forces labels'):
         run_get_node(ActiveLearningWorkChain, **inputs)
+    with pytest.raises(ValueError, match='test_set: needs energy and forces labels'):
+        run_get_node(ActiveLearningWorkChain, **al_inputs(test_set=ConfigurationSet.from_ase(cu_images)))

@@ -26,6 +26,7 @@ from aiida_alml.workflows.functions import (
     evaluate_predictions,
     merge_training_sets,
     perturb_structures,
+    score_committee,
     select_for_labelling,
     split_structures,
 )
@@ -184,6 +185,11 @@ class ActiveLearningWorkChain(WorkChain):
         self.ctx.models = dict(committee.outputs.models.items())
         self.ctx.trained_on = self.ctx.dataset
         self.ctx.entry['train_metrics'] = committee.outputs.summary.get_dict()
+        if 'test_set' in self.inputs:
+            scores = score_committee(self.inputs.test_set, **self.ctx.models,
+                                     metadata={'call_link_label': f'score_{self.ctx.iteration}'}).get_dict()
+            self.ctx.entry.update({'test_force_rmse': scores['force_rmse'],
+                                   'test_energy_rmse_per_atom': scores['energy_rmse_per_atom']})
 
         inputs = self.exposed_inputs(ExploreWorkChain, namespace='explore')
         inputs['structures'] = dict(self.ctx.starting_points)

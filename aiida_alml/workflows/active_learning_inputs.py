@@ -94,6 +94,8 @@ def validate_active_learning_inputs(inputs, _=None) -> str | None:
         if not {'energy', 'forces'} <= labels:
             return (f'initial_dataset: needs energy and forces labels, has {sorted(labels) or "none"}; give '
                     'unlabelled structures as initial_structures to have them labelled')
+    if 'test_set' in inputs and not {'energy', 'forces'} <= set(inputs['test_set'].labels):
+        return f'test_set: needs energy and forces labels, has {sorted(inputs["test_set"].labels) or "none"}'
     if 'exploration_structures' not in inputs and 'initial_structures' not in inputs:
         return 'exploration_structures: needed when there are no initial_structures to start MD from'
 

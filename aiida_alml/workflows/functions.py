@@ -13,6 +13,7 @@ from aiida_alml.selection import (
 )
 
 __all__ = (
+    'score_committee',
     'perturb_structures', 'split_structures', 'merge_training_sets', 'select_for_labelling', 'evaluate_predictions',
 )
 
@@ -207,3 +208,37 @@ def evaluate_predictions(labelled: ConfigurationSet, selected: ConfigurationSet,
     pairs.set_array('frame_max_error', np.array(frame_errors))
     pairs.set_array('frame_max_sigma', np.array(frame_sigmas))
     return {'metrics': orm.Dict(result), 'calibration_factor': orm.Float(factor), 'error_sigma_pairs': pairs}
+
+
+@calcfunction
+def score_committee(test_set: ConfigurationSet, **models) -> orm.Dict:
+    """Errors of the committee mean on a labelled held-out set (energy per atom, forces), and the mean σ there.
+
+    This loads the models where the workflow runs (the daemon machine), so keep test sets small; each file's hash is
+    checked before it is loaded.
+    """
+    import contextlib
+
+    from aiida_alml.engines.committee import CommitteeCalculator
+
+    members = [models[key] for key in sorted(models)]
+    with contextlib.ExitStack() as stack:
+        paths = [str(stack.enter_context(model.verified_path())) for model in members]
+        calculator = CommitteeCalculator(model_paths=paths, default_dtype=members[0].dtype,
+                                         expected_sha256=[model.sha256 for model in members])
+        configurations = test_set.configurations
+        energy_errors, force_errors, sigmas = [], [], []
+        for index, atoms in enumerate(test_set.to_ase()):
+            reference_forces = configurations.forces[configurations.atom_slice(index)]
+            atoms.calc = calculator
+            energy_errors.append((atoms.get_potential_energy() - configurations.energy[index]) / len(atoms))
+            force_errors.append(np.linalg.norm(atoms.get_forces() - reference_forces, axis=1))
+            sigmas.append(calculator.results['force_sigma'])
+    force_errors, sigmas = np.concatenate(force_errors), np.concatenate(sigmas)
+    return orm.Dict({
+        'num_configurations': len(test_set),
+        'energy_rmse_per_atom': float(np.sqrt(np.mean(np.square(energy_errors)))),
+        'force_rmse': float(np.sqrt(np.mean(force_errors**2))),
+        'force_mae': float(np.mean(force_errors)),
+        'mean_force_sigma': float(np.mean(sigmas)),
+    })

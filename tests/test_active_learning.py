@@ -63,20 +63,6 @@ def test_stops_on_label_budget_through_the_daemon(submit_and_await, al_inputs):
     assert first['frames'] == 13 and first['candidate_fraction'] == 1.0
     # the calibration fitted on iteration 0's new labels scales the uncertainty of iteration 1
     assert second['calibration_factor'] == pytest.approx(first['fitted_calibration_factor'])
-    # each iteration's committee was scored on the test set, independently of our numbers: check one by hand
-    assert 0 < first['test_force_rmse'] < 5 and 'test_force_rmse' in second
-    import numpy as np
-    from aiida_alml.engines.committee import CommitteeCalculator
-
-    models = [results['models'][key] for key in sorted(results['models'])]
-    with models[0].verified_path() as a, models[1].verified_path() as b:
-        calculator = CommitteeCalculator(model_paths=[str(a), str(b)])
-        errors = []
-        for atoms in emt_labelled[:3]:
-            reference = atoms.get_forces()
-            atoms.calc = calculator
-            errors.append(np.linalg.norm(atoms.get_forces() - reference, axis=1))
-    assert second['test_force_rmse'] == pytest.approx(float(np.sqrt(np.mean(np.concatenate(errors) ** 2))))
     assert first['oos_force_rmse'] > 0
     # all outputs still attached
     assert len(node.outputs.dataset) == 18 and len(node.outputs.models) == 2

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from ase.calculators.calculator import all_changes
 
+# mace/e3nn warn about torch.load(weights_only) and cuequivariance on import: noise here.
+warnings.filterwarnings('ignore', category=UserWarning)
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'tests'))
@@ -155,7 +157,6 @@ def main(argv=None):
                         help='raise the glibc mmap threshold first (see committee.keep_large_allocations)')  # fmt: skip
     parser.add_argument('--clock', choices=sorted(CLOCKS), default='wall', help='wall-clock or process CPU time')
     args = parser.parse_args(argv)
-    warnings.filterwarnings('ignore', module='e3nn|mace|torch')  # load-time chatter of mace/e3nn
     table = run(args)
     print(table)
     if args.output:

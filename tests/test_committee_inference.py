@@ -14,7 +14,12 @@ from ase.md.langevin import Langevin
 from ase.stress import full_3x3_to_voigt_6_stress
 
 pytest.importorskip('mace')
-pytestmark = pytest.mark.slow  # the session fixture trains two tiny MACE members
+pytestmark = [
+    pytest.mark.slow,  # the session fixture trains two tiny MACE members
+    # e3nn (de)serialises its TorchScript parts on deepcopy; mace loads with weights_only=False.
+    pytest.mark.filterwarnings('ignore:`torch.jit.:DeprecationWarning'),
+    pytest.mark.filterwarnings('ignore:Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD:UserWarning'),
+]
 
 # Robust to tests/ becoming a package: the helpers live next to this file.
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -133,6 +133,8 @@ def _child(node, link_label: str):
 
 def iteration_table(node) -> list[dict]:
     """Per-iteration figures of an ``alml.active_learning`` run, finished or still running."""
+    from aiida_alml.workflows.active_learning import elapsed_seconds
+
     if 'learning_curve' in node.outputs:
         return node.outputs.learning_curve.get_dict()['iterations']
     rows = []
@@ -140,15 +142,15 @@ def iteration_table(node) -> list[dict]:
     while (train := _child(node, f'train_{iteration}')) is not None:
         row: dict[str, Any] = {'iteration': iteration, 'wall_time_s': {}}
         if train.is_terminated:
-            row['wall_time_s']['train'] = (train.mtime - train.ctime).total_seconds()
+            row['wall_time_s']['train'] = elapsed_seconds(train)
         if (explore := _child(node, f'explore_{iteration}')) is not None and explore.is_terminated:
-            row['wall_time_s']['explore'] = (explore.mtime - explore.ctime).total_seconds()
+            row['wall_time_s']['explore'] = elapsed_seconds(explore)
         if (select := _child(node, f'select_{iteration}')) is not None and select.is_finished_ok:
             summary = select.outputs.summary.get_dict()
             row.update({key: summary[key] for key in ('frames', 'accurate_fraction', 'candidate_fraction',
                                                         'failed_fraction', 'max_uncertainty')})
         if (label := _child(node, f'label_{iteration}')) is not None and label.is_terminated:
-            row['wall_time_s']['label'] = (label.mtime - label.ctime).total_seconds()
+            row['wall_time_s']['label'] = elapsed_seconds(label)
             if label.is_finished_ok:
                 row['labels_new'] = len(label.outputs.labelled)
         if (evaluate := _child(node, f'evaluate_{iteration}')) is not None and evaluate.is_finished_ok:

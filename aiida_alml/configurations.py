@@ -318,6 +318,21 @@ class Configurations:
     def to_ase(self) -> list:
         return [self.get_atoms(index) for index in range(len(self))]
 
+    @classmethod
+    def concatenate(cls, parts: Sequence['Configurations']) -> 'Configurations':
+        """One set holding all configurations of ``parts`` in order; they must carry the same labels."""
+        parts = list(parts)
+        if not parts:
+            raise ConfigurationError('nothing to concatenate: give at least one set')
+        labels = {tuple(part.labels) for part in parts}
+        if len(labels) != 1:
+            raise ConfigurationError(f'cannot concatenate sets with different labels: {sorted(labels)}')
+        fields = ('numbers', 'positions', 'n_atoms', 'cells', 'pbc', *parts[0].labels)
+        return cls(
+            metadata=[meta for part in parts for meta in part.metadata],
+            **{name: np.concatenate([getattr(part, name) for part in parts]) for name in fields},
+        )
+
     def replace(self, **changes) -> 'Configurations':
         """A new set with some fields replaced, e.g. ``replace(energy=None, forces=None)`` to drop labels."""
         fields = {

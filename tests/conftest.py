@@ -151,11 +151,15 @@ def emt_labelled(cu_images):
 
 @pytest.fixture
 def label_code(aiida_code_installed):
-    """``alml-label`` of this environment as an InstalledCode on localhost."""
+    """``alml-label`` of this environment as an InstalledCode on localhost.
+
+    Its label is its own: ``aiida_code_installed`` returns any existing code of the same label, and other tests
+    create stand-in codes called ``alml-label`` (pointing at /bin/true).
+    """
     import sys
 
     return aiida_code_installed(
-        label='alml-label',
+        label='alml-label-venv',
         default_calc_job_plugin='alml.ase',
         filepath_executable=str(pathlib.Path(sys.executable).parent / 'alml-label'),
     )

@@ -35,7 +35,8 @@ from aiida_alml.workflows.label import LabelWorkChain
 __all__ = ('ActiveLearningWorkChain',)
 
 
-def _elapsed(node) -> float:
+def elapsed_seconds(node) -> float:
+    """Wall time of a process node from creation to its last change (its end, once terminated)."""
     return (node.mtime - node.ctime).total_seconds()
 
 
@@ -179,7 +180,7 @@ class ActiveLearningWorkChain(WorkChain):
 
     def explore(self):
         committee = self.ctx.committee
-        self.ctx.entry['wall_time_s']['train'] = _elapsed(committee)
+        self.ctx.entry['wall_time_s']['train'] = elapsed_seconds(committee)
         if not committee.is_finished_ok:
             return self.exit_codes.ERROR_TRAINING_FAILED.format(iteration=self.ctx.iteration)
         self.ctx.models = dict(committee.outputs.models.items())
@@ -203,15 +204,13 @@ class ActiveLearningWorkChain(WorkChain):
 
     def select(self):
         exploration = self.ctx.exploration
-        self.ctx.entry['wall_time_s']['explore'] = _elapsed(exploration)
+        self.ctx.entry['wall_time_s']['explore'] = elapsed_seconds(exploration)
         if not exploration.is_finished_ok:
             return self.exit_codes.ERROR_EXPLORATION_FAILED.format(iteration=self.ctx.iteration)
-        settings = self.inputs.selection.get_dict()
+        settings = {**SELECTION_DEFAULTS, **self.inputs.selection.get_dict()}
+        # Never choose more than the label budget has left (should_continue stops the loop once it is spent).
         remaining = self.inputs.max_labels.value - self.ctx.labels_used
-        settings = {**SELECTION_DEFAULTS, **settings,
-                    'labels_per_iteration': max(1, min(settings.get('labels_per_iteration',
-                                                                    SELECTION_DEFAULTS['labels_per_iteration']),
-                                                       remaining))}
+        settings['labels_per_iteration'] = max(1, min(settings['labels_per_iteration'], remaining))
         start = time.perf_counter()
         outputs = select_for_labelling(
             orm.Dict(settings), orm.Float(self.ctx.calibration), orm.Int(self.ctx.iteration), self.ctx.dataset,
@@ -255,9 +254,9 @@ class ActiveLearningWorkChain(WorkChain):
 
     def evaluate_and_merge(self):
         node = self.ctx.labelling
-        self.ctx.entry['wall_time_s']['label'] = _elapsed(node)
+        self.ctx.entry['wall_time_s']['label'] = elapsed_seconds(node)
         self.ctx.entry['reference_time_s'] = sum(
-            _elapsed(child) for child in node.called_descendants if isinstance(child, orm.CalcJobNode)
+            elapsed_seconds(child) for child in node.called_descendants if isinstance(child, orm.CalcJobNode)
         )
         if not node.is_finished_ok or 'labelled' not in node.outputs:
             return self.exit_codes.ERROR_LABELLING_FAILED.format(iteration=self.ctx.iteration)

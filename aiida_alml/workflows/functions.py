@@ -9,7 +9,7 @@ from aiida.engine import calcfunction
 from aiida_alml.configurations import Configurations
 from aiida_alml.data import ConfigurationSet
 from aiida_alml.selection import (
-    CLASS_NAMES, calibration_summary, fit_calibration_factor, radial_descriptor, select_frames,
+    CLASS_NAMES, calibration_summary, fit_calibration_factor, frame_uncertainty, radial_descriptor, select_frames,
 )
 
 __all__ = (
@@ -38,22 +38,7 @@ def split_structures(structures: ConfigurationSet) -> dict:
 @calcfunction
 def merge_training_sets(**sets: ConfigurationSet) -> ConfigurationSet:
     """Concatenate labelled sets in the order of their (sorted) keys; every configuration keeps its metadata."""
-    parts = [sets[key].configurations for key in sorted(sets)]
-    labels = {tuple(part.labels) for part in parts}
-    if len(labels) != 1:
-        raise ValueError(f'cannot merge sets with different labels: {sorted(labels)}')
-    label_names = parts[0].labels
-    return ConfigurationSet(
-        Configurations(
-            numbers=np.concatenate([part.numbers for part in parts]),
-            positions=np.concatenate([part.positions for part in parts]),
-            n_atoms=np.concatenate([part.n_atoms for part in parts]),
-            cells=np.concatenate([part.cells for part in parts]),
-            pbc=np.concatenate([part.pbc for part in parts]),
-            metadata=[meta for part in parts for meta in part.metadata],
-            **{label: np.concatenate([getattr(part, label) for part in parts]) for label in label_names},
-        )
-    )
+    return ConfigurationSet(Configurations.concatenate([sets[key].configurations for key in sorted(sets)]))
 
 
 def _descriptors(configurations: list, elements: list[int], settings: dict) -> np.ndarray:
@@ -83,22 +68,21 @@ def select_for_labelling(
 
     settings = settings.get_dict()
     keys = sorted(trajectories)
-    frames, origin, sigma_atoms, uncertainty = [], [], [], []
+    # Each trajectory's arrays are read once; per frame we keep what selection and evaluation need.
+    frames, origin, sigma_atoms, predicted = [], [], [], []
     for trajectory_index, key in enumerate(keys):
         trajectory = trajectories[key]
         positions, cells = trajectory.get_positions(), trajectory.get_cells()
-        numbers = trajectory.get_array('numbers') if 'numbers' in trajectory.get_arraynames() else None
-        symbols = trajectory.symbols
         pbc = trajectory.base.attributes.get('pbc', [True, True, True])
         force_sigma = trajectory.get_array('force_sigma')
+        names = trajectory.get_arraynames()
+        committee = {name: trajectory.get_array(name) for name in ('forces', 'energy') if name in names}
         for frame in range(len(positions)):
-            atoms = Atoms(numbers=numbers, symbols=None if numbers is not None else symbols,
-                          positions=positions[frame], cell=cells[frame], pbc=pbc)
-            frames.append(atoms)
+            frames.append(Atoms(symbols=trajectory.symbols, positions=positions[frame], cell=cells[frame], pbc=pbc))
             origin.append((trajectory_index, frame))
             sigma_atoms.append(force_sigma[frame])
-            uncertainty.append(calibration.value * float(force_sigma[frame].max()))
-    uncertainty = np.array(uncertainty)
+            predicted.append({name: values[frame] for name, values in committee.items()})
+    uncertainty = np.array([frame_uncertainty(sigma, calibration.value) for sigma in sigma_atoms])
 
     elements = sorted(set(training_set.configurations.numbers.tolist()).union(*(set(a.numbers) for a in frames)))
     descriptors = _descriptors(frames, elements, settings)
@@ -124,13 +108,11 @@ def select_for_labelling(
         'calibration': calibration.value,
         'settings': settings,
     })
-    counts = result.counts()
-    total = max(len(uncertainty), 1)
     summary = {
         'iteration': iteration.value,
         'frames': len(uncertainty),
-        **{f'num_{name}': count for name, count in counts.items()},
-        **{f'{name}_fraction': count / total for name, count in counts.items()},
+        **{f'num_{name}': count for name, count in result.counts().items()},
+        **{f'{name}_fraction': fraction for name, fraction in result.fractions().items()},
         'num_chosen': len(result.order),
         'num_chosen_for_calibration': result.reasons.count('calibration'),
         'num_duplicates': result.reasons.count('duplicate'),
@@ -153,18 +135,10 @@ def select_for_labelling(
                                                                        include_info=False))
         predictions = orm.ArrayData()
         predictions.set_array('force_sigma', np.concatenate([sigma_atoms[i] for i in result.order]))
-        arrays = {}
         for name in ('forces', 'energy'):
-            per_frame = []
-            for i in result.order:
-                trajectory = trajectories[keys[origin[i][0]]]
-                if name not in trajectory.get_arraynames():
-                    break
-                per_frame.append(trajectory.get_array(name)[origin[i][1]])
-            else:
-                arrays[name] = np.concatenate(per_frame) if name == 'forces' else np.array(per_frame)
-        for name, value in arrays.items():
-            predictions.set_array(name, value)
+            if all(name in predicted[i] for i in result.order):
+                values = [predicted[i][name] for i in result.order]
+                predictions.set_array(name, np.concatenate(values) if name == 'forces' else np.array(values))
         outputs['predictions'] = predictions
     return outputs
 

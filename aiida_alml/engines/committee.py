@@ -60,6 +60,8 @@ from mace.modules.models import MACE, ScaleShiftMACE
 from torch.func import functional_call, stack_module_state
 from torch.overrides import TorchFunctionMode
 
+from aiida_alml.engines.radial_table import RadialTable, TabulationError
+
 __all__ = ['CommitteeCalculator', 'file_sha256', 'keep_large_allocations', 'load_committee', 'validate_committee']
 
 LOGGER = logging.getLogger(__name__)
@@ -246,6 +248,23 @@ def keep_large_allocations(max_bytes: int = 1 << 30) -> bool:
     return bool(libc.mallopt(m_mmap_threshold, max_bytes)) and bool(libc.mallopt(m_trim_threshold, 2 * max_bytes))
 
 
+def _radial_tables(models: Sequence[torch.nn.Module]) -> list[RadialTable] | None:
+    """One ``RadialTable`` per member, or None (and a log message) if any member cannot be tabulated."""
+    try:
+        return [RadialTable.build(model) for model in models]
+    except TabulationError as error:
+        LOGGER.info('radial weights evaluated by their networks: %s', error)
+        return None
+
+
+def _tabulated_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` whose interactions take their tensor-product weights as ``edge_feats``."""
+    copied = copy.deepcopy(model)
+    for interaction in copied.interactions:
+        interaction.conv_tp_weights = torch.nn.Identity()
+    return copied
+
+
 # --------------------------------------------------------------------------- model
 
 
@@ -262,14 +281,21 @@ class _MemberEnergy(torch.nn.Module):
         self.model = model
         self.head = head
 
-    def forward(self, node_attrs, edge_index, vectors, lengths) -> torch.Tensor:
+    def forward(self, node_attrs, edge_index, vectors, lengths, radial_weights=None) -> torch.Tensor:
+        """``radial_weights``: per interaction, the tensor-product weights of every edge
+        (cutoff included) from a ``RadialTable``; the member's ``conv_tp_weights`` are
+        then identities (see ``_tabulated_copy``)."""
         model = self.model
         num_atoms = node_attrs.shape[0]
         node_heads = torch.full((num_atoms,), self.head, dtype=torch.long, device=node_attrs.device)
         node_e0 = model.atomic_energies_fn(node_attrs)[:, self.head]
         node_feats = model.node_embedding(node_attrs)
         edge_attrs = model.spherical_harmonics(vectors)
-        edge_feats, cutoff = model.radial_embedding(lengths, node_attrs, edge_index, model.atomic_numbers)
+        if radial_weights is None:
+            edge_feats, cutoff = model.radial_embedding(lengths, node_attrs, edge_index, model.atomic_numbers)
+            edge_feats = [edge_feats] * len(model.interactions)
+        else:
+            edge_feats, cutoff = radial_weights, None
         node_es = []
         if hasattr(model, 'pair_repulsion'):
             node_es.append(model.pair_repulsion_fn(lengths, node_attrs, edge_index, model.atomic_numbers))
@@ -279,7 +305,7 @@ class _MemberEnergy(torch.nn.Module):
                 node_attrs=node_attrs,
                 node_feats=node_feats,
                 edge_attrs=edge_attrs,
-                edge_feats=edge_feats,
+                edge_feats=edge_feats[i],
                 edge_index=edge_index,
                 cutoff=cutoff,
                 first_layer=(i == 0),
@@ -415,6 +441,7 @@ class CommitteeCalculator(Calculator):
         expected_sha256: Sequence[str] | None = None,
         strategy: str = 'auto',
         head: str | None = None,
+        radial: str = 'table',
         **kwargs,
     ):
         """
@@ -425,12 +452,18 @@ class CommitteeCalculator(Calculator):
         :param strategy: ``'auto'``, ``'vmap'`` or ``'sequential'`` (see module doc).
         :param head: head name for multi-head models (default: the only head,
             else the one called ``default``).
+        :param radial: ``'table'`` evaluates the radial weight networks from
+            cubic Hermite tables checked against them (``RadialTable``; falls back
+            to ``'mlp'``, with a log message, for models it cannot tabulate);
+            ``'mlp'`` runs the networks on every edge, as MACE does.
         """
         super().__init__(**kwargs)
         if (model_paths is None) == (models is None):
             raise ValueError("Give exactly one of 'model_paths' or 'models'.")
         if strategy not in ('auto', 'vmap', 'sequential'):
             raise ValueError(f"strategy must be 'auto', 'vmap' or 'sequential', got {strategy!r}.")
+        if radial not in ('table', 'mlp'):
+            raise ValueError(f"radial must be 'table' or 'mlp', got {radial!r}.")
         if model_paths is not None:
             models = load_committee(model_paths, device, default_dtype, expected_sha256)
         else:
@@ -446,10 +479,13 @@ class CommitteeCalculator(Calculator):
         self.z_table = _z_table(models[0])
         self._z_to_index = np.full(max(self.z_table) + 1, -1, dtype=np.int64)
         self._z_to_index[self.z_table] = np.arange(len(self.z_table))
-        self._members = [_MemberEnergy(m, self._head_index(m, head)) for m in models]
+        self.radial_tables = _radial_tables(models) if radial == 'table' else None
+        self.radial = 'mlp' if self.radial_tables is None else 'table'
+        evaluated = models if self.radial_tables is None else [_tabulated_copy(m) for m in models]
+        self._members = [_MemberEnergy(m, self._head_index(m, head)) for m in evaluated]
 
-        signature = _structure_signature(models[0])
-        self.can_vmap = all(_structure_signature(m) == signature for m in models[1:])
+        signature = _structure_signature(evaluated[0])
+        self.can_vmap = all(_structure_signature(m) == signature for m in evaluated[1:])
         if strategy == 'vmap' and not self.can_vmap:
             raise ValueError(
                 "strategy='vmap' needs members with identical architecture and hyper-parameters; "
@@ -504,9 +540,10 @@ class CommitteeCalculator(Calculator):
 
     @staticmethod
     def _edges(graph: dict, positions: torch.Tensor, strain: torch.Tensor | None):
-        """Edge vectors/lengths of one member, optionally under a symmetric strain.
+        """Edge vectors (N, E, 3) and lengths (N, E, 1) of every member, optionally under a symmetric strain.
 
-        Same construction as ``mace.modules.utils.get_symmetric_displacement``:
+        ``positions`` (N, n_atoms, 3) and ``strain`` (N, 3, 3) hold one copy per
+        member.  Same construction as ``mace.modules.utils.get_symmetric_displacement``:
         the stress is the derivative of the energy w.r.t. the strain.
         """
         cell = graph['cell']
@@ -514,8 +551,14 @@ class CommitteeCalculator(Calculator):
             positions = positions + positions @ strain
             cell = cell + cell @ strain
         sender, receiver = graph['edge_index']
-        vectors = positions[receiver] - positions[sender] + graph['unit_shifts'] @ cell
+        vectors = positions[:, receiver] - positions[:, sender] + graph['unit_shifts'] @ cell
         return vectors, torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
+
+    def _radial_weights(self, lengths: torch.Tensor) -> list[tuple[torch.Tensor, ...]] | None:
+        """Per member, per interaction: tabulated tensor-product weights of every edge."""
+        if self.radial_tables is None:
+            return None
+        return [tuple(table.split(table.lookup(lengths[i, :, 0]))) for i, table in enumerate(self.radial_tables)]
 
     # ----------------------------------------------------------------- evaluation
 
@@ -529,19 +572,22 @@ class CommitteeCalculator(Calculator):
     def _node_energies(self, graph: dict, positions: torch.Tensor, strain: torch.Tensor | None, strategy: str):
         """(N, n_atoms) per-atom energies; ``positions`` (N, n_atoms, 3), ``strain`` (N, 3, 3)."""
         node_attrs, edge_index = graph['node_attrs'], graph['edge_index']
+        vectors, lengths = self._edges(graph, positions, strain)
+        weights = self._radial_weights(lengths)
         if strategy == 'sequential':
             return torch.stack([
-                member(node_attrs, edge_index, *self._edges(graph, positions[i], None if strain is None else strain[i]))
+                member(node_attrs, edge_index, vectors[i], lengths[i], None if weights is None else weights[i])
                 for i, member in enumerate(self._members)
             ])  # fmt: skip
 
-        def member_energy(params, buffers, member_positions, member_strain):
-            edges = self._edges(graph, member_positions, member_strain)
-            return functional_call(self._template, (params, buffers), (node_attrs, edge_index, *edges))
+        def member_energy(params, buffers, member_vectors, member_lengths, member_weights):
+            inputs = (node_attrs, edge_index, member_vectors, member_lengths, member_weights)
+            return functional_call(self._template, (params, buffers), inputs)
 
-        in_dims = (0, 0, 0, None if strain is None else 0)
+        stacked = None if weights is None else tuple(torch.stack(w) for w in zip(*weights))
+        in_dims = (0, 0, 0, 0, None if stacked is None else 0)
         with _VmapFriendlyScatter():
-            return torch.vmap(member_energy, in_dims=in_dims)(self._params, self._buffers, positions, strain)
+            return torch.vmap(member_energy, in_dims=in_dims)(self._params, self._buffers, vectors, lengths, stacked)
 
     def evaluate(self, atoms: Atoms, compute_stress: bool) -> dict[str, np.ndarray]:
         """Per-member node energies, forces and (optionally) stresses as numpy arrays."""

@@ -1,16 +1,16 @@
-"""Tabulated radial weights of MACE interactions (cubic Hermite on a uniform grid).
+"""Tabulated radial weights of MACE interactions (quintic Hermite on a uniform grid).
 
 In a standard MACE interaction the tensor-product weights of an edge depend on
 its length alone: ``R(r) = MLP(bessel(r) * f_cut(r))`` (times ``f_cut(r)`` in
 models that apply the cutoff after the MLP).  Evaluated per edge, the MLP
 (8 -> 64 -> 64 -> 64 -> W by default) is the largest single cost of a small
 model on a CPU, and a committee pays it once per member.  A table of ``R`` and
-``dR/dr`` on a grid, interpolated with cubic Hermite polynomials, reproduces
-the MLP to round-off level with a few thousand points (the error falls as the
-4th power of the spacing), and an edge then costs a gather of four table rows
-instead of three matrix products.
+``dR/dr`` and ``d2R/dr2`` on a grid, interpolated with quintic Hermite
+polynomials, reproduces the MLP and its derivative to ~1e-10 relative with about a
+thousand points (the errors fall as the 6th and 5th power of the spacing), and
+an edge then costs six table rows instead of three matrix products.
 
-The interpolant is C1 and its derivative is used for the forces, so forces stay
+The interpolant is C2 and its derivative is used for the forces, so forces stay
 the exact gradient of the (tabulated) energy and MD conserves energy as well as
 with the MLP.  ``RadialTable.build`` checks the table against the MLP at random
 lengths between grid points and refines the grid until the worst error is below
@@ -21,12 +21,16 @@ No AiiDA import: this runs on the compute node.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
 from mace.modules.blocks import RealAgnosticInteractionBlock, RealAgnosticResidualInteractionBlock
 
 __all__ = ['RadialTable', 'TabulationError', 'radial_weight_functions']
+
+#: Table rows per grid interval (value, slope and curvature at both ends).
+ROWS = 6
 
 #: Interaction blocks whose ``edge_feats`` only feed ``conv_tp_weights`` (the
 #: density / attention / non-linear variants also use them elsewhere). Exact
@@ -65,60 +69,94 @@ def radial_weight_functions(model: torch.nn.Module) -> list[Callable[[torch.Tens
 
 
 class _HermiteLookup(torch.autograd.Function):
-    """``R(r)`` from the table; the backward uses the interpolant's own derivative."""
+    """``R(r)`` from the table; the backward uses the interpolant's own derivative.
+
+    An edge in interval ``k`` at fraction ``s`` combines table rows ``6k .. 6k+5``
+    with the six Hermite basis values: a sparse (E x 6G) matrix with six entries
+    per row times the table, which CSR sparse-dense products do without
+    materialising the (E, 6, D) rows.
+    """
 
     @staticmethod
     def forward(ctx, r, table, inv_spacing):
-        index, fraction = _locate(r, inv_spacing, table.shape[0])
-        rows = table[index]  # (E, 4, D): R_k, h R'_k, R_k+1, h R'_k+1
-        ctx.save_for_backward(index, fraction, table)
+        columns, fraction = _locate(r, inv_spacing, table.shape[0] // ROWS)
+        ctx.save_for_backward(columns, fraction, table)
         ctx.inv_spacing = inv_spacing
-        return torch.bmm(_hermite_basis(fraction).unsqueeze(1), rows).squeeze(1)
+        return _combine(columns, _hermite_basis(fraction), table)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        index, fraction, table = ctx.saved_tensors
-        rows = table[index]
-        # dR/dr . grad = sum_f basis'_f(s)/h * (rows_f . grad)
-        projected = torch.bmm(rows, grad_out.unsqueeze(-1)).squeeze(-1)  # (E, 4)
-        grad_r = (_hermite_basis_derivative(fraction) * projected).sum(-1) * ctx.inv_spacing
-        return grad_r, None, None
+        columns, fraction, table = ctx.saved_tensors
+        slope = _combine(columns, _hermite_basis_derivative(fraction) * ctx.inv_spacing, table)
+        return (slope * grad_out).sum(-1), None, None
 
 
 def _locate(r: torch.Tensor, inv_spacing: float, intervals: int):
+    """Table row indices (E, ROWS) of each length's interval and its fraction within it."""
     scaled = r * inv_spacing
     index = scaled.floor().clamp(0, intervals - 1)
-    return index.long(), scaled - index
+    columns = ROWS * index.long().unsqueeze(-1) + torch.arange(ROWS, device=r.device)
+    return columns, scaled - index
+
+
+def _combine(columns: torch.Tensor, weights: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``sum_f weights[e, f] * table[columns[e, f]]`` for every edge ``e``."""
+    num_edges = columns.shape[0]
+    row_starts = torch.arange(0, ROWS * num_edges + 1, ROWS, device=columns.device)
+    matrix = torch.sparse_csr_tensor(
+        row_starts, columns.reshape(-1), weights.reshape(-1), size=(num_edges, table.shape[0])
+    )
+    return torch.sparse.mm(matrix, table)
 
 
 def _hermite_basis(s: torch.Tensor) -> torch.Tensor:
-    s2, s3 = s * s, s * s * s
-    return torch.stack((2 * s3 - 3 * s2 + 1, s3 - 2 * s2 + s, 3 * s2 - 2 * s3, s3 - s2), dim=-1)
+    """Quintic Hermite basis for ``R_k, h R'_k, h^2 R''_k, R_k+1, h R'_k+1, h^2 R''_k+1``."""
+    s2 = s * s
+    s3 = s2 * s
+    s4, s5 = s3 * s, s3 * s2
+    end = 10 * s3 - 15 * s4 + 6 * s5
+    return torch.stack(
+        (1 - end, s - 6 * s3 + 8 * s4 - 3 * s5, 0.5 * (s2 - 3 * s3 + 3 * s4 - s5),
+         end, -4 * s3 + 7 * s4 - 3 * s5, 0.5 * (s3 - 2 * s4 + s5)),
+        dim=-1,
+    )  # fmt: skip
 
 
 def _hermite_basis_derivative(s: torch.Tensor) -> torch.Tensor:
+    """d/ds of ``_hermite_basis``."""
     s2 = s * s
-    return torch.stack((6 * s2 - 6 * s, 3 * s2 - 4 * s + 1, 6 * s - 6 * s2, 3 * s2 - 2 * s), dim=-1)
+    s3 = s2 * s
+    s4 = s3 * s
+    end = 30 * s2 - 60 * s3 + 30 * s4
+    return torch.stack(
+        (-end, 1 - 18 * s2 + 32 * s3 - 15 * s4, s - 4.5 * s2 + 6 * s3 - 2.5 * s4,
+         end, -12 * s2 + 28 * s3 - 15 * s4, 1.5 * s2 - 4 * s3 + 2.5 * s4),
+        dim=-1,
+    )  # fmt: skip
 
 
 class RadialTable:
-    """Cubic Hermite table of a model's radial weights, all interactions side by side.
+    """Quintic Hermite table of a model's radial weights, all interactions side by side.
 
-    ``table[k]`` holds ``(R(r_k), h R'(r_k), R(r_k+1), h R'(r_k+1))`` for the
-    interval ``[r_k, r_k+1)`` so that one gather fetches everything an edge needs.
+    Rows ``6k .. 6k+5`` of ``table`` hold ``R, h R', h^2 R''`` at ``r_k`` and at
+    ``r_k+1`` for the interval ``[r_k, r_k+1)`` of width ``h``: everything an edge in it needs.
     """
 
     #: Grid intervals of the first try; each refinement doubles them.
-    INITIAL_INTERVALS = 1024
+    INITIAL_INTERVALS = 256
     MAX_INTERVALS = 16384
     #: Random check lengths; they avoid the grid points, where the error vanishes.
     CHECK_POINTS = 4096
+    #: Checked from this fraction of r_max on.  Shorter edges mean overlapping
+    #: atoms, and there MACE's own float64 Bessel basis (sin(x)/r) loses digits
+    #: in its derivative, so it is no reference (the table stays smooth there).
+    SHORTEST_CHECKED = 0.1
 
     def __init__(self, table: torch.Tensor, r_max: float, widths: list[int], max_error: float):
         self.table = table
         self.r_max = r_max
-        self.spacing = r_max / table.shape[0]
+        self.spacing = r_max / (table.shape[0] // ROWS)
         self.inv_spacing = 1.0 / self.spacing
         self.widths = widths
         self.max_error = max_error
@@ -128,38 +166,43 @@ class RadialTable:
         return self.table.numel() * self.table.element_size()
 
     @classmethod
-    def build(cls, model: torch.nn.Module, tolerance: float | None = None, max_bytes: int = 1 << 28) -> RadialTable:
+    def build(cls, model: torch.nn.Module, tolerance: float = 1e-9, max_bytes: int = 1 << 28) -> RadialTable:
         """Tabulate ``model``'s radial weights on ``[0, r_max]``.
 
-        :param tolerance: worst allowed error, relative to the largest weight
-            (default 1e-10 in float64, 1e-6 in float32): both value and derivative
-            (times the spacing) are checked.
+        The table is computed and checked in float64 (on a copy of a float32
+        model) and then stored in the model's dtype.
+
+        :param tolerance: worst allowed error of the weights, relative to the
+            largest weight, and of their derivatives (which give the forces),
+            relative to the largest derivative.
         :param max_bytes: refuse tables larger than this.
         :raises TabulationError: unsupported architecture, or no grid within the limits meets ``tolerance``.
         """
-        functions = radial_weight_functions(model)
         dtype = next(model.parameters()).dtype
-        device = next(model.parameters()).device
-        if tolerance is None:
-            tolerance = 1e-10 if dtype == torch.float64 else 1e-6
+        reference = model if dtype == torch.float64 else copy.deepcopy(model).to(torch.float64)
+        functions = radial_weight_functions(reference)
+        device = next(reference.parameters()).device
         r_max = float(model.r_max)
         generator = torch.Generator().manual_seed(0)
-        check_r = (torch.rand(cls.CHECK_POINTS, generator=generator, dtype=torch.float64) * r_max).to(dtype=dtype, device=device)
+        shortest = cls.SHORTEST_CHECKED * r_max
+        uniform = torch.rand(cls.CHECK_POINTS, generator=generator, dtype=torch.float64)
+        check_r = (shortest + uniform * (r_max - shortest)).to(device)
         exact, exact_slope = _values_and_slopes(functions, check_r)
-        scale = max(float(exact.abs().max()), torch.finfo(dtype).tiny)
+        tiny = torch.finfo(torch.float64).tiny
+        scale, slope_scale = (max(float(x.abs().max()), tiny) for x in (exact, exact_slope))
         intervals = cls.INITIAL_INTERVALS
         while True:
-            nbytes = (intervals * 4 * exact.shape[1]) * exact.element_size()
+            nbytes = intervals * ROWS * exact.shape[1] * torch.tensor([], dtype=dtype).element_size()
             if nbytes > max_bytes:
                 raise TabulationError(f'a table accurate to {tolerance:g} would exceed {max_bytes} bytes')
-            table = cls._tabulate(functions, r_max, intervals, dtype, device)
-            candidate = cls(table, r_max, [int(f(check_r[:1]).shape[1]) for f in functions], 0.0)
+            widths = [int(f(check_r[:1]).shape[1]) for f in functions]
+            candidate = cls(cls._tabulate(functions, r_max, intervals, device), r_max, widths, 0.0)
             with torch.no_grad():
-                error = float((candidate.lookup(check_r) - exact).abs().max())
-            slope = _slope_of(candidate, check_r)
-            slope_error = float((slope - exact_slope).abs().max()) * candidate.spacing
-            worst = max(error, slope_error) / scale
+                error = float((candidate.lookup(check_r) - exact).abs().max()) / scale
+            slope_error = float((_slope_of(candidate, check_r) - exact_slope).abs().max()) / slope_scale
+            worst = max(error, slope_error)
             if worst <= tolerance:
+                candidate.table = candidate.table.to(dtype)
                 candidate.max_error = worst
                 return candidate
             if intervals >= cls.MAX_INTERVALS:
@@ -167,13 +210,15 @@ class RadialTable:
             intervals *= 2
 
     @staticmethod
-    def _tabulate(functions, r_max: float, intervals: int, dtype, device) -> torch.Tensor:
-        grid = torch.linspace(0.0, r_max, intervals + 1, dtype=torch.float64).to(dtype=dtype, device=device)
+    def _tabulate(functions, r_max: float, intervals: int, device) -> torch.Tensor:
+        grid = torch.linspace(0.0, r_max, intervals + 1, dtype=torch.float64, device=device)
         # The Bessel basis is sin(x)/r: take the r -> 0 limit a hair away from 0.
         grid[0] = grid[1] * 1e-6
-        values, slopes = _values_and_slopes(functions, grid)
-        spacing = r_max / intervals
-        return torch.stack((values[:-1], spacing * slopes[:-1], values[1:], spacing * slopes[1:]), dim=1)
+        values, slopes, curvatures = _values_and_slopes(functions, grid, curvatures=True)
+        h = r_max / intervals
+        nodes = (values, h * slopes, h * h * curvatures)
+        rows = torch.stack([x[:-1] for x in nodes] + [x[1:] for x in nodes], dim=1)
+        return rows.reshape(ROWS * intervals, -1)
 
     def lookup(self, r: torch.Tensor) -> torch.Tensor:
         """Weights of all interactions side by side, ``(E, sum(widths))``, differentiable in ``r`` (E,)."""
@@ -184,20 +229,33 @@ class RadialTable:
         return list(torch.split(weights, self.widths, dim=-1))
 
 
-def _values_and_slopes(functions, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact ``R(r)`` and ``dR/dr`` of all interactions, side by side (forward-mode AD)."""
+def _values_and_slopes(functions, r: torch.Tensor, curvatures: bool = False) -> tuple[torch.Tensor, ...]:
+    """Exact ``R(r)`` and ``dR/dr`` of all interactions side by side (forward-mode AD), and ``d2R/dr2``.
+
+    The curvature is a central difference of exact slopes (nested forward AD is
+    not implemented for SiLU): its ~1e-9 relative error enters the interpolant
+    multiplied by the squared spacing, far below the checked tolerance.
+    """
 
     def all_weights(x):
         return torch.cat([f(x) for f in functions], dim=-1)
 
+    def slopes_of(x):
+        return torch.func.jvp(all_weights, (x,), (torch.ones_like(x),))[1]
+
     with torch.no_grad():
-        values, slopes = torch.func.jvp(all_weights, (r,), (torch.ones_like(r),))
-    return values, slopes
+        values, slopes = all_weights(r), slopes_of(r)
+        if not curvatures:
+            return values, slopes
+        step = 1e-5 * float(r.max())
+        central = (slopes_of(r + step) - slopes_of(r - step)) / (2 * step)
+        # R is only defined for r >= 0 (and not even in r): one-sided near 0.
+        forward = (4 * slopes_of(r + step) - slopes_of(r + 2 * step) - 3 * slopes) / (2 * step)
+        return values, slopes, torch.where((r < step).unsqueeze(-1), forward, central)
 
 
 def _slope_of(table: RadialTable, r: torch.Tensor) -> torch.Tensor:
     """``dR/dr`` of the interpolant (the backward contracts the same rows with the incoming gradient)."""
-    index, fraction = _locate(r, table.inv_spacing, table.table.shape[0])
-    rows = table.table[index]
-    return torch.bmm(_hermite_basis_derivative(fraction).unsqueeze(1), rows).squeeze(1) * table.inv_spacing
+    columns, fraction = _locate(r, table.inv_spacing, table.table.shape[0] // ROWS)
+    return _combine(columns, _hermite_basis_derivative(fraction) * table.inv_spacing, table.table)
 

@@ -60,6 +60,7 @@ from mace.modules.models import MACE, ScaleShiftMACE
 from torch.func import functional_call, stack_module_state
 from torch.overrides import TorchFunctionMode
 
+from aiida_alml.engines.message_passing import FusedInteraction, FusionError, neighbour_layout
 from aiida_alml.engines.radial_table import RadialTable, TabulationError
 
 __all__ = ['CommitteeCalculator', 'file_sha256', 'keep_large_allocations', 'load_committee', 'validate_committee']
@@ -257,12 +258,27 @@ def _radial_tables(models: Sequence[torch.nn.Module]) -> list[RadialTable] | Non
         return None
 
 
-def _tabulated_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``model`` whose interactions take their tensor-product weights as ``edge_feats``."""
+def _evaluation_copy(model: torch.nn.Module, tabulated: bool, fused: bool) -> torch.nn.Module:
+    """A copy of ``model`` to evaluate: with ``tabulated`` its interactions take their
+    tensor-product weights as ``edge_feats``; with ``fused`` they are ``FusedInteraction``s."""
     copied = copy.deepcopy(model)
     for interaction in copied.interactions:
-        interaction.conv_tp_weights = torch.nn.Identity()
+        if tabulated:
+            interaction.conv_tp_weights = torch.nn.Identity()
+    if fused:
+        copied.interactions = torch.nn.ModuleList(FusedInteraction(i) for i in copied.interactions)
     return copied
+
+
+def _can_fuse(models: Sequence[torch.nn.Module]) -> bool:
+    try:
+        for model in models:
+            for interaction in model.interactions:
+                FusedInteraction(interaction)
+    except FusionError as error:
+        LOGGER.info('convolution evaluated per edge, as MACE does: %s', error)
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- model
@@ -281,10 +297,11 @@ class _MemberEnergy(torch.nn.Module):
         self.model = model
         self.head = head
 
-    def forward(self, node_attrs, edge_index, vectors, lengths, radial_weights=None) -> torch.Tensor:
+    def forward(self, node_attrs, edge_index, vectors, lengths, radial_weights=None, neighbours=None) -> torch.Tensor:
         """``radial_weights``: per interaction, the tensor-product weights of every edge
         (cutoff included) from a ``RadialTable``; the member's ``conv_tp_weights`` are
-        then identities (see ``_tabulated_copy``)."""
+        then identities.  ``neighbours``: the ``neighbour_layout`` that
+        ``FusedInteraction`` blocks take (see ``_evaluation_copy``)."""
         model = self.model
         num_atoms = node_attrs.shape[0]
         node_heads = torch.full((num_atoms,), self.head, dtype=torch.long, device=node_attrs.device)
@@ -301,17 +318,14 @@ class _MemberEnergy(torch.nn.Module):
             node_es.append(model.pair_repulsion_fn(lengths, node_attrs, edge_index, model.atomic_numbers))
         feats = []
         for i, (interaction, product) in enumerate(zip(model.interactions, model.products)):
-            node_feats, sc = interaction(
-                node_attrs=node_attrs,
-                node_feats=node_feats,
-                edge_attrs=edge_attrs,
-                edge_feats=edge_feats[i],
-                edge_index=edge_index,
-                cutoff=cutoff,
-                first_layer=(i == 0),
-                lammps_class=None,
-                lammps_natoms=(0, 0),
-            )
+            inputs = dict(
+                node_attrs=node_attrs, node_feats=node_feats, edge_attrs=edge_attrs,
+                edge_feats=edge_feats[i], edge_index=edge_index, cutoff=cutoff,
+            )  # fmt: skip
+            if isinstance(interaction, FusedInteraction):
+                node_feats, sc = interaction(**inputs, neighbours=neighbours)
+            else:
+                node_feats, sc = interaction(**inputs, first_layer=(i == 0), lammps_class=None, lammps_natoms=(0, 0))
             node_feats = product(node_feats=node_feats, sc=sc, node_attrs=node_attrs)
             feats.append(node_feats)
         for i, readout in enumerate(model.readouts):
@@ -442,6 +456,7 @@ class CommitteeCalculator(Calculator):
         strategy: str = 'auto',
         head: str | None = None,
         radial: str = 'table',
+        convolution: str = 'fused',
         **kwargs,
     ):
         """
@@ -456,6 +471,10 @@ class CommitteeCalculator(Calculator):
             cubic Hermite tables checked against them (``RadialTable``; falls back
             to ``'mlp'``, with a log message, for models it cannot tabulate);
             ``'mlp'`` runs the networks on every edge, as MACE does.
+        :param convolution: ``'fused'`` sums each atom's messages in one batched
+            matrix product per tensor-product path (``FusedInteraction``; falls
+            back to ``'edges'``, with a log message, for unsupported blocks);
+            ``'edges'`` builds every edge's message and sums them, as MACE does.
         """
         super().__init__(**kwargs)
         if (model_paths is None) == (models is None):
@@ -464,6 +483,8 @@ class CommitteeCalculator(Calculator):
             raise ValueError(f"strategy must be 'auto', 'vmap' or 'sequential', got {strategy!r}.")
         if radial not in ('table', 'mlp'):
             raise ValueError(f"radial must be 'table' or 'mlp', got {radial!r}.")
+        if convolution not in ('fused', 'edges'):
+            raise ValueError(f"convolution must be 'fused' or 'edges', got {convolution!r}.")
         if model_paths is not None:
             models = load_committee(model_paths, device, default_dtype, expected_sha256)
         else:
@@ -481,7 +502,11 @@ class CommitteeCalculator(Calculator):
         self._z_to_index[self.z_table] = np.arange(len(self.z_table))
         self.radial_tables = _radial_tables(models) if radial == 'table' else None
         self.radial = 'mlp' if self.radial_tables is None else 'table'
-        evaluated = models if self.radial_tables is None else [_tabulated_copy(m) for m in models]
+        self.convolution = 'fused' if convolution == 'fused' and _can_fuse(models) else 'edges'
+        if self.radial == 'mlp' and self.convolution == 'edges':
+            evaluated = models
+        else:
+            evaluated = [_evaluation_copy(m, self.radial == 'table', self.convolution == 'fused') for m in models]
         self._members = [_MemberEnergy(m, self._head_index(m, head)) for m in evaluated]
 
         signature = _structure_signature(evaluated[0])
@@ -530,10 +555,12 @@ class CommitteeCalculator(Calculator):
         )
         as_float = dict(dtype=self.dtype, device=self.device)
         index = torch.as_tensor(self._z_to_index[atoms.numbers], device=self.device)
+        edge_index = torch.as_tensor(edge_index, dtype=torch.long, device=self.device)
         return {
+            'neighbours': neighbour_layout(edge_index, len(atoms)) if self.convolution == 'fused' else None,
             'positions': torch.as_tensor(positions, **as_float),
             'cell': torch.as_tensor(cell, **as_float),
-            'edge_index': torch.as_tensor(edge_index, dtype=torch.long, device=self.device),
+            'edge_index': edge_index,
             'unit_shifts': torch.as_tensor(unit_shifts, **as_float),
             'node_attrs': torch.nn.functional.one_hot(index, len(self.z_table)).to(**as_float),
         }
@@ -571,17 +598,17 @@ class CommitteeCalculator(Calculator):
 
     def _node_energies(self, graph: dict, positions: torch.Tensor, strain: torch.Tensor | None, strategy: str):
         """(N, n_atoms) per-atom energies; ``positions`` (N, n_atoms, 3), ``strain`` (N, 3, 3)."""
-        node_attrs, edge_index = graph['node_attrs'], graph['edge_index']
+        node_attrs, edge_index, neighbours = graph['node_attrs'], graph['edge_index'], graph['neighbours']
         vectors, lengths = self._edges(graph, positions, strain)
         weights = self._radial_weights(lengths)
         if strategy == 'sequential':
             return torch.stack([
-                member(node_attrs, edge_index, vectors[i], lengths[i], None if weights is None else weights[i])
+                member(node_attrs, edge_index, vectors[i], lengths[i], None if weights is None else weights[i], neighbours)
                 for i, member in enumerate(self._members)
             ])  # fmt: skip
 
         def member_energy(params, buffers, member_vectors, member_lengths, member_weights):
-            inputs = (node_attrs, edge_index, member_vectors, member_lengths, member_weights)
+            inputs = (node_attrs, edge_index, member_vectors, member_lengths, member_weights, neighbours)
             return functional_call(self._template, (params, buffers), inputs)
 
         stacked = None if weights is None else tuple(torch.stack(w) for w in zip(*weights))

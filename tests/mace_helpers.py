@@ -124,3 +124,47 @@ def train_committee(
         with ThreadPoolExecutor(len(todo)) as pool:
             list(pool.map(lambda ds: train_tiny_mace(ds[0], train_file, ds[1], epochs, hyper), todo))
     return [train_tiny_mace(d, train_file, s, epochs, hyper) for d, s in zip(dirs, seeds)]
+
+
+def random_mace(
+    seed: int = 0,
+    max_L: int = 1,
+    channels: int = 8,
+    interaction: str = 'RealAgnosticResidualInteractionBlock',
+    atomic_numbers: tuple[int, ...] = (13, 29),
+    **extra,
+):
+    """An untrained float64 ``ScaleShiftMACE`` with random weights, built in-process.
+
+    Inference code paths depend on the architecture, not on the weights, so
+    these stand in for trained models with features (``max_L=1``) or blocks
+    that the tiny trained models do not have.
+    """
+    import torch
+    from mace import modules  # before e3nn: it sets up torch.load for e3nn's constants
+    from e3nn import o3
+
+    torch.manual_seed(seed)
+    hidden = ' + '.join(f'{channels}x{ell}{"e" if ell % 2 == 0 else "o"}' for ell in range(max_L + 1))
+    model = modules.ScaleShiftMACE(
+        atomic_inter_scale=1.3,
+        atomic_inter_shift=0.1,
+        r_max=4.0,
+        num_bessel=8,
+        num_polynomial_cutoff=5,
+        max_ell=3,
+        interaction_cls=modules.interaction_classes[interaction],
+        interaction_cls_first=modules.interaction_classes['RealAgnosticInteractionBlock'],
+        num_interactions=2,
+        num_elements=len(atomic_numbers),
+        hidden_irreps=o3.Irreps(hidden),
+        MLP_irreps=o3.Irreps('8x0e'),
+        atomic_energies=np.linspace(-1.0, -2.0, len(atomic_numbers)),
+        avg_num_neighbors=12.0 + seed,
+        atomic_numbers=list(atomic_numbers),
+        correlation=2,
+        gate=torch.nn.functional.silu,
+        radial_MLP=[16, 16],
+        **extra,
+    )
+    return model.to(torch.float64)

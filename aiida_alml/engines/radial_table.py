@@ -105,7 +105,7 @@ def _combine(columns: torch.Tensor, weights: torch.Tensor, table: torch.Tensor) 
     num_edges = columns.shape[0]
     row_starts = torch.arange(0, ROWS * num_edges + 1, ROWS, device=columns.device)
     matrix = torch.sparse_csr_tensor(
-        row_starts, columns.reshape(-1), weights.reshape(-1), size=(num_edges, table.shape[0])
+        row_starts, columns.reshape(-1), weights.reshape(-1), size=(num_edges, table.shape[0]), check_invariants=False
     )
     return torch.sparse.mm(matrix, table)
 

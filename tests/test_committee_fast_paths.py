@@ -128,7 +128,8 @@ def test_fused_interaction_equals_the_mace_block(vector_models, layer):
 
     model = vector_models[0]
     atoms = _alloy()
-    edge_index, shifts, _, cell = get_neighborhood(atoms.positions, cutoff=4.0, pbc=(True,) * 3, cell=np.array(atoms.cell))
+    cell = np.array(atoms.cell)
+    edge_index, shifts, _, _ = get_neighborhood(atoms.positions, cutoff=4.0, pbc=(True,) * 3, cell=cell)
     edge_index = torch.as_tensor(edge_index, dtype=torch.long)
     positions = torch.as_tensor(atoms.positions)
     vectors = positions[edge_index[1]] - positions[edge_index[0]] + torch.as_tensor(shifts)

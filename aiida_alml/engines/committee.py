@@ -3,13 +3,23 @@
 ``CommitteeCalculator`` is an ASE calculator that evaluates a committee of N
 MACE models on one structure while doing the model-independent work once:
 
-* the neighbour list, one-hot node attributes and edge shifts are built once
-  per structure (directly with ``mace.data.neighborhood.get_neighborhood``,
-  without the ``AtomicData``/``Batch`` machinery and its per-member cloning);
+* the neighbour list, one-hot node attributes, edge shifts and each atom's
+  incoming-edge layout are built once per structure (directly with
+  ``mace.data.neighborhood.get_neighborhood``, without the
+  ``AtomicData``/``Batch`` machinery and its per-member cloning);
 * all members are evaluated in one pass and differentiated with a *single*
   autograd call: every member gets its own copy of the positions (and of the
   strain/displacement), so the gradient of the summed member energies w.r.t.
   those copies is exactly the stack of per-member forces (and virials).
+
+Two exact re-formulations cut each member's own cost, for the standard
+interaction blocks (others are evaluated as MACE does, with a log message):
+
+* ``radial='table'``: the radial weight networks are replaced by quintic
+  Hermite tables checked against them (``radial_table.RadialTable``);
+* ``convolution='fused'``: each atom's messages are summed by one batched
+  matrix product per tensor-product path, without per-edge message tensors
+  (``message_passing.FusedInteraction``).
 
 Two evaluation strategies give identical results (to round-off):
 
@@ -603,7 +613,7 @@ class CommitteeCalculator(Calculator):
         weights = self._radial_weights(lengths)
         if strategy == 'sequential':
             return torch.stack([
-                member(node_attrs, edge_index, vectors[i], lengths[i], None if weights is None else weights[i], neighbours)
+                member(node_attrs, edge_index, vectors[i], lengths[i], weights and weights[i], neighbours)
                 for i, member in enumerate(self._members)
             ])  # fmt: skip
 
@@ -614,7 +624,8 @@ class CommitteeCalculator(Calculator):
         stacked = None if weights is None else tuple(torch.stack(w) for w in zip(*weights))
         in_dims = (0, 0, 0, 0, None if stacked is None else 0)
         with _VmapFriendlyScatter():
-            return torch.vmap(member_energy, in_dims=in_dims)(self._params, self._buffers, vectors, lengths, stacked)
+            batched = torch.vmap(member_energy, in_dims=in_dims)
+            return batched(self._params, self._buffers, vectors, lengths, stacked)
 
     def evaluate(self, atoms: Atoms, compute_stress: bool) -> dict[str, np.ndarray]:
         """Per-member node energies, forces and (optionally) stresses as numpy arrays."""

@@ -82,7 +82,8 @@ class FusedInteraction(torch.nn.Module):
             raise FusionError('the interaction already uses a fused (cuequivariance) convolution')
         self.interaction = interaction
         self.residual = type(interaction) is RealAgnosticResidualInteractionBlock
-        self.paths, couplings = _probe_paths(interaction.conv_tp, next(interaction.parameters()).dtype)
+        parameter = next(interaction.parameters())
+        self.paths, couplings = _probe_paths(interaction.conv_tp, parameter.dtype, parameter.device)
         for k, coupling in enumerate(couplings):
             self.register_buffer(f'coupling_{k}', coupling)
         self.output_order = sorted(range(len(self.paths)), key=lambda k: self.paths[k][-1])
@@ -125,26 +126,27 @@ class FusedInteraction(torch.nn.Module):
     def _check_against(self, conv_tp) -> None:
         """Compare ``convolve`` with the block's own convolution on a random graph."""
         generator = torch.Generator().manual_seed(0)
-        dtype = self.coupling_0.dtype
+        dtype, device = self.coupling_0.dtype, self.coupling_0.device
         num_atoms, num_edges = 5, 17
-        edge_index = torch.randint(0, num_atoms, (2, num_edges), generator=generator)
+        edge_index = torch.randint(0, num_atoms, (2, num_edges), generator=generator).to(device)
 
         def random(*shape):
-            return torch.randn(*shape, generator=generator, dtype=torch.float64).to(dtype)
+            return torch.randn(*shape, generator=generator, dtype=torch.float64).to(dtype=dtype, device=device)
 
         node_feats = random(num_atoms, conv_tp.irreps_in1.dim)
         edge_attrs = random(num_edges, conv_tp.irreps_in2.dim)
         weights = random(num_edges, conv_tp.weight_numel)
         with torch.no_grad():
             messages = conv_tp(node_feats[edge_index[0]], edge_attrs, weights)
-            expected = torch.zeros(num_atoms, messages.shape[1], dtype=dtype).index_add_(0, edge_index[1], messages)
+            expected = torch.zeros(num_atoms, messages.shape[1], dtype=dtype, device=device)
+            expected.index_add_(0, edge_index[1], messages)
             actual = self.convolve(node_feats, edge_attrs, weights, neighbour_layout(edge_index, num_atoms))
         tolerance = 1e-10 if dtype == torch.float64 else 1e-4
         if not torch.allclose(actual, expected, rtol=tolerance, atol=tolerance * float(expected.abs().max())):
             raise FusionError('fused convolution disagrees with the model (unexpected tensor-product layout)')
 
 
-def _probe_paths(conv_tp, dtype: torch.dtype) -> tuple[list[tuple], list[torch.Tensor]]:
+def _probe_paths(conv_tp, dtype: torch.dtype, device: torch.device) -> tuple[list[tuple], list[torch.Tensor]]:
     """Per path: slices and sizes, and its coupling tensor ``M`` (dim1, dim2, dim_out), read off ``conv_tp``."""
     for attribute, expected in (('shared_weights', False), ('internal_weights', False)):
         if getattr(conv_tp, attribute, None) is not expected:
@@ -161,11 +163,11 @@ def _probe_paths(conv_tp, dtype: torch.dtype) -> tuple[list[tuple], list[torch.T
             raise FusionError('tensor-product path whose output multiplicity differs from its input')
         # One unit input per (i, j) pair, channel 0 and this path's first weight only.
         count = dim1 * dim2
-        x1 = torch.zeros(count, in1.dim, dtype=dtype)
-        x2 = torch.zeros(count, in2.dim, dtype=dtype)
-        weights = torch.zeros(count, conv_tp.weight_numel, dtype=dtype)
+        x1 = torch.zeros(count, in1.dim, dtype=dtype, device=device)
+        x2 = torch.zeros(count, in2.dim, dtype=dtype, device=device)
+        weights = torch.zeros(count, conv_tp.weight_numel, dtype=dtype, device=device)
         weights[:, weight_start] = 1.0
-        pairs = torch.arange(count)
+        pairs = torch.arange(count, device=device)
         x1[pairs, slices1[ins.i_in1].start + pairs // dim2] = 1.0
         x2[pairs, slices2[ins.i_in2].start + pairs % dim2] = 1.0
         with torch.no_grad():

@@ -206,7 +206,9 @@ class RadialTable:
                 candidate.max_error = worst
                 return candidate
             if intervals >= cls.MAX_INTERVALS:
-                raise TabulationError(f'{intervals} grid intervals leave a relative error of {worst:.2g} > {tolerance:g}')
+                raise TabulationError(
+                    f'{intervals} grid intervals leave a relative error of {worst:.2g} > {tolerance:g}'
+                )
             intervals *= 2
 
     @staticmethod

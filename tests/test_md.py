@@ -195,6 +195,9 @@ def test_md_records_uncertainty(md_code, trained_committee):
     trajectory, summary = results['trajectory'], results['summary'].get_dict()
     assert summary['stop_reason'] == 'completed' and summary['steps_done'] == 20 and summary['frames'] == 3
     assert summary['steps_per_second'] > 0
+    evaluation = summary['committee_evaluation']
+    assert (evaluation['members'], evaluation['radial'], evaluation['convolution']) == (2, 'table', 'fused')
+    assert evaluation['radial_table_max_error'] <= 1e-9 and evaluation['last_strategy'] in ('sequential', 'vmap')
     assert trajectory.get_stepids().tolist() == [0, 10, 20]
     assert list(trajectory.pbc) == [True, True, True]
     assert trajectory.get_array('target_temperature').tolist() == [300.0, 450.0, 600.0]

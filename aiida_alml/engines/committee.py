@@ -533,6 +533,19 @@ class CommitteeCalculator(Calculator):
         if self.can_vmap:
             self._template, self._params, self._buffers = _stack_members(self._members)
 
+    def describe(self) -> dict:
+        """How this committee is evaluated, for logs and provenance (JSON-serialisable)."""
+        return {
+            'members': self.num_models,
+            'radial': self.radial,
+            'radial_table_max_error': (
+                None if self.radial_tables is None else max(t.max_error for t in self.radial_tables)
+            ),
+            'convolution': self.convolution,
+            'strategy': self.strategy,
+            'last_strategy': self.last_strategy,
+        }
+
     @staticmethod
     def _head_index(model: torch.nn.Module, head: str | None) -> int:
         heads = list(getattr(model, 'heads', ['Default']))

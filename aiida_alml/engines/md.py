@@ -299,6 +299,8 @@ def run_md(atoms, calculator, parameters: dict) -> tuple[dict[str, np.ndarray], 
         'n_members': n_members,
         'parameters': parameters,
     }
+    if hasattr(calculator, 'describe'):  # CommitteeCalculator: which exact re-formulations it used
+        summary['committee_evaluation'] = calculator.describe()
     return recorder.arrays(), summary
 
 
@@ -318,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     atoms = read(spec['structure'], format='extxyz')
     calculator = load_calculator(spec['models'], parameters['device'], args.dtype or spec.get('dtype', 'float64'))
+    print(f'alml-md: committee evaluation {json.dumps(calculator.describe())}')
     arrays, summary = run_md(atoms, calculator, parameters)
     arrays['numbers'] = atoms.numbers
     arrays['pbc'] = atoms.pbc

@@ -132,6 +132,7 @@ def random_mace(
     channels: int = 8,
     interaction: str = 'RealAgnosticResidualInteractionBlock',
     atomic_numbers: tuple[int, ...] = (13, 29),
+    correlation: int = 2,
     **extra,
 ):
     """An untrained float64 ``ScaleShiftMACE`` with random weights, built in-process.
@@ -162,7 +163,7 @@ def random_mace(
         atomic_energies=np.linspace(-1.0, -2.0, len(atomic_numbers)),
         avg_num_neighbors=12.0 + seed,
         atomic_numbers=list(atomic_numbers),
-        correlation=2,
+        correlation=correlation,
         gate=torch.nn.functional.silu,
         radial_MLP=[16, 16],
         **extra,

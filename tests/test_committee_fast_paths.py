@@ -30,6 +30,7 @@ from mace_helpers import cu_cell, random_mace  # noqa: E402
 from aiida_alml.engines import radial_table  # noqa: E402
 from aiida_alml.engines.committee import CommitteeCalculator  # noqa: E402
 from aiida_alml.engines.message_passing import FusedInteraction, FusionError, neighbour_layout  # noqa: E402
+from aiida_alml.engines.product_basis import PrecomputedContraction, ProductBasisError  # noqa: E402
 from aiida_alml.engines.radial_table import RadialTable, TabulationError, radial_weight_functions  # noqa: E402
 
 RTOL = 1e-6
@@ -160,6 +161,32 @@ def test_fused_interaction_refuses_other_blocks():
         FusedInteraction(model.interactions[1])
 
 
+# --------------------------------------------------------------------------- product basis
+
+
+@pytest.mark.parametrize('correlation', [2, 3])
+def test_precomputed_contraction_equals_mace(correlation):
+    """Every output irrep (0e and 1o) of both layers, two elements, on random features."""
+    model = random_mace(correlation=correlation)
+    generator = torch.Generator().manual_seed(correlation)
+    checked = 0
+    for product in model.products:
+        for contraction in product.symmetric_contractions.contractions:
+            channels, ell = contraction.weights_max.shape[-1], contraction.U_tensors(1).shape[-2]
+            x = torch.randn(11, channels, ell, generator=generator, dtype=torch.float64)
+            y = torch.nn.functional.one_hot(torch.arange(11) % 2, 2).double()
+            expected = contraction(x, y)
+            actual = PrecomputedContraction(contraction, check=False)(x, y)
+            torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+            checked += 1
+    assert checked == 3  # 0e and 1o after the first layer, 0e only after the last
+
+
+def test_precomputed_contraction_refuses_other_modules():
+    with pytest.raises(ProductBasisError, match='Linear is not a MACE symmetric Contraction'):
+        PrecomputedContraction(torch.nn.Linear(2, 2))
+
+
 # --------------------------------------------------------------------------- calculator
 
 
@@ -171,7 +198,7 @@ def test_calculator_matches_stock_for_vector_features(vector_model_paths, strate
         atoms.positions[0] += [0.0, 0.0, -30.0]  # an atom without neighbours
     reference = _stock(vector_model_paths, atoms)
     calc = CommitteeCalculator(model_paths=vector_model_paths, strategy=strategy)
-    assert (calc.radial, calc.convolution) == ('table', 'fused')
+    assert (calc.radial, calc.convolution, calc.product_basis) == ('table', 'fused', 'precomputed')
     calc.calculate(atoms)
     _close(calc.results['energy_comm'], reference['energy_comm'])
     _close(calc.results['forces_comm'], reference['forces_comm'])
@@ -183,8 +210,11 @@ def test_calculator_matches_stock_for_vector_features(vector_model_paths, strate
 def test_mace_own_evaluation_gives_the_same_committee(vector_models):
     atoms = _alloy()
     fast = CommitteeCalculator(models=vector_models, strategy='sequential')
-    plain = CommitteeCalculator(models=vector_models, strategy='sequential', radial='mlp', convolution='edges')
-    assert (plain.radial, plain.convolution) == ('mlp', 'edges')
+    plain = CommitteeCalculator(
+        models=vector_models, strategy='sequential', radial='mlp', convolution='edges', product_basis='mace'
+    )
+    assert (plain.radial, plain.convolution, plain.product_basis) == ('mlp', 'edges', 'mace')
+    assert plain._members[0].model is vector_models[0]  # nothing re-formulated: the models themselves
     fast.calculate(atoms)
     plain.calculate(atoms)
     for key in ('energy_comm', 'forces_comm', 'stress_comm', 'force_sigma'):
@@ -197,7 +227,8 @@ def test_calculator_falls_back_to_mace_evaluation(tmp_path, caplog):
     torch.save(model, path)
     with caplog.at_level(logging.INFO, logger='aiida_alml.engines.committee'):
         calc = CommitteeCalculator(model_paths=[path], strategy='sequential')
-    assert (calc.radial, calc.convolution) == ('mlp', 'edges')
+    # The density block's interactions are evaluated as MACE does; its product basis is standard.
+    assert (calc.radial, calc.convolution, calc.product_basis) == ('mlp', 'edges', 'precomputed')
     assert 'RealAgnosticDensityResidualInteractionBlock' in caplog.text
     atoms = _alloy()
     calc.calculate(atoms)
@@ -220,7 +251,7 @@ def test_float32_committee_is_as_accurate_as_stock_float32(vector_model_paths):
         assert ours_error <= 4 * stock_error, key  # measured: 1.3x (energies), 2.4x (forces)
 
 
-@pytest.mark.parametrize(('option', 'value'), [('radial', 'spline'), ('convolution', 'cuda')])
+@pytest.mark.parametrize(('option', 'value'), [('radial', 'spline'), ('convolution', 'cuda'), ('product_basis', 'x')])
 def test_unknown_evaluation_options_are_refused(vector_models, option, value):
     with pytest.raises(ValueError, match=f"{option} must be"):
         CommitteeCalculator(models=vector_models, **{option: value})

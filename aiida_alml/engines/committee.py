@@ -12,14 +12,16 @@ MACE models on one structure while doing the model-independent work once:
   strain/displacement), so the gradient of the summed member energies w.r.t.
   those copies is exactly the stack of per-member forces (and virials).
 
-Two exact re-formulations cut each member's own cost, for the standard
-interaction blocks (others are evaluated as MACE does, with a log message):
+Three exact re-formulations cut each member's own cost, for the standard
+blocks (others are evaluated as MACE does, with a log message):
 
 * ``radial='table'``: the radial weight networks are replaced by quintic
   Hermite tables checked against them (``radial_table.RadialTable``);
 * ``convolution='fused'``: each atom's messages are summed by one batched
   matrix product per tensor-product path, without per-edge message tensors
-  (``message_passing.FusedInteraction``).
+  (``message_passing.FusedInteraction``);
+* ``product_basis='precomputed'``: the symmetric contractions' weights are
+  folded into their coupling tensors once (``product_basis.PrecomputedContraction``).
 
 Two evaluation strategies give identical results (to round-off):
 
@@ -71,6 +73,7 @@ from torch.func import functional_call, stack_module_state
 from torch.overrides import TorchFunctionMode
 
 from aiida_alml.engines.message_passing import FusedInteraction, FusionError, neighbour_layout
+from aiida_alml.engines.product_basis import PrecomputedContraction, ProductBasisError
 from aiida_alml.engines.radial_table import RadialTable, TabulationError
 
 __all__ = ['CommitteeCalculator', 'file_sha256', 'keep_large_allocations', 'load_committee', 'validate_committee']
@@ -269,15 +272,22 @@ def _radial_tables(models: Sequence[torch.nn.Module]) -> list[RadialTable] | Non
         return None
 
 
-def _evaluation_copy(model: torch.nn.Module, tabulated: bool, fused: bool) -> torch.nn.Module:
+def _evaluation_copy(model: torch.nn.Module, tabulated: bool, fused: bool, precomputed: bool) -> torch.nn.Module:
     """A copy of ``model`` to evaluate: with ``tabulated`` its interactions take their
-    tensor-product weights as ``edge_feats``; with ``fused`` they are ``FusedInteraction``s."""
+    tensor-product weights as ``edge_feats``; with ``fused`` they are ``FusedInteraction``s;
+    with ``precomputed`` its symmetric contractions are ``PrecomputedContraction``s."""
     copied = copy.deepcopy(model)
     for interaction in copied.interactions:
         if tabulated:
             interaction.conv_tp_weights = torch.nn.Identity()
     if fused:
         copied.interactions = torch.nn.ModuleList(FusedInteraction(i) for i in copied.interactions)
+    if precomputed:
+        for product in copied.products:
+            contractions = product.symmetric_contractions.contractions
+            product.symmetric_contractions.contractions = torch.nn.ModuleList(
+                PrecomputedContraction(c) for c in contractions
+            )
     return copied
 
 
@@ -288,6 +298,21 @@ def _can_fuse(models: Sequence[torch.nn.Module]) -> bool:
                 FusedInteraction(interaction)
     except FusionError as error:
         LOGGER.info('convolution evaluated per edge, as MACE does: %s', error)
+        return False
+    return True
+
+
+def _can_precompute(models: Sequence[torch.nn.Module]) -> bool:
+    try:
+        for model in models:
+            for product in model.products:
+                contractions = getattr(product, 'symmetric_contractions', None)
+                if contractions is None or not hasattr(contractions, 'contractions'):
+                    raise ProductBasisError(f'{type(product).__name__} has no MACE symmetric contraction')
+                for contraction in contractions.contractions:
+                    PrecomputedContraction(contraction)
+    except ProductBasisError as error:
+        LOGGER.info('product basis evaluated as MACE does: %s', error)
         return False
     return True
 
@@ -468,6 +493,7 @@ class CommitteeCalculator(Calculator):
         head: str | None = None,
         radial: str = 'table',
         convolution: str = 'fused',
+        product_basis: str = 'precomputed',
         **kwargs,
     ):
         """
@@ -486,6 +512,10 @@ class CommitteeCalculator(Calculator):
             matrix product per tensor-product path (``FusedInteraction``; falls
             back to ``'edges'``, with a log message, for unsupported blocks);
             ``'edges'`` builds every edge's message and sums them, as MACE does.
+        :param product_basis: ``'precomputed'`` folds the symmetric contractions'
+            weights into their coupling tensors once (``PrecomputedContraction``;
+            falls back to ``'mace'``, with a log message); ``'mace'`` contracts them
+            for every atom at every call, as MACE does.
         """
         super().__init__(**kwargs)
         if (model_paths is None) == (models is None):
@@ -496,6 +526,8 @@ class CommitteeCalculator(Calculator):
             raise ValueError(f"radial must be 'table' or 'mlp', got {radial!r}.")
         if convolution not in ('fused', 'edges'):
             raise ValueError(f"convolution must be 'fused' or 'edges', got {convolution!r}.")
+        if product_basis not in ('precomputed', 'mace'):
+            raise ValueError(f"product_basis must be 'precomputed' or 'mace', got {product_basis!r}.")
         if model_paths is not None:
             models = load_committee(model_paths, device, default_dtype, expected_sha256)
         else:
@@ -514,10 +546,10 @@ class CommitteeCalculator(Calculator):
         self.radial_tables = _radial_tables(models) if radial == 'table' else None
         self.radial = 'mlp' if self.radial_tables is None else 'table'
         self.convolution = 'fused' if convolution == 'fused' and _can_fuse(models) else 'edges'
-        if self.radial == 'mlp' and self.convolution == 'edges':
-            evaluated = models
-        else:
-            evaluated = [_evaluation_copy(m, self.radial == 'table', self.convolution == 'fused') for m in models]
+        precomputed = product_basis == 'precomputed' and _can_precompute(models)
+        self.product_basis = 'precomputed' if precomputed else 'mace'
+        changes = (self.radial == 'table', self.convolution == 'fused', precomputed)
+        evaluated = [_evaluation_copy(m, *changes) for m in models] if any(changes) else models
         self._members = [_MemberEnergy(m, self._head_index(m, head)) for m in evaluated]
 
         signature = _structure_signature(evaluated[0])
@@ -542,6 +574,7 @@ class CommitteeCalculator(Calculator):
                 None if self.radial_tables is None else max(t.max_error for t in self.radial_tables)
             ),
             'convolution': self.convolution,
+            'product_basis': self.product_basis,
             'strategy': self.strategy,
             'last_strategy': self.last_strategy,
         }

@@ -61,7 +61,9 @@ class PrecomputedContraction(torch.nn.Module):
         out = torch.bmm(outer, self.main).transpose(0, 1)  # (b, c, rest)
         for nu in self.lower:
             out = out + (y @ getattr(self, f'lower_{nu}')).view(atoms, channels, -1)
-            out = (out.reshape(atoms * channels, -1, ell) @ x.reshape(atoms * channels, ell, 1)).view(atoms, channels, -1)
+            # Contract the last coupling index with the features once more.
+            out = out.reshape(atoms * channels, -1, ell) @ x.reshape(atoms * channels, ell, 1)
+            out = out.view(atoms, channels, -1)
         return out.reshape(atoms, -1)
 
     def _check_against(self, contraction) -> None:
@@ -69,7 +71,8 @@ class PrecomputedContraction(torch.nn.Module):
         dtype, device = self.main.dtype, self.main.device
         atoms, elements = 7, contraction.weights_max.shape[0]
         channels = self.main.shape[0]
-        x = torch.randn(atoms, channels, self.ell, generator=generator, dtype=torch.float64).to(dtype=dtype, device=device)
+        x = torch.randn(atoms, channels, self.ell, generator=generator, dtype=torch.float64)
+        x = x.to(dtype=dtype, device=device)
         species = torch.arange(atoms) % elements
         y = torch.nn.functional.one_hot(species, elements).to(dtype=dtype, device=device)
         with torch.no_grad():

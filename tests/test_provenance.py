@@ -293,7 +293,7 @@ def test_lineage_command(graph, invoke):
     assert result.exit_code == 0, result.output
     text = result.output
     assert f'trained by aiida.calculations:alml.mace.train<{graph["train_1"].pk}>' in text
-    assert f'member_0 of alml.committee' in text and f'iteration 1 of alml.active_learning<{graph["loop"].pk}>' in text
+    assert 'member_0 of alml.committee' in text and f'iteration 1 of alml.active_learning<{graph["loop"].pk}>' in text
     assert f'3 labelled by aiida.calculations:alml.ase<{graph["ase"].pk}> (initial labels)' in text
     assert f'1 labelled by aiida.calculations:alml.aims<{graph["aims_1"].pk}> (iteration 0)' in text
     assert '"xc": "pbe"' in text and '"name": "emt"' in text

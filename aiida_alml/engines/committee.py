@@ -291,30 +291,30 @@ def _evaluation_copy(model: torch.nn.Module, tabulated: bool, fused: bool, preco
     return copied
 
 
-def _can_fuse(models: Sequence[torch.nn.Module]) -> bool:
+def _supported(build, error_type: type[Exception], fallback: str) -> bool:
+    """Whether ``build()`` succeeds; if it raises ``error_type``, log ``fallback`` with the reason."""
     try:
-        for model in models:
-            for interaction in model.interactions:
-                FusedInteraction(interaction)
-    except FusionError as error:
-        LOGGER.info('convolution evaluated per edge, as MACE does: %s', error)
+        build()
+    except error_type as error:
+        LOGGER.info('%s: %s', fallback, error)
         return False
     return True
 
 
-def _can_precompute(models: Sequence[torch.nn.Module]) -> bool:
-    try:
-        for model in models:
-            for product in model.products:
-                contractions = getattr(product, 'symmetric_contractions', None)
-                if contractions is None or not hasattr(contractions, 'contractions'):
-                    raise ProductBasisError(f'{type(product).__name__} has no MACE symmetric contraction')
-                for contraction in contractions.contractions:
-                    PrecomputedContraction(contraction)
-    except ProductBasisError as error:
-        LOGGER.info('product basis evaluated as MACE does: %s', error)
-        return False
-    return True
+def _fuse_all(models: Sequence[torch.nn.Module]) -> None:
+    for model in models:
+        for interaction in model.interactions:
+            FusedInteraction(interaction)
+
+
+def _precompute_all(models: Sequence[torch.nn.Module]) -> None:
+    for model in models:
+        for product in model.products:
+            contractions = getattr(product, 'symmetric_contractions', None)
+            if contractions is None or not hasattr(contractions, 'contractions'):
+                raise ProductBasisError(f'{type(product).__name__} has no MACE symmetric contraction')
+            for contraction in contractions.contractions:
+                PrecomputedContraction(contraction)
 
 
 # --------------------------------------------------------------------------- model
@@ -545,8 +545,13 @@ class CommitteeCalculator(Calculator):
         self._z_to_index[self.z_table] = np.arange(len(self.z_table))
         self.radial_tables = _radial_tables(models) if radial == 'table' else None
         self.radial = 'mlp' if self.radial_tables is None else 'table'
-        self.convolution = 'fused' if convolution == 'fused' and _can_fuse(models) else 'edges'
-        precomputed = product_basis == 'precomputed' and _can_precompute(models)
+        fused = convolution == 'fused' and _supported(
+            lambda: _fuse_all(models), FusionError, 'convolution evaluated per edge, as MACE does'
+        )
+        self.convolution = 'fused' if fused else 'edges'
+        precomputed = product_basis == 'precomputed' and _supported(
+            lambda: _precompute_all(models), ProductBasisError, 'product basis evaluated as MACE does'
+        )
         self.product_basis = 'precomputed' if precomputed else 'mace'
         changes = (self.radial == 'table', self.convolution == 'fused', precomputed)
         evaluated = [_evaluation_copy(m, *changes) for m in models] if any(changes) else models

@@ -163,7 +163,6 @@ class AimsParser(Parser):
         if stress_voigt is not None and all(atoms.pbc):
             results['stress'] = np.asarray(stress_voigt)
         atoms.calc = SinglePointCalculator(atoms, **results)
-        params = self.node.inputs.parameters.get_dict()
         metadata = {
             'source_calc_uuid': self.node.uuid,
             'labeller': 'fhi-aims',

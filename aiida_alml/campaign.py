@@ -8,9 +8,10 @@ List nodes. Unknown keys are refused with the closest known names.
 
 from __future__ import annotations
 
-import difflib
 import pathlib
 from typing import Any
+
+from aiida_alml.suggest import did_you_mean
 
 __all__ = ('CampaignError', 'load_campaign', 'inputs_from_config', 'iteration_table', 'current_stage')
 
@@ -58,8 +59,7 @@ def _convert_namespace(namespace, values: dict, base: pathlib.Path, where: str) 
             if namespace.dynamic and not known:
                 converted[key] = value
                 continue
-            close = difflib.get_close_matches(key, known, n=2)
-            hint = f' (did you mean {" or ".join(close)}?)' if close else ''
+            hint = did_you_mean(key, known)
             raise CampaignError(f'unknown key `{name}`{hint}; known here: {", ".join(sorted(known))}')
         port = namespace[key]
         if isinstance(port, PortNamespace):
@@ -123,12 +123,16 @@ def _configuration_set(value, base: pathlib.Path):
 
 
 # ---------------------------------------------------------------------- progress
-def _child(node, link_label: str):
+def _call_links(node) -> list:
+    """The call links (``link_label``, ``node``) from ``node`` to the processes it called, in one query."""
     from aiida.common.links import LinkType
 
-    children = node.base.links.get_outgoing(link_type=(LinkType.CALL_CALC, LinkType.CALL_WORK),
-                                            link_label_filter=link_label).all_nodes()
-    return children[0] if children else None
+    return node.base.links.get_outgoing(link_type=(LinkType.CALL_CALC, LinkType.CALL_WORK)).all()
+
+
+def called_by_label(node) -> dict:
+    """The processes ``node`` called, by call link label (``train_0``, ``select_0``, ...)."""
+    return {entry.link_label: entry.node for entry in _call_links(node)}
 
 
 def iteration_table(node) -> list[dict]:
@@ -137,23 +141,24 @@ def iteration_table(node) -> list[dict]:
 
     if 'learning_curve' in node.outputs:
         return node.outputs.learning_curve.get_dict()['iterations']
+    calls = called_by_label(node)
     rows = []
     iteration = 0
-    while (train := _child(node, f'train_{iteration}')) is not None:
+    while (train := calls.get(f'train_{iteration}')) is not None:
         row: dict[str, Any] = {'iteration': iteration, 'wall_time_s': {}}
         if train.is_terminated:
             row['wall_time_s']['train'] = elapsed_seconds(train)
-        if (explore := _child(node, f'explore_{iteration}')) is not None and explore.is_terminated:
+        if (explore := calls.get(f'explore_{iteration}')) is not None and explore.is_terminated:
             row['wall_time_s']['explore'] = elapsed_seconds(explore)
-        if (select := _child(node, f'select_{iteration}')) is not None and select.is_finished_ok:
+        if (select := calls.get(f'select_{iteration}')) is not None and select.is_finished_ok:
             summary = select.outputs.summary.get_dict()
             row.update({key: summary[key] for key in ('frames', 'accurate_fraction', 'candidate_fraction',
                                                         'failed_fraction', 'max_uncertainty')})
-        if (label := _child(node, f'label_{iteration}')) is not None and label.is_terminated:
+        if (label := calls.get(f'label_{iteration}')) is not None and label.is_terminated:
             row['wall_time_s']['label'] = elapsed_seconds(label)
             if label.is_finished_ok:
                 row['labels_new'] = len(label.outputs.labelled)
-        if (evaluate := _child(node, f'evaluate_{iteration}')) is not None and evaluate.is_finished_ok:
+        if (evaluate := calls.get(f'evaluate_{iteration}')) is not None and evaluate.is_finished_ok:
             metrics = evaluate.outputs.metrics.get_dict()
             row['oos_force_rmse'] = metrics['force_rmse']
             row['fitted_calibration_factor'] = evaluate.outputs.calibration_factor.value
@@ -166,15 +171,10 @@ def current_stage(node) -> str:
     """The link label of the newest child process that has not finished (``done`` when none)."""
     if node.is_terminated:
         return 'done'
-    running = [child for child in node.called if not child.is_terminated]
+    running = [entry for entry in _call_links(node) if not entry.node.is_terminated]
     if not running:
         return 'between stages'
-    from aiida.common.links import LinkType
-
-    newest = max(running, key=lambda child: child.ctime)
-    links = node.base.links.get_outgoing(link_type=(LinkType.CALL_CALC, LinkType.CALL_WORK)).all()
-    labels = {entry.node.pk: entry.link_label for entry in links}
-    return labels.get(newest.pk, newest.process_label)
+    return max(running, key=lambda entry: entry.node.ctime).link_label
 
 
 def format_table(rows: list[dict]) -> str:

@@ -16,11 +16,13 @@ def plot_campaign(node, path: str | pathlib.Path) -> pathlib.Path:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    from aiida_alml.campaign import _child, iteration_table
+    from aiida_alml.campaign import called_by_label, iteration_table
+    from aiida_alml.workflows.active_learning_inputs import SELECTION_DEFAULTS
 
     rows = iteration_table(node)
-    settings = node.inputs.selection.get_dict()
-    trust_lo, trust_hi = settings.get('trust_lo', 0.05), settings.get('trust_hi', 0.15)
+    calls = called_by_label(node)
+    settings = {**SELECTION_DEFAULTS, **node.inputs.selection.get_dict()}
+    trust_lo, trust_hi = settings['trust_lo'], settings['trust_hi']
     figure, (curve, calibration, histogram) = plt.subplots(1, 3, figsize=(15, 4.5))
 
     iterations = [row['iteration'] for row in rows]
@@ -38,7 +40,7 @@ def plot_campaign(node, path: str | pathlib.Path) -> pathlib.Path:
     curve.set_title('learning curve')
 
     for row in rows:
-        evaluate = _child(node, f'evaluate_{row["iteration"]}')
+        evaluate = calls.get(f'evaluate_{row["iteration"]}')
         if evaluate is None or not evaluate.is_finished_ok:
             continue
         pairs = evaluate.outputs.error_sigma_pairs
@@ -57,7 +59,7 @@ def plot_campaign(node, path: str | pathlib.Path) -> pathlib.Path:
         key = f'iteration_{row["iteration"]}'
         if 'selection_records' in node.outputs and key in node.outputs.selection_records:
             values = node.outputs.selection_records[key].get_array('uncertainty')
-        elif (select := _child(node, f'select_{row["iteration"]}')) is not None and select.is_finished_ok:
+        elif (select := calls.get(f'select_{row["iteration"]}')) is not None and select.is_finished_ok:
             values = select.outputs.record.get_array('uncertainty')
         else:
             continue

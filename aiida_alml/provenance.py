@@ -13,7 +13,7 @@ Why not QueryBuilder's ``with_ancestors``/``with_descendants``: AiiDA builds tho
 ``UNION ALL`` and a depth column, so it enumerates every *path*, not every node. An active-learning graph has many
 paths: each iteration's selection reads the training set *and* its labels are merged back into the next one, so the
 number of paths from an early label to the final dataset grows as (labelling jobs per iteration + 2) ** iterations.
-``benchmarks/provenance.py`` measures that blow-up. The recursive walk here (:func:`_reachable`) follows exactly the
+``benchmarks/provenance.py`` measures that blow-up. The recursive walk here (:func:`_reach`) follows exactly the
 same links (``create`` and ``input_calc``, the data provenance) but with ``UNION``, which visits each node once; the
 details of the few nodes found are then read with ordinary QueryBuilder queries.
 """
@@ -65,42 +65,35 @@ def _storage_session():
     return get_session()
 
 
-def _reachable(start_ids: list[int], direction: str, process_types=None, node_type: str | None = None) -> list[tuple]:
-    """(id, uuid, process_type) of the nodes reachable from ``start_ids`` (included) along provenance links.
+def _reach(direction: str) -> str:
+    """SQL of the recursive table ``reach(id)``: the nodes reachable from the ids ``:start`` (included).
 
-    ``direction`` is ``'ancestors'`` or ``'descendants'``. Only ``create`` and ``input_calc`` links are followed, the
-    same as QueryBuilder's ``with_ancestors``, but every node is visited once (``UNION``, no path or depth column).
-    Results are restricted to ``process_types`` and/or to nodes whose node_type is ``node_type``.
+    ``direction`` is ``'ancestors'`` or ``'descendants'``. Only the ``:links`` link types are followed (``create`` and
+    ``input_calc``, the same as QueryBuilder's ``with_ancestors``), but every node is visited once (``UNION``, no path
+    or depth column).
     """
-    from sqlalchemy import bindparam, text
-
-    if direction == 'ancestors':
-        step, seen = 'l.input_id', 'l.output_id'
-    elif direction == 'descendants':
-        step, seen = 'l.output_id', 'l.input_id'
-    else:
-        raise ValueError(f"direction: must be 'ancestors' or 'descendants', got {direction!r}")
-    where, params = [], {'start': list(start_ids), 'links': list(_PROVENANCE_LINKS)}
-    binds = [bindparam('start', expanding=True), bindparam('links', expanding=True)]
-    if process_types is not None:
-        where.append('n.process_type IN :types')
-        params['types'] = list(process_types)
-        binds.append(bindparam('types', expanding=True))
-    if node_type is not None:
-        where.append('n.node_type = :node_type')
-        params['node_type'] = node_type
-    sql = text(
-        f"""
+    step, seen = {'ancestors': ('l.input_id', 'l.output_id'), 'descendants': ('l.output_id', 'l.input_id')}[direction]
+    return f"""
         WITH RECURSIVE reach(id) AS (
             SELECT id FROM db_dbnode WHERE id IN :start
             UNION
             SELECT {step} FROM db_dblink AS l JOIN reach ON {seen} = reach.id WHERE l.type IN :links
-        )
+        )"""
+
+
+def _ancestors(start_ids: list[int], process_types) -> list[tuple]:
+    """(id, uuid, process_type) of the processes of ``process_types`` among the ancestors of ``start_ids``."""
+    from sqlalchemy import bindparam, text
+
+    params = {'start': list(start_ids), 'links': list(_PROVENANCE_LINKS), 'types': list(process_types)}
+    sql = text(
+        _reach('ancestors')
+        + """
         SELECT n.id, n.uuid, n.process_type FROM db_dbnode AS n JOIN reach ON n.id = reach.id
-        {'WHERE ' + ' AND '.join(where) if where else ''}
+        WHERE n.process_type IN :types
         ORDER BY n.id
         """
-    ).bindparams(*binds)
+    ).bindparams(*(bindparam(name, expanding=True) for name in ('start', 'links', 'types')))
     return [(row[0], str(row[1]), row[2]) for row in _storage_session().execute(sql, params)]
 
 
@@ -197,7 +190,7 @@ def _attribute(configuration_set) -> tuple[list[dict], int]:
     """(labelling calculations of the set, number of its configurations attributed to none of them)."""
     candidates = {
         uuid: (pk, process_type)
-        for pk, uuid, process_type in _reachable([configuration_set.pk], 'ancestors', LABELLING_PROCESS_TYPES)
+        for pk, uuid, process_type in _ancestors([configuration_set.pk], LABELLING_PROCESS_TYPES)
     }
     counts, iterations, unattributed = Counter(), defaultdict(set), 0
     for meta in _configuration_metadata(configuration_set):
@@ -400,12 +393,8 @@ def models_fed_by(node) -> list:
     # One statement: the descendants of `node` (itself included) that enter a calculation as its training set or
     # parent model, and the models those calculations created.
     sql = text(
-        """
-        WITH RECURSIVE reach(id) AS (
-            SELECT id FROM db_dbnode WHERE id = :start
-            UNION
-            SELECT l.output_id FROM db_dblink AS l JOIN reach ON l.input_id = reach.id WHERE l.type IN :links
-        )
+        _reach('descendants')
+        + """
         SELECT DISTINCT model.id FROM reach
         JOIN db_dblink AS feed ON feed.input_id = reach.id AND feed.type = 'input_calc'
                                AND feed.label IN ('training_set', 'parent_model')
@@ -413,8 +402,8 @@ def models_fed_by(node) -> list:
         JOIN db_dbnode AS model ON model.id = made.output_id AND model.node_type = :model_type
         ORDER BY model.id
         """
-    ).bindparams(bindparam('links', expanding=True))
-    params = {'start': node.pk, 'links': list(_PROVENANCE_LINKS), 'model_type': MlipModel.class_node_type}
+    ).bindparams(bindparam('start', expanding=True), bindparam('links', expanding=True))
+    params = {'start': [node.pk], 'links': list(_PROVENANCE_LINKS), 'model_type': MlipModel.class_node_type}
     pks = [row[0] for row in _storage_session().execute(sql, params)]
     if not pks:
         return []

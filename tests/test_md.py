@@ -240,3 +240,14 @@ def test_md_through_the_daemon(md_code, trained_committee, submit_and_await):
     assert node.is_finished_ok, node.exit_message
     assert node.outputs.summary['frames'] == 3
     assert node.outputs.trajectory.get_array('force_sigma').shape == (3, 32)
+
+
+def test_engine_refuses_a_model_file_whose_hash_changed(tmp_path):
+    """Checked before the file is unpickled; the parser maps the error's name to exit code 310."""
+    from aiida_alml.engines.committee import ModelHashError
+    from aiida_alml.engines.md import load_calculator
+
+    path = tmp_path / 'member.model'
+    path.write_bytes(b'not what was sent')
+    with pytest.raises(ModelHashError, match=f'sha256 mismatch for model file {path}'):
+        load_calculator([{'path': str(path), 'sha256': '0' * 64}], 'cpu', 'float64')

@@ -27,7 +27,8 @@ DEFAULT_BATCH_SIZE = 10
 DEFAULT_VALID_FRACTION = 0.1
 
 
-def _is_isolated_atom(metadata: dict, n_atoms: int) -> bool:
+def is_isolated_atom(metadata: dict, n_atoms: int) -> bool:
+    """Whether a configuration gives an element's E0 (MACE's ``config_type: IsolatedAtom``, one atom)."""
     return metadata.get('config_type') == ISOLATED_ATOM and n_atoms == 1
 
 
@@ -39,7 +40,7 @@ def isolated_atom_energies(configurations) -> dict[str, float]:
     if configurations.energy is None:
         return energies
     for index, meta in enumerate(configurations.metadata):
-        if _is_isolated_atom(meta, int(configurations.n_atoms[index])):
+        if is_isolated_atom(meta, int(configurations.n_atoms[index])):
             number = int(configurations.numbers[configurations.atom_slice(index)][0])
             energies[chemical_symbols[number]] = float(configurations.energy[index])
     return energies
@@ -47,10 +48,9 @@ def isolated_atom_energies(configurations) -> dict[str, float]:
 
 def _split_isolated(configurations) -> list[int]:
     """Indices of the configurations that are not isolated atoms (those are trained on)."""
-    keep = [
-        i for i, meta in enumerate(configurations.metadata) if not _is_isolated_atom(meta, int(configurations.n_atoms[i]))
+    return [
+        i for i, meta in enumerate(configurations.metadata) if not is_isolated_atom(meta, int(configurations.n_atoms[i]))
     ]
-    return keep
 
 
 def _check_labels(name: str, node: ConfigurationSet) -> str | None:

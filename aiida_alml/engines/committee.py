@@ -76,7 +76,7 @@ from aiida_alml.engines.message_passing import FusedInteraction, FusionError, ne
 from aiida_alml.engines.product_basis import PrecomputedContraction, ProductBasisError
 from aiida_alml.engines.radial_table import RadialTable, TabulationError
 
-__all__ = ['CommitteeCalculator', 'file_sha256', 'keep_large_allocations', 'load_committee', 'validate_committee']
+__all__ = ['CommitteeCalculator', 'ModelHashError', 'file_sha256', 'keep_large_allocations', 'load_committee', 'validate_committee']
 
 LOGGER = logging.getLogger(__name__)
 
@@ -94,6 +94,10 @@ AUTO_VMAP_MAX_EDGE_MEMBERS = 1 << 17
 
 
 # --------------------------------------------------------------------------- loading
+
+
+class ModelHashError(ValueError):
+    """A model file does not have the SHA-256 it was sent with (``alml.md`` parses this name: exit 310)."""
 
 
 def file_sha256(path: str | Path) -> str:
@@ -161,7 +165,8 @@ def load_committee(
         to it after checking that they all had the same dtype on disk.
     :param expected_sha256: optional hex digests, one per path; each file is
         hashed *before* ``torch.load`` (which unpickles arbitrary code).
-    :raises ValueError: on a hash mismatch, an empty list or inconsistent members.
+    :raises ModelHashError: on a hash mismatch (a ``ValueError``).
+    :raises ValueError: on an empty list or inconsistent members.
     """
     paths = [Path(p) for p in model_paths]
     if len(paths) < 1:
@@ -174,7 +179,7 @@ def load_committee(
         for path, expected in zip(paths, expected_sha256):
             actual = file_sha256(path)
             if actual != expected.lower():
-                raise ValueError(f'sha256 mismatch for model file {path}: expected {expected}, got {actual}.')
+                raise ModelHashError(f'sha256 mismatch for model file {path}: expected {expected}, got {actual}.')
     # weights_only=False: MACE model files are pickled nn.Modules, not state dicts.
     models = [torch.load(path, map_location=device, weights_only=False) for path in paths]
     validate_committee(models, [str(p) for p in paths])  # dtype is checked before conversion
@@ -263,58 +268,47 @@ def keep_large_allocations(max_bytes: int = 1 << 30) -> bool:
     return bool(libc.mallopt(m_mmap_threshold, max_bytes)) and bool(libc.mallopt(m_trim_threshold, 2 * max_bytes))
 
 
-def _radial_tables(models: Sequence[torch.nn.Module]) -> list[RadialTable] | None:
-    """One ``RadialTable`` per member, or None (and a log message) if any member cannot be tabulated."""
+def _for_every_member(models: Sequence[torch.nn.Module], build, error_type: type[Exception], fallback: str):
+    """``[build(model) for model in models]``, or None if one raises ``error_type``
+    (then ``fallback`` is logged with the reason: that part is evaluated as MACE does)."""
     try:
-        return [RadialTable.build(model) for model in models]
-    except TabulationError as error:
-        LOGGER.info('radial weights evaluated by their networks: %s', error)
+        return [build(model) for model in models]
+    except error_type as error:
+        LOGGER.info('%s: %s', fallback, error)
         return None
 
 
-def _evaluation_copy(model: torch.nn.Module, tabulated: bool, fused: bool, precomputed: bool) -> torch.nn.Module:
-    """A copy of ``model`` to evaluate: with ``tabulated`` its interactions take their
-    tensor-product weights as ``edge_feats``; with ``fused`` they are ``FusedInteraction``s;
-    with ``precomputed`` its symmetric contractions are ``PrecomputedContraction``s."""
-    copied = copy.deepcopy(model)
-    for interaction in copied.interactions:
-        if tabulated:
+def _fused_interactions(model: torch.nn.Module) -> torch.nn.ModuleList:
+    return torch.nn.ModuleList(FusedInteraction(interaction) for interaction in model.interactions)
+
+
+def _precomputed_contractions(model: torch.nn.Module) -> list[torch.nn.ModuleList]:
+    """Per product block, its symmetric contractions as ``PrecomputedContraction``s."""
+    blocks = []
+    for product in model.products:
+        contractions = getattr(product, 'symmetric_contractions', None)
+        if contractions is None or not hasattr(contractions, 'contractions'):
+            raise ProductBasisError(f'{type(product).__name__} has no MACE symmetric contraction')
+        blocks.append(torch.nn.ModuleList(PrecomputedContraction(c) for c in contractions.contractions))
+    return blocks
+
+
+def _reformulate(copied: torch.nn.Module, tabulated: bool, interactions, contractions) -> torch.nn.Module:
+    """Install the re-formulated parts in ``copied`` (a member's private copy).
+
+    ``tabulated``: its interactions take their tensor-product weights as ``edge_feats``;
+    ``interactions``: ``FusedInteraction``s wrapping its own blocks, or None;
+    ``contractions``: per product block, ``PrecomputedContraction``s, or None.
+    """
+    if tabulated:
+        for interaction in copied.interactions:
             interaction.conv_tp_weights = torch.nn.Identity()
-    if fused:
-        copied.interactions = torch.nn.ModuleList(FusedInteraction(i) for i in copied.interactions)
-    if precomputed:
-        for product in copied.products:
-            contractions = product.symmetric_contractions.contractions
-            product.symmetric_contractions.contractions = torch.nn.ModuleList(
-                PrecomputedContraction(c) for c in contractions
-            )
+    if interactions is not None:
+        copied.interactions = interactions
+    if contractions is not None:
+        for product, replaced in zip(copied.products, contractions):
+            product.symmetric_contractions.contractions = replaced
     return copied
-
-
-def _supported(build, error_type: type[Exception], fallback: str) -> bool:
-    """Whether ``build()`` succeeds; if it raises ``error_type``, log ``fallback`` with the reason."""
-    try:
-        build()
-    except error_type as error:
-        LOGGER.info('%s: %s', fallback, error)
-        return False
-    return True
-
-
-def _fuse_all(models: Sequence[torch.nn.Module]) -> None:
-    for model in models:
-        for interaction in model.interactions:
-            FusedInteraction(interaction)
-
-
-def _precompute_all(models: Sequence[torch.nn.Module]) -> None:
-    for model in models:
-        for product in model.products:
-            contractions = getattr(product, 'symmetric_contractions', None)
-            if contractions is None or not hasattr(contractions, 'contractions'):
-                raise ProductBasisError(f'{type(product).__name__} has no MACE symmetric contraction')
-            for contraction in contractions.contractions:
-                PrecomputedContraction(contraction)
 
 
 # --------------------------------------------------------------------------- model
@@ -337,7 +331,7 @@ class _MemberEnergy(torch.nn.Module):
         """``radial_weights``: per interaction, the tensor-product weights of every edge
         (cutoff included) from a ``RadialTable``; the member's ``conv_tp_weights`` are
         then identities.  ``neighbours``: the ``neighbour_layout`` that
-        ``FusedInteraction`` blocks take (see ``_evaluation_copy``)."""
+        ``FusedInteraction`` blocks take (see ``_reformulate``)."""
         model = self.model
         num_atoms = node_attrs.shape[0]
         node_heads = torch.full((num_atoms,), self.head, dtype=torch.long, device=node_attrs.device)
@@ -505,7 +499,7 @@ class CommitteeCalculator(Calculator):
         :param head: head name for multi-head models (default: the only head,
             else the one called ``default``).
         :param radial: ``'table'`` evaluates the radial weight networks from
-            cubic Hermite tables checked against them (``RadialTable``; falls back
+            quintic Hermite tables checked against them (``RadialTable``; falls back
             to ``'mlp'``, with a log message, for models it cannot tabulate);
             ``'mlp'`` runs the networks on every edge, as MACE does.
         :param convolution: ``'fused'`` sums each atom's messages in one batched
@@ -543,18 +537,37 @@ class CommitteeCalculator(Calculator):
         self.z_table = _z_table(models[0])
         self._z_to_index = np.full(max(self.z_table) + 1, -1, dtype=np.int64)
         self._z_to_index[self.z_table] = np.arange(len(self.z_table))
-        self.radial_tables = _radial_tables(models) if radial == 'table' else None
+        self.radial_tables = None
+        if radial == 'table':
+            self.radial_tables = _for_every_member(
+                models, RadialTable.build, TabulationError, 'radial weights evaluated by their networks'
+            )
+        # The other re-formulations wrap sub-modules, so they are built on private copies of the members.
+        copies = [copy.deepcopy(m) for m in models] if (convolution, product_basis) != ('edges', 'mace') else None
+        interactions = contractions = None
+        if convolution == 'fused':
+            interactions = _for_every_member(
+                copies, _fused_interactions, FusionError, 'convolution evaluated per edge, as MACE does'
+            )
+        if product_basis == 'precomputed':
+            contractions = _for_every_member(
+                copies, _precomputed_contractions, ProductBasisError, 'product basis evaluated as MACE does'
+            )
         self.radial = 'mlp' if self.radial_tables is None else 'table'
-        fused = convolution == 'fused' and _supported(
-            lambda: _fuse_all(models), FusionError, 'convolution evaluated per edge, as MACE does'
-        )
-        self.convolution = 'fused' if fused else 'edges'
-        precomputed = product_basis == 'precomputed' and _supported(
-            lambda: _precompute_all(models), ProductBasisError, 'product basis evaluated as MACE does'
-        )
-        self.product_basis = 'precomputed' if precomputed else 'mace'
-        changes = (self.radial == 'table', self.convolution == 'fused', precomputed)
-        evaluated = [_evaluation_copy(m, *changes) for m in models] if any(changes) else models
+        self.convolution = 'edges' if interactions is None else 'fused'
+        self.product_basis = 'mace' if contractions is None else 'precomputed'
+        evaluated = models
+        if (self.radial, self.convolution, self.product_basis) != ('mlp', 'edges', 'mace'):
+            copies = copies or [copy.deepcopy(m) for m in models]
+            evaluated = [
+                _reformulate(
+                    member,
+                    self.radial == 'table',
+                    None if interactions is None else interactions[k],
+                    None if contractions is None else contractions[k],
+                )
+                for k, member in enumerate(copies)
+            ]
         self._members = [_MemberEnergy(m, self._head_index(m, head)) for m in evaluated]
 
         signature = _structure_signature(evaluated[0])

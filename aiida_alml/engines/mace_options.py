@@ -8,11 +8,12 @@ pulls in torch (a few seconds), hence it is loaded lazily and cached. No AiiDA i
 from __future__ import annotations
 
 import argparse
-import difflib
 import functools
 import json
 from collections.abc import Mapping
 from typing import Any
+
+from aiida_alml.suggest import did_you_mean
 
 __all__ = ('RESERVED_OPTIONS', 'MaceOptionError', 'known_options', 'to_command_line')
 
@@ -90,8 +91,7 @@ def check_parameters(parameters: Mapping[str, Any]) -> None:
             continue
         action = options.get(key)
         if action is None:
-            close = difflib.get_close_matches(key, options, n=3, cutoff=0.6)
-            hint = f' (did you mean {", ".join(close)}?)' if close else ''
+            hint = did_you_mean(key, options, n=3, joiner=', ')
             problems.append(f'`{key}` is not an option of mace_run_train{hint}')
             continue
         if _is_flag(action):

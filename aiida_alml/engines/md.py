@@ -12,8 +12,6 @@ Uncertainty definitions (population variance across the N members, ddof=0, as MA
 from __future__ import annotations
 
 import argparse
-import difflib
-import hashlib
 import json
 import math
 import pathlib
@@ -21,6 +19,8 @@ import sys
 import time
 
 import numpy as np
+
+from aiida_alml.suggest import did_you_mean
 
 __all__ = ('DEFAULTS', 'ENSEMBLES', 'MdParameterError', 'committee_uncertainty', 'main', 'run_md', 'validate_parameters')
 
@@ -54,10 +54,6 @@ class MdParameterError(ValueError):
     """The MD parameters are invalid; the message names the parameter."""
 
 
-class ModelHashError(RuntimeError):
-    """A model file does not have the SHA-256 it was sent with."""
-
-
 def _positive(parameters, key, kind=float):
     value = parameters[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
@@ -71,8 +67,7 @@ def validate_parameters(given: dict) -> dict:
     """The parameters with defaults filled in; raise :class:`MdParameterError` naming the first bad one."""
     unknown = sorted(set(given) - set(DEFAULTS))
     if unknown:
-        hints = {key: difflib.get_close_matches(key, DEFAULTS, n=2) for key in unknown}
-        text = ', '.join(f'{key}' + (f' (did you mean {", ".join(hints[key])}?)' if hints[key] else '') for key in unknown)
+        text = ', '.join(f'{key}{did_you_mean(key, DEFAULTS, joiner=", ")}' for key in unknown)
         raise MdParameterError(f'unknown MD parameters: {text}; known: {", ".join(DEFAULTS)}')
     parameters = {**DEFAULTS, **given}
     if parameters['ensemble'] not in ENSEMBLES:
@@ -116,23 +111,14 @@ def validate_parameters(given: dict) -> dict:
 
 
 # ---------------------------------------------------------------------- committee
-def sha256_of_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_calculator(models: list[dict], device: str, dtype: str):
-    """The committee calculator, after checking every file against its SHA-256 (loading a model runs code)."""
-    for model in models:
-        actual = sha256_of_file(model['path'])
-        if actual != model['sha256']:
-            raise ModelHashError(f'model {model["path"]} has SHA-256 {actual}, expected {model["sha256"]}: not loaded')
+    """The committee calculator; every file is checked against its SHA-256 before it is loaded (loading runs code).
+
+    A mismatch raises ``committee.ModelHashError``, whose name the ``alml.md`` parser looks for.
+    """
     from aiida_alml.engines.committee import CommitteeCalculator
 
-    # All members in one pass per MD step (shared neighbour list, one backward), hashes checked again on load.
+    # All members in one pass per MD step (shared neighbour list, one backward).
     return CommitteeCalculator(
         model_paths=[str(model['path']) for model in models],
         device=device,
@@ -262,7 +248,7 @@ def run_md(atoms, calculator, parameters: dict) -> tuple[dict[str, np.ndarray], 
             step=steps_done, time=steps_done * parameters['timestep'], positions=atoms.positions.copy(),
             cell=atoms.cell.array.copy(), forces=forces.copy(), energy=energy,
             temperature=atoms.get_temperature(), target_temperature=_target_temperature(parameters, steps_done),
-            **{key: value for key, value in frame.items()},
+            **frame,
         )  # fmt: skip
         threshold = parameters['stop_max_force_sigma']
         above = above + 1 if threshold is not None and frame['max_force_sigma'] > threshold else 0

@@ -88,8 +88,7 @@ class _HermiteLookup(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         columns, fraction, table = ctx.saved_tensors
-        slope = _combine(columns, _hermite_basis_derivative(fraction) * ctx.inv_spacing, table)
-        return (slope * grad_out).sum(-1), None, None
+        return (_slope(columns, fraction, ctx.inv_spacing, table) * grad_out).sum(-1), None, None
 
 
 def _locate(r: torch.Tensor, inv_spacing: float, intervals: int):
@@ -108,6 +107,11 @@ def _combine(columns: torch.Tensor, weights: torch.Tensor, table: torch.Tensor) 
         row_starts, columns.reshape(-1), weights.reshape(-1), size=(num_edges, table.shape[0]), check_invariants=False
     )
     return torch.sparse.mm(matrix, table)
+
+
+def _slope(columns: torch.Tensor, fraction: torch.Tensor, inv_spacing: float, table: torch.Tensor) -> torch.Tensor:
+    """``dR/dr`` of the interpolant at located lengths (see ``_locate``)."""
+    return _combine(columns, _hermite_basis_derivative(fraction) * inv_spacing, table)
 
 
 def _hermite_basis(s: torch.Tensor) -> torch.Tensor:
@@ -155,15 +159,9 @@ class RadialTable:
 
     def __init__(self, table: torch.Tensor, r_max: float, widths: list[int], max_error: float):
         self.table = table
-        self.r_max = r_max
-        self.spacing = r_max / (table.shape[0] // ROWS)
-        self.inv_spacing = 1.0 / self.spacing
+        self.inv_spacing = (table.shape[0] // ROWS) / r_max
         self.widths = widths
         self.max_error = max_error
-
-    @property
-    def nbytes(self) -> int:
-        return self.table.numel() * self.table.element_size()
 
     @classmethod
     def build(cls, model: torch.nn.Module, tolerance: float = 1e-9, max_bytes: int = 1 << 28) -> RadialTable:
@@ -190,16 +188,15 @@ class RadialTable:
         exact, exact_slope = _values_and_slopes(functions, check_r)
         tiny = torch.finfo(torch.float64).tiny
         scale, slope_scale = (max(float(x.abs().max()), tiny) for x in (exact, exact_slope))
+        widths = [interaction.conv_tp.weight_numel for interaction in model.interactions]
         intervals = cls.INITIAL_INTERVALS
         while True:
-            nbytes = intervals * ROWS * exact.shape[1] * torch.tensor([], dtype=dtype).element_size()
-            if nbytes > max_bytes:
+            if intervals * ROWS * exact.shape[1] * (torch.finfo(dtype).bits // 8) > max_bytes:
                 raise TabulationError(f'a table accurate to {tolerance:g} would exceed {max_bytes} bytes')
-            widths = [int(f(check_r[:1]).shape[1]) for f in functions]
             candidate = cls(cls._tabulate(functions, r_max, intervals, device), r_max, widths, 0.0)
             with torch.no_grad():
                 error = float((candidate.lookup(check_r) - exact).abs().max()) / scale
-            slope_error = float((_slope_of(candidate, check_r) - exact_slope).abs().max()) / slope_scale
+            slope_error = float((candidate.slope(check_r) - exact_slope).abs().max()) / slope_scale
             worst = max(error, slope_error)
             if worst <= tolerance:
                 candidate.table = candidate.table.to(dtype)
@@ -226,6 +223,11 @@ class RadialTable:
         """Weights of all interactions side by side, ``(E, sum(widths))``, differentiable in ``r`` (E,)."""
         return _HermiteLookup.apply(r, self.table, self.inv_spacing)
 
+    def slope(self, r: torch.Tensor) -> torch.Tensor:
+        """``dR/dr`` of the interpolant, ``(E, sum(widths))`` (what the backward of ``lookup`` contracts)."""
+        columns, fraction = _locate(r, self.inv_spacing, self.table.shape[0] // ROWS)
+        return _slope(columns, fraction, self.inv_spacing, self.table)
+
     def split(self, weights: torch.Tensor) -> list[torch.Tensor]:
         """Per-interaction weights from ``lookup``'s output."""
         return list(torch.split(weights, self.widths, dim=-1))
@@ -250,14 +252,9 @@ def _values_and_slopes(functions, r: torch.Tensor, curvatures: bool = False) -> 
         if not curvatures:
             return values, slopes
         step = 1e-5 * float(r.max())
-        central = (slopes_of(r + step) - slopes_of(r - step)) / (2 * step)
+        ahead = slopes_of(r + step)
+        central = (ahead - slopes_of(r - step)) / (2 * step)
         # R is only defined for r >= 0 (and not even in r): one-sided near 0.
-        forward = (4 * slopes_of(r + step) - slopes_of(r + 2 * step) - 3 * slopes) / (2 * step)
+        forward = (4 * ahead - slopes_of(r + 2 * step) - 3 * slopes) / (2 * step)
         return values, slopes, torch.where((r < step).unsqueeze(-1), forward, central)
-
-
-def _slope_of(table: RadialTable, r: torch.Tensor) -> torch.Tensor:
-    """``dR/dr`` of the interpolant (the backward contracts the same rows with the incoming gradient)."""
-    columns, fraction = _locate(r, table.inv_spacing, table.table.shape[0] // ROWS)
-    return _combine(columns, _hermite_basis_derivative(fraction) * table.inv_spacing, table.table)
 

@@ -123,7 +123,6 @@ class ActiveLearningWorkChain(WorkChain):
         self.ctx.curve = []
         self.ctx.stop = None
         self.ctx.models = None
-        self.ctx.trained_on = None
         exploration = self.inputs.get('exploration_structures') or self.inputs.get('initial_structures')
         self.ctx.starting_points = split_structures(exploration, metadata={'call_link_label': 'starting_points'})
 
@@ -184,7 +183,6 @@ class ActiveLearningWorkChain(WorkChain):
         if not committee.is_finished_ok:
             return self.exit_codes.ERROR_TRAINING_FAILED.format(iteration=self.ctx.iteration)
         self.ctx.models = dict(committee.outputs.models.items())
-        self.ctx.trained_on = self.ctx.dataset
         self.ctx.entry['train_metrics'] = committee.outputs.summary.get_dict()
         if 'test_set' in self.inputs:
             scores = score_committee(self.inputs.test_set, **self.ctx.models,
@@ -211,10 +209,12 @@ class ActiveLearningWorkChain(WorkChain):
         # Never choose more than the label budget has left (should_continue stops the loop once it is spent).
         remaining = self.inputs.max_labels.value - self.ctx.labels_used
         settings['labels_per_iteration'] = max(1, min(settings['labels_per_iteration'], remaining))
+        # σ counts as checked against labels once calibrated (or when calibration is switched off).
+        sigma_checked = self.ctx.calibrated or not self.inputs.calibrate.value
         start = time.perf_counter()
         outputs = select_for_labelling(
             orm.Dict(settings), orm.Float(self.ctx.calibration), orm.Int(self.ctx.iteration), self.ctx.dataset,
-            orm.Bool(self.ctx.calibrated or not self.inputs.calibrate.value),
+            orm.Bool(sigma_checked),
             metadata={'call_link_label': f'select_{self.ctx.iteration}'},
             **dict(exploration.outputs.trajectories.items()),
         )
@@ -232,7 +232,7 @@ class ActiveLearningWorkChain(WorkChain):
         # An iteration counts towards convergence only once σ has been checked against labels (calibrated).
         converged_now = (summary['accurate_fraction'] >= self.inputs.target_accurate_fraction.value
                          and summary['num_failed'] == 0
-                         and (self.ctx.calibrated or not self.inputs.calibrate.value))
+                         and sigma_checked)
         self.ctx.accurate_streak = self.ctx.accurate_streak + 1 if converged_now else 0
         self.report(
             f'iteration {self.ctx.iteration}: {summary["frames"]} frames explored, accurate '

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import difflib
+from aiida_alml.suggest import did_you_mean
 
 __all__ = ('SELECTION_DEFAULTS', 'PERTURBATION_KEYS', 'validate_selection', 'validate_perturbation',
            'validate_active_learning_inputs')
@@ -25,10 +25,7 @@ def _unknown(given, known, name: str) -> str | None:
     unknown = sorted(set(given) - set(known))
     if not unknown:
         return None
-    hints = []
-    for key in unknown:
-        close = difflib.get_close_matches(key, known, n=2)
-        hints.append(f'{key}' + (f' (did you mean {" or ".join(close)}?)' if close else ''))
+    hints = [f'{key}{did_you_mean(key, known)}' for key in unknown]
     return f'{name}: unknown keys {", ".join(hints)}; known: {", ".join(known)}'
 
 
@@ -106,9 +103,6 @@ def validate_active_learning_inputs(inputs, _=None) -> str | None:
     explored = set(inputs.get('exploration_structures', inputs.get('initial_structures')).elements)
     missing = explored - known
     labellable = _labeller_elements(inputs.get('label', {}))
-    if missing and labellable is None:
-        return (f'exploration_structures: elements {sorted(missing)} are absent from the training data; add '
-                'structures with them to initial_structures so that they are labelled first')
     if labellable is not None and not (explored | known) <= labellable:
         bad = sorted((explored | known) - labellable)
         return f'label: the labeller (EMT) cannot label elements {bad}; it knows {sorted(labellable)}'

@@ -6,7 +6,7 @@ import numpy as np
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, calcfunction
 
-from aiida_alml.calculations.mace_train import MaceTrainCalculation
+from aiida_alml.calculations.mace_train import MaceTrainCalculation, is_isolated_atom
 from aiida_alml.data import ConfigurationSet, MlipModel
 
 __all__ = ('CommitteeWorkChain', 'bootstrap_resample')
@@ -19,8 +19,9 @@ def bootstrap_resample(training_set: ConfigurationSet, seed: orm.Int) -> Configu
     Isolated-atom configurations are always kept once: they give the E0s and must not be dropped by the draw.
     """
     configurations = training_set.configurations
-    isolated = [i for i, meta in enumerate(configurations.metadata) if meta.get('config_type') == 'IsolatedAtom']
-    others = np.array([i for i in range(len(configurations)) if i not in set(isolated)])
+    flags = [is_isolated_atom(meta, int(n)) for meta, n in zip(configurations.metadata, configurations.n_atoms)]
+    isolated = [i for i, flag in enumerate(flags) if flag]
+    others = np.array([i for i, flag in enumerate(flags) if not flag])
     rng = np.random.default_rng(seed.value)
     drawn = rng.choice(others, size=len(others), replace=True)
     return ConfigurationSet(configurations.select(isolated + sorted(drawn.tolist())))

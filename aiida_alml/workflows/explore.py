@@ -59,8 +59,9 @@ class ExploreWorkChain(WorkChain):
         spec.exit_code(420, 'ERROR_ALL_RUNS_FAILED', message='Not one MD run finished: {runs}')
 
     def _grid(self):
+        conditions = _conditions(self.inputs)
         for key in sorted(self.inputs.structures):
-            for index, condition in enumerate(_conditions(self.inputs)):
+            for index, condition in enumerate(conditions):
                 yield f'{key}_c{index}', key, index, condition
 
     def launch_runs(self):

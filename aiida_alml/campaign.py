@@ -152,16 +152,16 @@ def iteration_table(node) -> list[dict]:
             row['wall_time_s']['explore'] = elapsed_seconds(explore)
         if (select := calls.get(f'select_{iteration}')) is not None and select.is_finished_ok:
             summary = select.outputs.summary.get_dict()
-            row.update({key: summary[key] for key in ('frames', 'accurate_fraction', 'candidate_fraction',
-                                                        'failed_fraction', 'max_uncertainty')})
+            row.update({key: summary.get(key) for key in ('frames', 'accurate_fraction', 'candidate_fraction',
+                                                            'failed_fraction', 'max_uncertainty')})
         if (label := calls.get(f'label_{iteration}')) is not None and label.is_terminated:
             row['wall_time_s']['label'] = elapsed_seconds(label)
-            if label.is_finished_ok:
+            if 'labelled' in label.outputs:
                 row['labels_new'] = len(label.outputs.labelled)
         if (evaluate := calls.get(f'evaluate_{iteration}')) is not None and evaluate.is_finished_ok:
-            metrics = evaluate.outputs.metrics.get_dict()
-            row['oos_force_rmse'] = metrics['force_rmse']
-            row['fitted_calibration_factor'] = evaluate.outputs.calibration_factor.value
+            row['oos_force_rmse'] = evaluate.outputs.metrics.get_dict()['force_rmse']
+        if (calibrate := calls.get(f'calibrate_{iteration}')) is not None and calibrate.is_finished_ok:
+            row['fitted_calibration_factor'] = calibrate.outputs.result.get_dict()['factor']
         rows.append(row)
         iteration += 1
     return rows

@@ -78,6 +78,7 @@ def test_engine_stops_on_sustained_force_sigma():
         {'temperature': 300.0, 'steps': 100, 'sample_interval': 5, 'stop_max_force_sigma': 0.1, 'stop_patience': 3},
     )
     assert summary['stopped_early'] and 'max_force_sigma above 0.1' in summary['stop_reason']
+    assert summary['stop_kind'] == 'force_sigma'
     # Three consecutive samples above the threshold: steps 0, 5, 10; the frames up to the stop are kept.
     assert summary['steps_done'] == 10 and summary['frames'] == 3
     assert arrays['step'].tolist() == [0, 5, 10]
@@ -93,8 +94,10 @@ def test_engine_stops_on_non_finite_forces_and_keeps_earlier_frames():
 def test_engine_stops_on_close_contact():
     atoms = _cu_structure()
     atoms.positions[1] = atoms.positions[0] + [0.3, 0.0, 0.0]
-    _, summary = run_md(atoms, FakeCommittee(), {'temperature': 300.0, 'steps': 50, 'min_distance': 0.5})
+    arrays, summary = run_md(atoms, FakeCommittee(), {'temperature': 300.0, 'steps': 50, 'min_distance': 0.5})
     assert summary['steps_done'] == 0 and 'closer than min_distance 0.5' in summary['stop_reason']
+    # the offending frame is not kept: it must never become a candidate for labelling
+    assert summary['stop_kind'] == 'close_contact' and summary['frames'] == 0 and 'positions' not in arrays
 
 
 def test_engine_ramp_targets():

@@ -74,12 +74,12 @@ def test_descriptor_is_invariant_and_discriminating():
 
 def test_select_frames_fps_caps_dedups_and_explains():
     uncertainty = np.array([0.01, 0.08, 0.09, 0.10, 0.11, 0.30, 0.07])
-    descriptors = np.array([[0.0], [1.0], [1.001], [2.0], [3.0], [4.0], [0.0005]])
+    descriptors = np.array([[0.5], [1.0], [1.001], [2.0], [3.0], [4.0], [0.005]])
     result = select_frames(uncertainty, descriptors, 0.05, 0.15, labels_per_iteration=2,
                            training_descriptors=np.array([[0.0]]), min_distance=0.01)
     assert result.counts() == {'accurate': 1, 'candidate': 5, 'failed': 1}
     assert result.reasons[0] == 'accurate' and result.reasons[5] == 'failed'
-    assert result.reasons[6] == 'duplicate'  # a near-copy of the training data
+    assert result.reasons[6] == 'duplicate'  # closer than min_distance to the training data
     # farthest from the training data first (3.0), then the point farthest from both (1.001)
     assert result.order == [4, 2] and result.chosen.sum() == 2
     assert [result.reasons[i] for i in (1, 3)] == ['capped', 'capped']
@@ -98,13 +98,19 @@ def test_select_frames_random_baseline_same_count():
     fps = select_frames(uncertainty, descriptors, 0.05, 0.15, 10)
     random = select_frames(uncertainty, descriptors, 0.05, 0.15, 10, mode='random', seed=1)
     assert len(fps.order) == len(random.order) == 10
-    assert (random.classes[random.order] == CANDIDATE).all()
     assert random.order == select_frames(uncertainty, descriptors, 0.05, 0.15, 10, mode='random', seed=1).order
+    assert set(random.reasons[i] for i in random.order) == {'random'}
+    # the baseline draws from every counted frame, whatever its σ: over many draws all classes turn up
+    drawn = np.concatenate([select_frames(uncertainty, descriptors, 0.05, 0.15, 10, mode='random', seed=k).order
+                            for k in range(20)])
+    assert set(fps.classes[drawn].tolist()) == {ACCURATE, CANDIDATE, FAILED}
+    candidates_only = select_frames(uncertainty, descriptors, 0.05, 0.15, 10, mode='random_candidates', seed=1)
+    assert len(candidates_only.order) == 10 and (candidates_only.classes[candidates_only.order] == CANDIDATE).all()
 
 
 @pytest.mark.parametrize('kwargs, message', [
     ({'labels_per_iteration': 0}, 'labels_per_iteration must be positive'),
-    ({'mode': 'best'}, "selection mode must be 'fps' or 'random'"),
+    ({'mode': 'best'}, 'selection mode must be one of fps, random, random_candidates'),
     ({'min_distance': -1.0}, 'min_distance must be non-negative'),
 ])
 def test_select_frames_bad_input(kwargs, message):
@@ -138,3 +144,38 @@ def test_uncalibrated_committee_without_candidates_labels_accurate_frames():
     # with candidates present the fallback does nothing
     mixed = np.array([0.01, 0.1, 0.01, 0.01])
     assert select_frames(mixed, descriptors, 0.05, 0.15, 2, calibrate_with_accurate=True).order == [1]
+
+
+def test_starts_and_copies_of_training_data_are_neither_counted_nor_chosen():
+    # two trajectories of three frames; step-0 frames are the starting structure, frame 4 repeats a training frame
+    uncertainty = np.array([0.01, 0.02, 0.10, 0.01, 0.03, 0.01])
+    descriptors = np.array([[0.0, 1.0], [0.3, 1.0], [0.9, 1.0], [0.0, 1.0], [2.0, 1.0], [1.5, 1.0]])
+    trajectory = np.array([0, 0, 0, 1, 1, 1])
+    step = np.array([0, 10, 20, 0, 10, 20])
+    result = select_frames(uncertainty, descriptors, 0.05, 0.15, 3, training_descriptors=np.array([[2.0, 1.0]]),
+                           trajectory=trajectory, step=step)
+    assert [result.reasons[i] for i in (0, 3, 4)] == ['start', 'start', 'known']
+    assert result.counted.tolist() == [False, True, True, False, False, True]
+    assert result.counts() == {'accurate': 2, 'candidate': 1, 'failed': 0}
+    assert result.order == [2]
+    # frames a run never sampled (an early stop) count as failed: 3 counted + 1 missing
+    fractions = result.fractions(missing=1)
+    assert fractions['accurate'] == pytest.approx(0.5) and fractions['failed'] == pytest.approx(0.25)
+    assert result.fractions()['failed'] == 0.0
+
+
+def test_rescue_labels_the_earliest_failed_frames_when_candidates_are_scarce():
+    # three hot trajectories: one candidate in all, most frames failed (σ above trust_hi)
+    uncertainty = np.array([0.01, 0.12, 0.40, 0.90, 0.01, 0.30, 0.60, 0.01, 0.02, 0.20])
+    trajectory = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+    step = np.array([0, 10, 20, 30, 0, 10, 20, 0, 10, 20])
+    descriptors = np.arange(10.0)[:, None]
+    result = select_frames(uncertainty, descriptors, 0.05, 0.15, 5, trajectory=trajectory, step=step)
+    # the candidate first, then the first failed frame of each trajectory, then the second ones
+    assert result.order[0] == 1 and result.reasons[1] == 'chosen'
+    assert result.order[1:] == [2, 5, 9, 3]
+    assert [result.reasons[i] for i in result.order[1:]] == ['rescue'] * 4
+    assert result.reasons[6] == 'failed' and len(result.order) == 5
+    # switched off, the same exploration labels just the candidate
+    assert select_frames(uncertainty, descriptors, 0.05, 0.15, 5, trajectory=trajectory, step=step,
+                         rescue_failed=False).order == [1]

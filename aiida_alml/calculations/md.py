@@ -82,6 +82,7 @@ class MdCalculation(CalcJob):
         spec.exit_code(300, 'ERROR_MISSING_OUTPUT', message='alml-md wrote no {filename}: it did not run or crashed. {details}')
         spec.exit_code(301, 'ERROR_READING_OUTPUT', message='The output of alml-md could not be read: {error}')
         spec.exit_code(310, 'ERROR_MODEL_HASH', message='A model file on the compute node did not match its SHA-256.')
+        spec.exit_code(320, 'ERROR_NO_FRAMES', message='alml-md kept no frame: {reason}')
 
     def prepare_for_submission(self, folder):
         from aiida_alml.configurations import Configurations, write_extxyz

@@ -228,13 +228,13 @@ def run_md(atoms, calculator, parameters: dict) -> tuple[dict[str, np.ndarray], 
     Stationary(atoms)
     dynamics = _dynamics(atoms, parameters)
     recorder = _Recorder(parameters['store_committee_forces'])
-    above, steps_done, reason, n_members = 0, 0, 'completed', None
+    above, steps_done, reason, kind, n_members = 0, 0, 'completed', 'completed', None
     started = time.perf_counter()
     while True:
         # Sample the current frame (step 0 included), then check the stop criteria on it. Non-finite positions are
         # caught before the models see them (a neighbour list of NaN coordinates is not to be trusted to return).
         if not np.isfinite(atoms.positions).all():
-            reason = f'non-finite positions at step {steps_done}'
+            reason, kind = f'non-finite positions at step {steps_done}', 'non_finite'
             break
         energy = atoms.get_potential_energy()
         forces = atoms.get_forces()
@@ -242,8 +242,15 @@ def run_md(atoms, calculator, parameters: dict) -> tuple[dict[str, np.ndarray], 
         n_members = int(frame['forces_comm'].shape[0])
         values = [energy, forces, frame['force_sigma']]
         if not all(np.isfinite(value).all() for value in values):
-            reason = f'non-finite energy, forces or committee spread at step {steps_done}'
+            reason, kind = f'non-finite energy, forces or committee spread at step {steps_done}', 'non_finite'
             break
+        # An unphysical frame (atoms on top of each other) is not kept: it must never reach selection or training.
+        if parameters['min_distance'] is not None:
+            closest = _closest_distance(atoms, parameters['min_distance'])
+            if closest is not None:
+                reason = f'atoms closer than min_distance {parameters["min_distance"]} Å ({closest:.4g} Å) at step {steps_done}'
+                kind = 'close_contact'
+                break
         recorder.add(
             step=steps_done, time=steps_done * parameters['timestep'], positions=atoms.positions.copy(),
             cell=atoms.cell.array.copy(), forces=forces.copy(), energy=energy,
@@ -253,16 +260,12 @@ def run_md(atoms, calculator, parameters: dict) -> tuple[dict[str, np.ndarray], 
         threshold = parameters['stop_max_force_sigma']
         above = above + 1 if threshold is not None and frame['max_force_sigma'] > threshold else 0
         if above >= parameters['stop_patience']:
+            kind = 'force_sigma'
             reason = (
                 f'max_force_sigma above {threshold} eV/Å for {above} consecutive samples (at step {steps_done}: '
                 f'{frame["max_force_sigma"]:.4g} eV/Å)'
             )
             break
-        if parameters['min_distance'] is not None:
-            closest = _closest_distance(atoms, parameters['min_distance'])
-            if closest is not None:
-                reason = f'atoms closer than min_distance {parameters["min_distance"]} Å ({closest:.4g} Å) at step {steps_done}'
-                break
         if steps_done >= parameters['steps']:
             break
         block = min(parameters['sample_interval'], parameters['steps'] - steps_done)
@@ -277,7 +280,9 @@ def run_md(atoms, calculator, parameters: dict) -> tuple[dict[str, np.ndarray], 
         'steps_requested': parameters['steps'],
         'frames': len(recorder),
         'stop_reason': reason,
-        'stopped_early': reason != 'completed',
+        # completed, force_sigma, close_contact or non_finite: what the loop's accounting reads
+        'stop_kind': kind,
+        'stopped_early': kind != 'completed',
         'wall_time_s': elapsed,
         'steps_per_second': steps_done / elapsed if elapsed > 0 else None,
         'max_force_sigma': float(max(recorder.columns['max_force_sigma'])) if len(recorder) else None,

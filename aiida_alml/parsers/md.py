@@ -44,6 +44,9 @@ class MdParser(Parser):
         except (ValueError, OSError) as error:
             return self.exit_codes.ERROR_READING_OUTPUT.format(error=error)
 
+        if summary.get('frames', 1) == 0:
+            # e.g. the starting structure already had a close contact: nothing to explore from.
+            return self.exit_codes.ERROR_NO_FRAMES.format(reason=summary.get('stop_reason'))
         from ase.data import chemical_symbols
 
         trajectory = orm.TrajectoryData()

@@ -3,7 +3,10 @@
 Nothing here touches AiiDA; the workflows wrap these functions in calcfunctions so that every decision is recorded.
 """
 
-from .calibration import calibration_summary, fit_calibration_factor
+from .calibration import (
+    calibration_summary, expected_factor, f_cdf, fit_calibration, fit_calibration_factor, frame_coverage,
+    promised_frame_coverage,
+)
 from .descriptors import radial_descriptor
 from .sampling import distance_to_set, farthest_point_sampling
 from .select import REASONS, SelectionResult, select_frames
@@ -12,6 +15,7 @@ from .uncertainty import force_sigma, frame_uncertainty
 
 __all__ = (
     'ACCURATE', 'CANDIDATE', 'CLASS_NAMES', 'FAILED', 'REASONS', 'SelectionResult', 'calibration_summary',
-    'classify', 'distance_to_set', 'farthest_point_sampling', 'fit_calibration_factor', 'force_sigma',
-    'frame_uncertainty', 'radial_descriptor', 'select_frames', 'validate_trust_window',
+    'classify', 'distance_to_set', 'expected_factor', 'f_cdf', 'farthest_point_sampling', 'fit_calibration',
+    'fit_calibration_factor', 'force_sigma', 'frame_coverage', 'frame_uncertainty', 'promised_frame_coverage',
+    'radial_descriptor', 'select_frames', 'validate_trust_window',
 )

@@ -1,9 +1,11 @@
 """``alml.active_learning``: grow a trustworthy MACE committee with as few reference labels as possible.
 
-Each iteration: train the committee → explore with committee MD → select a diverse, capped batch of uncertain
-frames → label them → measure the committee's error on them (out of sample) and refit the calibration → merge
-them into the training set. It stops when exploration stays accurate for ``patience`` iterations, or when the
-label budget or the iteration limit is reached (each with its own exit code, all outputs attached).
+Each iteration: train the committee (new seeds) → explore with committee MD (new seeds) → select a diverse, capped
+batch of uncertain frames → label them → measure the committee's error on them (out of sample) and refit the
+calibration on the labels pooled so far → merge them into the training set. It stops when exploration stays accurate
+(no failed or missing frame, calibrated σ) for ``patience`` iterations, or when the label budget or the iteration
+limit is reached (each with its own exit code, all outputs attached). A last training on the whole dataset makes sure
+the output models have seen every label. The decision rules are written out in docs/campaign.md.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from aiida_alml.workflows.active_learning_inputs import (
 from aiida_alml.workflows.committee import CommitteeWorkChain
 from aiida_alml.workflows.explore import ExploreWorkChain
 from aiida_alml.workflows.functions import (
+    calibrate_committee,
     evaluate_predictions,
     merge_training_sets,
     perturb_structures,
@@ -31,6 +34,7 @@ from aiida_alml.workflows.functions import (
     split_structures,
 )
 from aiida_alml.workflows.label import LabelWorkChain
+from aiida_alml.workflows.seeds import iteration_seeds
 
 __all__ = ('ActiveLearningWorkChain',)
 
@@ -59,47 +63,63 @@ class ActiveLearningWorkChain(WorkChain):
                    help='Labelled held-out set on which every iteration\'s committee is scored.')
         spec.expose_inputs(LabelWorkChain, namespace='label', exclude=('structures',),
                            namespace_options={'help': 'How frames are labelled (alml.label inputs).'})
-        spec.expose_inputs(CommitteeWorkChain, namespace='train', exclude=('train.training_set',),
-                           namespace_options={'help': 'How the committee is trained (alml.committee inputs).'})
+        spec.expose_inputs(CommitteeWorkChain, namespace='train', exclude=('train.training_set', 'seeds'),
+                           namespace_options={'help': 'How the committee is trained (alml.committee inputs; the '
+                                                      'member seeds derive from `seed`).'})
         spec.expose_inputs(ExploreWorkChain, namespace='explore', exclude=('structures', 'md.models'),
                            namespace_options={'help': 'How the committee explores (alml.explore inputs).'})
         spec.input('explore_schedule', valid_type=orm.List, required=False,
                    help='Per-iteration MD overrides laid over every condition, e.g. [{"temperature": 300}, '
                         '{"temperature": 600}]; the last entry holds for later iterations.')
+        spec.input('seed', valid_type=orm.Int, default=lambda: orm.Int(0),
+                   help='Campaign seed: the member and MD seeds of iteration i derive from (seed, i), so every '
+                        'iteration is a new observation and a rerun repeats the campaign.')
         spec.input('selection', valid_type=orm.Dict, default=lambda: orm.Dict(SELECTION_DEFAULTS),
                    validator=validate_selection,
                    help='trust_lo/trust_hi (eV/Å), labels_per_iteration, min_distance (descriptor units), mode '
-                        '(fps or random), seed, descriptor_r_cut (Å), descriptor_bins.')
+                        '(fps, random or random_candidates), rescue_failed, seed, descriptor_r_cut (Å), '
+                        'descriptor_bins.')
         spec.input('target_accurate_fraction', valid_type=orm.Float, default=lambda: orm.Float(0.99),
                    help='Converged when at least this fraction of explored frames is accurate ...')
         spec.input('patience', valid_type=orm.Int, default=lambda: orm.Int(2),
-                   help='... with no failed frame, for this many consecutive iterations.')
+                   help='... with no failed or missing frame and σ calibrated, for this many consecutive iterations.')
         spec.input('max_iterations', valid_type=orm.Int, default=lambda: orm.Int(6), help='Iteration limit.')
         spec.input('max_labels', valid_type=orm.Int, default=lambda: orm.Int(500),
-                   help='Budget of new reference labels (initial structures included).')
+                   help='Budget of reference calculations (initial structures and failed calculations included).')
         spec.input('warm_start', valid_type=orm.Bool, default=lambda: orm.Bool(False),
                    help='From the second iteration on, member i continues from member i of the previous committee.')
         spec.input('warm_start_parameters', valid_type=orm.Dict, required=False,
                    help='mace_run_train options that replace train.train.parameters entries for warm-started '
                         'members, e.g. {"max_num_epochs": 10}.')
         spec.input('calibrate', valid_type=orm.Bool, default=lambda: orm.Bool(True),
-                   help='Scale σ by the factor refit each iteration on the newly labelled frames.')
+                   help='Scale σ by the factor fitted on the out-of-sample labels of the last `calibration_window` '
+                        'iterations.')
+        spec.input('calibration_window', valid_type=orm.Int, default=lambda: orm.Int(3),
+                   help='How many of the most recent labelled iterations the calibration pools.')
+        spec.input('final_training', valid_type=orm.Bool, default=lambda: orm.Bool(True),
+                   help='Train once more on the whole dataset when the last committee has not seen every label.')
+        spec.input('final_train_parameters', valid_type=orm.Dict, required=False,
+                   help='mace_run_train options for that final training (e.g. more epochs).')
         spec.inputs.validator = validate_active_learning_inputs
 
         spec.outline(
             cls.setup,
-            if_(cls.has_initial_structures)(cls.label_initial, cls.merge_initial),
+            if_(cls.has_initial_structures)(cls.run_initial_labelling, cls.inspect_initial_labelling),
             while_(cls.should_continue)(
-                cls.train_committee,
-                cls.explore,
-                cls.select,
-                if_(cls.has_frames_to_label)(cls.label_selected, cls.evaluate_and_merge),
+                cls.run_training,
+                cls.inspect_training,
+                cls.run_exploration,
+                cls.inspect_exploration,
+                cls.run_selection,
+                if_(cls.has_frames_to_label)(cls.run_labelling, cls.inspect_labelling),
                 cls.close_iteration,
             ),
+            if_(cls.needs_final_training)(cls.run_final_training, cls.inspect_final_training),
             cls.finalize,
         )
 
-        spec.output_namespace('models', valid_type=orm.Data, dynamic=True, help='The final committee.')
+        spec.output_namespace('models', valid_type=orm.Data, dynamic=True,
+                              help='The final committee, trained on `dataset`.')
         spec.output('dataset', valid_type=ConfigurationSet, help='All labelled configurations (the training set).')
         spec.output('learning_curve', valid_type=orm.Dict, help='Per iteration: labels, fractions, errors, timings.')
         spec.output_namespace('selection_records', valid_type=orm.ArrayData, dynamic=True,
@@ -110,39 +130,52 @@ class ActiveLearningWorkChain(WorkChain):
         spec.exit_code(410, 'ERROR_INITIAL_LABELLING_FAILED', message='Labelling the initial structures failed.')
         spec.exit_code(411, 'ERROR_TRAINING_FAILED', message='Training the committee failed in iteration {iteration}.')
         spec.exit_code(412, 'ERROR_EXPLORATION_FAILED', message='Exploration failed in iteration {iteration}.')
-        spec.exit_code(413, 'ERROR_LABELLING_FAILED', message='Labelling failed in iteration {iteration}.')
+        spec.exit_code(413, 'ERROR_LABELLING_FAILED',
+                       message='Labelling failed in iteration {iteration}: not one frame was labelled.')
+        spec.exit_code(414, 'ERROR_FINAL_TRAINING_FAILED',
+                       message='The final training on the whole dataset failed; the last committee is attached.')
 
     # ------------------------------------------------------------------ setup
     def setup(self):
         self.ctx.iteration = 0
         self.ctx.dataset = self.inputs.get('initial_dataset')
         self.ctx.labels_used = 0
+        self.ctx.labels_failed = 0
         self.ctx.calibration = 1.0
+        self.ctx.calibration_record = None
         self.ctx.calibrated = False
+        self.ctx.oos_pairs = []
+        self.ctx.observations = []
         self.ctx.accurate_streak = 0
         self.ctx.curve = []
         self.ctx.stop = None
         self.ctx.models = None
+        self.ctx.models_trained_on = None
+        self.ctx.final = None
         exploration = self.inputs.get('exploration_structures') or self.inputs.get('initial_structures')
         self.ctx.starting_points = split_structures(exploration, metadata={'call_link_label': 'starting_points'})
 
     def has_initial_structures(self):
         return 'initial_structures' in self.inputs
 
-    def label_initial(self):
+    def run_initial_labelling(self):
         structures = self.inputs.initial_structures
         if 'initial_perturbation' in self.inputs:
             structures = perturb_structures(structures, self.inputs.initial_perturbation,
                                             metadata={'call_link_label': 'perturb_initial'})
+        self.ctx.initial_count = len(structures)
         self.report(f'labelling {len(structures)} initial structures')
         return ToContext(initial_labels=self._submit_labelling(structures, 'label_initial'))
 
-    def merge_initial(self):
+    def inspect_initial_labelling(self):
         node = self.ctx.initial_labels
-        if not node.is_finished_ok or 'labelled' not in node.outputs:
+        self.ctx.labels_used += self.ctx.initial_count
+        if 'labelled' not in node.outputs:
             return self.exit_codes.ERROR_INITIAL_LABELLING_FAILED
         labelled = node.outputs.labelled
-        self.ctx.labels_used += len(labelled)
+        self.ctx.labels_failed += self.ctx.initial_count - len(labelled)
+        if not node.is_finished_ok:
+            self.report(f'initial labelling: {node.exit_message}; keeping the {len(labelled)} labels that succeeded')
         if self.ctx.dataset is None:
             self.ctx.dataset = labelled
         else:
@@ -164,47 +197,47 @@ class ActiveLearningWorkChain(WorkChain):
             return False
         return True
 
-    def train_committee(self):
-        self.ctx.entry = {'iteration': self.ctx.iteration, 'labels_total': len(self.ctx.dataset), 'wall_time_s': {}}
-        inputs = self.exposed_inputs(CommitteeWorkChain, namespace='train')
-        inputs['train']['training_set'] = self.ctx.dataset
-        if self.inputs.warm_start.value and self.ctx.models:
-            inputs['parent_models'] = self.ctx.models
-            if 'warm_start_parameters' in self.inputs:
-                base = inputs['train']['parameters'].get_dict() if 'parameters' in inputs['train'] else {}
-                inputs['train']['parameters'] = orm.Dict({**base, **self.inputs.warm_start_parameters.get_dict()})
-        inputs['metadata'] = {'call_link_label': f'train_{self.ctx.iteration}'}
+    def run_training(self):
+        conditions = self._conditions(self.ctx.iteration)
+        seeds = iteration_seeds(self.inputs.seed.value, self.ctx.iteration, self.inputs.train.num_members.value,
+                                [condition.get('seed', 0) for condition in conditions])
+        self.ctx.conditions = [{**condition, 'seed': seed} for condition, seed in zip(conditions, seeds['md'])]
+        self.ctx.entry = {
+            'iteration': self.ctx.iteration, 'labels_total': len(self.ctx.dataset), 'wall_time_s': {},
+            'member_seeds': seeds['members'], 'md_seeds': seeds['md'],
+        }
         self.report(f'iteration {self.ctx.iteration}: training the committee on {len(self.ctx.dataset)} configurations')
-        return ToContext(committee=self.submit(CommitteeWorkChain, **inputs))
+        return ToContext(committee=self._submit_training(seeds['members'], f'train_{self.ctx.iteration}'))
 
-    def explore(self):
+    def inspect_training(self):
         committee = self.ctx.committee
         self.ctx.entry['wall_time_s']['train'] = elapsed_seconds(committee)
         if not committee.is_finished_ok:
             return self.exit_codes.ERROR_TRAINING_FAILED.format(iteration=self.ctx.iteration)
         self.ctx.models = dict(committee.outputs.models.items())
+        self.ctx.models_trained_on = self.ctx.dataset.uuid
         self.ctx.entry['train_metrics'] = committee.outputs.summary.get_dict()
-        if 'test_set' in self.inputs:
-            scores = score_committee(self.inputs.test_set, **self.ctx.models,
-                                     metadata={'call_link_label': f'score_{self.ctx.iteration}'}).get_dict()
-            self.ctx.entry.update({'test_force_rmse': scores['force_rmse'],
-                                   'test_energy_rmse_per_atom': scores['energy_rmse_per_atom']})
+        self.ctx.entry.update(self._score(f'score_{self.ctx.iteration}'))
+        return None
 
+    def run_exploration(self):
         inputs = self.exposed_inputs(ExploreWorkChain, namespace='explore')
         inputs['structures'] = dict(self.ctx.starting_points)
         inputs['md']['models'] = self.ctx.models
-        if 'explore_schedule' in self.inputs:
-            schedule = self.inputs.explore_schedule.get_list()
-            override = schedule[min(self.ctx.iteration, len(schedule) - 1)]
-            inputs['conditions'] = orm.List([{**c, **override} for c in inputs['conditions'].get_list()])
+        inputs['conditions'] = orm.List(self.ctx.conditions)
         inputs['metadata'] = {'call_link_label': f'explore_{self.ctx.iteration}'}
         return ToContext(exploration=self.submit(ExploreWorkChain, **inputs))
 
-    def select(self):
+    def inspect_exploration(self):
         exploration = self.ctx.exploration
         self.ctx.entry['wall_time_s']['explore'] = elapsed_seconds(exploration)
         if not exploration.is_finished_ok:
             return self.exit_codes.ERROR_EXPLORATION_FAILED.format(iteration=self.ctx.iteration)
+        return None
+
+    def run_selection(self):
+        """Select frames to label and decide whether this iteration counts towards convergence."""
+        exploration = self.ctx.exploration
         settings = {**SELECTION_DEFAULTS, **self.inputs.selection.get_dict()}
         # Never choose more than the label budget has left (should_continue stops the loop once it is spent).
         remaining = self.inputs.max_labels.value - self.ctx.labels_used
@@ -214,74 +247,103 @@ class ActiveLearningWorkChain(WorkChain):
         start = time.perf_counter()
         outputs = select_for_labelling(
             orm.Dict(settings), orm.Float(self.ctx.calibration), orm.Int(self.ctx.iteration), self.ctx.dataset,
-            orm.Bool(sigma_checked),
+            orm.Bool(sigma_checked), exploration.outputs.overview,
             metadata={'call_link_label': f'select_{self.ctx.iteration}'},
             **dict(exploration.outputs.trajectories.items()),
         )
         self.ctx.entry['wall_time_s']['select'] = time.perf_counter() - start
         self.out(f'selection_records.iteration_{self.ctx.iteration}', outputs['record'])
         summary = outputs['summary'].get_dict()
-        self.ctx.entry.update({
-            'frames': summary['frames'],
-            'accurate_fraction': summary['accurate_fraction'],
-            'candidate_fraction': summary['candidate_fraction'],
-            'failed_fraction': summary['failed_fraction'],
-            'max_uncertainty': summary['max_uncertainty'],
-            'calibration_factor': self.ctx.calibration,
-        })
-        # An iteration counts towards convergence only once σ has been checked against labels (calibrated).
+        observation = [self.ctx.entry['member_seeds'], self.ctx.entry['md_seeds']]
+        explored_anew = observation not in self.ctx.observations
+        self.ctx.observations.append(observation)
+        # Converged only on a new observation in which every counted frame is accurate enough, nothing failed or went
+        # missing (early stops, crashed runs), and σ has been checked against labels.
         converged_now = (summary['accurate_fraction'] >= self.inputs.target_accurate_fraction.value
-                         and summary['num_failed'] == 0
-                         and sigma_checked)
+                         and summary['failed_fraction'] == 0
+                         and summary['runs_stopped_early'] == 0 and summary['runs_crashed'] == 0
+                         and sigma_checked and explored_anew)
         self.ctx.accurate_streak = self.ctx.accurate_streak + 1 if converged_now else 0
+        self.ctx.entry.update({
+            key: summary[key] for key in (
+                'frames', 'frames_counted', 'num_starts', 'num_known', 'accurate_fraction', 'candidate_fraction',
+                'failed_fraction', 'frames_missing', 'runs', 'runs_stopped_early', 'runs_crashed', 'early_stops',
+                'num_rescued', 'max_uncertainty')
+        })
+        self.ctx.entry.update({'calibration_factor': self.ctx.calibration, 'sigma_checked': sigma_checked,
+                               'explored_anew': explored_anew, 'converged_now': converged_now,
+                               'streak': self.ctx.accurate_streak})
+        stops = f', {summary["runs_stopped_early"]} runs stopped early' if summary['runs_stopped_early'] else ''
+        crashes = f', {summary["runs_crashed"]} crashed' if summary['runs_crashed'] else ''
+        rescued = f' ({summary["num_rescued"]} earliest failed frames)' if summary['num_rescued'] else ''
         self.report(
-            f'iteration {self.ctx.iteration}: {summary["frames"]} frames explored, accurate '
-            f'{summary["accurate_fraction"]:.2%}, candidate {summary["candidate_fraction"]:.2%}, failed '
-            f'{summary["failed_fraction"]:.2%}; {summary["num_chosen"]} chosen'
+            f'iteration {self.ctx.iteration}: {summary["frames_counted"]} frames counted of {summary["frames"]}'
+            f'{stops}{crashes}; accurate {summary["accurate_fraction"]:.2%}, candidate '
+            f'{summary["candidate_fraction"]:.2%}, failed {summary["failed_fraction"]:.2%}; '
+            f'{summary["num_chosen"]} chosen{rescued}'
         )
         self.ctx.selected = outputs.get('selected')
         self.ctx.predictions = outputs.get('predictions')
         if self.ctx.accurate_streak >= self.inputs.patience.value:
             self.ctx.stop = 'converged'
             self.ctx.selected = None  # converged: no more labels needed
-        return None
 
     def has_frames_to_label(self):
         return self.ctx.selected is not None
 
-    def label_selected(self):
+    def run_labelling(self):
         return ToContext(labelling=self._submit_labelling(self.ctx.selected, f'label_{self.ctx.iteration}'))
 
-    def evaluate_and_merge(self):
+    def inspect_labelling(self):
+        """Keep what was labelled (failures are charged to the budget and recorded), then evaluate and merge."""
         node = self.ctx.labelling
+        attempted = len(self.ctx.selected)
+        self.ctx.labels_used += attempted
         self.ctx.entry['wall_time_s']['label'] = elapsed_seconds(node)
         self.ctx.entry['reference_time_s'] = sum(
             elapsed_seconds(child) for child in node.called_descendants if isinstance(child, orm.CalcJobNode)
         )
-        if not node.is_finished_ok or 'labelled' not in node.outputs:
+        failures = node.outputs.failures.get_dict() if 'failures' in node.outputs else {}
+        labelled = node.outputs.labelled if 'labelled' in node.outputs else None
+        failed = attempted - (len(labelled) if labelled is not None else 0)
+        self.ctx.labels_failed += failed
+        self.ctx.entry.update({'labels_attempted': attempted, 'labels_failed': failed,
+                               'label_failures': {key: value.get('message', '') for key, value in failures.items()}})
+        if labelled is None:
             return self.exit_codes.ERROR_LABELLING_FAILED.format(iteration=self.ctx.iteration)
-        labelled = node.outputs.labelled
+        if failed:
+            self.report(f'iteration {self.ctx.iteration}: {failed} of {attempted} labelling calculations failed; '
+                        f'keeping the {len(labelled)} that succeeded')
+        iteration = self.ctx.iteration
         evaluation = evaluate_predictions(labelled, self.ctx.selected, self.ctx.predictions,
-                                          metadata={'call_link_label': f'evaluate_{self.ctx.iteration}'})
+                                          metadata={'call_link_label': f'evaluate_{iteration}'})
         metrics = evaluation['metrics'].get_dict()
+        self.ctx.oos_pairs.append((iteration, evaluation['error_sigma_pairs']))
+        window = self.ctx.oos_pairs[-self.inputs.calibration_window.value:]
+        calibration = calibrate_committee(
+            orm.Int(len(self.ctx.models)), metadata={'call_link_label': f'calibrate_{iteration}'},
+            **{f'iteration_{number}': pairs for number, pairs in window},
+        ).get_dict()
+        self.ctx.calibration_record = calibration
         self.ctx.entry.update({
             'labels_new': len(labelled),
             'oos_force_rmse': metrics['force_rmse'],
             'oos_energy_rmse_per_atom': metrics['energy_rmse_per_atom'],
-            'oos_coverage_1sigma': metrics['calibration']['coverage_1sigma'],
-            'fitted_calibration_factor': evaluation['calibration_factor'].value,
+            'fitted_calibration_factor': calibration['factor'],
+            'calibration_interval': calibration['interval'],
+            'calibration_coverage': calibration['coverage'],
         })
         if self.inputs.calibrate.value:
-            self.ctx.calibration = evaluation['calibration_factor'].value
+            self.ctx.calibration = calibration['factor']
             self.ctx.calibrated = True
-        self.ctx.labels_used += len(labelled)
         self.ctx.dataset = merge_training_sets(
-            a_previous=self.ctx.dataset, b_new=labelled, metadata={'call_link_label': f'merge_{self.ctx.iteration}'}
+            a_previous=self.ctx.dataset, b_new=labelled, metadata={'call_link_label': f'merge_{iteration}'}
         )
+        low, high = calibration['interval']
         self.report(
-            f'iteration {self.ctx.iteration}: {len(labelled)} labels added (total {len(self.ctx.dataset)}); '
-            f'out-of-sample force RMSE {metrics["force_rmse"]:.3f} eV/Å, calibration factor '
-            f'{evaluation["calibration_factor"].value:.2f}'
+            f'iteration {iteration}: {len(labelled)} labels added (total {len(self.ctx.dataset)}); out-of-sample '
+            f'force RMSE {metrics["force_rmse"]:.3f} eV/Å; calibration factor {calibration["factor"]:.2f} '
+            f'[{low:.2f}, {high:.2f}] from {calibration["num_frames"]} frames'
         )
         return None
 
@@ -292,6 +354,31 @@ class ActiveLearningWorkChain(WorkChain):
         self.ctx.iteration += 1
 
     # ------------------------------------------------------------------ end
+    def needs_final_training(self):
+        """The last committee has not seen every label (the loop stopped on its budget or iteration limit)."""
+        return (self.inputs.final_training.value and self.ctx.models is not None
+                and self.ctx.models_trained_on != self.ctx.dataset.uuid)
+
+    def run_final_training(self):
+        # The index after the last iteration: seeds no loop iteration used.
+        seeds = iteration_seeds(self.inputs.seed.value, self.ctx.iteration, self.inputs.train.num_members.value, [])
+        self.report(f'final training on the whole dataset ({len(self.ctx.dataset)} configurations)')
+        extra = self.inputs.final_train_parameters.get_dict() if 'final_train_parameters' in self.inputs else {}
+        self.ctx.final = {'labels_total': len(self.ctx.dataset), 'member_seeds': seeds['members']}
+        return ToContext(final_committee=self._submit_training(seeds['members'], 'train_final', extra))
+
+    def inspect_final_training(self):
+        committee = self.ctx.final_committee
+        self.ctx.final['wall_time_s'] = elapsed_seconds(committee)
+        if not committee.is_finished_ok:
+            self.ctx.final['failed'] = True
+            return None  # finalize attaches the last committee and returns ERROR_FINAL_TRAINING_FAILED
+        self.ctx.models = dict(committee.outputs.models.items())
+        self.ctx.models_trained_on = self.ctx.dataset.uuid
+        self.ctx.final['train_metrics'] = committee.outputs.summary.get_dict()
+        self.ctx.final.update(self._score('score_final'))
+        return None
+
     def finalize(self):
         if self.ctx.models:
             for key, model in self.ctx.models.items():
@@ -301,9 +388,15 @@ class ActiveLearningWorkChain(WorkChain):
             'iterations': self.ctx.curve,
             'stop_reason': self.ctx.stop,
             'labels_used': self.ctx.labels_used,
+            'labels_failed': self.ctx.labels_failed,
             'final_calibration_factor': self.ctx.calibration,
+            'calibration': self.ctx.calibration_record,
+            'final_training': self.ctx.final,
+            'models_trained_on_dataset': self.ctx.models_trained_on == self.ctx.dataset.uuid,
         }).store())
         self.report(f'stopped: {self.ctx.stop} after {self.ctx.iteration} iterations, {self.ctx.labels_used} labels')
+        if self.ctx.final and self.ctx.final.get('failed'):
+            return self.exit_codes.ERROR_FINAL_TRAINING_FAILED
         if self.ctx.stop == 'max_iterations':
             return self.exit_codes.ERROR_MAX_ITERATIONS.format(iterations=self.ctx.iteration)
         if self.ctx.stop == 'label_budget':
@@ -311,6 +404,39 @@ class ActiveLearningWorkChain(WorkChain):
         return None
 
     # ------------------------------------------------------------------ helpers
+    def _conditions(self, iteration: int) -> list[dict]:
+        """The exploration conditions of ``iteration``: the schedule's entry laid over every condition."""
+        conditions = self.inputs.explore.conditions.get_list()
+        if 'explore_schedule' in self.inputs:
+            schedule = self.inputs.explore_schedule.get_list()
+            override = schedule[min(iteration, len(schedule) - 1)]
+            conditions = [{**condition, **override} for condition in conditions]
+        return conditions
+
+    def _submit_training(self, seeds: list[int], link_label: str, extra_parameters: dict | None = None):
+        inputs = self.exposed_inputs(CommitteeWorkChain, namespace='train')
+        inputs['train']['training_set'] = self.ctx.dataset
+        inputs['seeds'] = orm.List(seeds)
+        parameters = inputs['train']['parameters'].get_dict() if 'parameters' in inputs['train'] else {}
+        if self.inputs.warm_start.value and self.ctx.models:
+            inputs['parent_models'] = self.ctx.models
+            if 'warm_start_parameters' in self.inputs:
+                parameters.update(self.inputs.warm_start_parameters.get_dict())
+        if extra_parameters:
+            parameters.update(extra_parameters)
+        if parameters:
+            inputs['train']['parameters'] = orm.Dict(parameters)
+        inputs['metadata'] = {'call_link_label': link_label}
+        return self.submit(CommitteeWorkChain, **inputs)
+
+    def _score(self, link_label: str) -> dict:
+        """The current committee's errors on the held-out test set (empty without one)."""
+        if 'test_set' not in self.inputs:
+            return {}
+        scores = score_committee(self.inputs.test_set, **self.ctx.models,
+                                 metadata={'call_link_label': link_label}).get_dict()
+        return {'test_force_rmse': scores['force_rmse'], 'test_energy_rmse_per_atom': scores['energy_rmse_per_atom']}
+
     def _submit_labelling(self, structures: ConfigurationSet, link_label: str):
         inputs = self.exposed_inputs(LabelWorkChain, namespace='label')
         inputs['structures'] = structures

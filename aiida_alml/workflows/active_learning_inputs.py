@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from aiida_alml.selection.select import MODES
 from aiida_alml.suggest import did_you_mean
 
 __all__ = ('SELECTION_DEFAULTS', 'PERTURBATION_KEYS', 'validate_selection', 'validate_perturbation',
@@ -14,6 +15,7 @@ SELECTION_DEFAULTS = {
     'labels_per_iteration': 20,
     'min_distance': 0.0,
     'mode': 'fps',
+    'rescue_failed': True,
     'seed': 0,
     'descriptor_r_cut': 5.0,
     'descriptor_bins': 32,
@@ -44,8 +46,10 @@ def validate_selection(value, _=None) -> str | None:
     count = settings['labels_per_iteration']
     if not isinstance(count, int) or count < 1:
         return f'selection: labels_per_iteration must be a positive integer, got {count!r}'
-    if settings['mode'] not in ('fps', 'random'):
-        return f"selection: mode must be 'fps' or 'random', got {settings['mode']!r}"
+    if settings['mode'] not in MODES:
+        return f"selection: mode must be one of {', '.join(MODES)}, got {settings['mode']!r}"
+    if not isinstance(settings['rescue_failed'], bool):
+        return f'selection: rescue_failed must be true or false, got {settings["rescue_failed"]!r}'
     if settings['min_distance'] < 0:
         return f'selection: min_distance must be non-negative, got {settings["min_distance"]}'
     if settings['descriptor_r_cut'] <= 0 or int(settings['descriptor_bins']) < 2:
@@ -79,7 +83,7 @@ def _labeller_elements(label_inputs) -> set[str] | None:
 
 
 def validate_active_learning_inputs(inputs, _=None) -> str | None:
-    for name in ('max_iterations', 'max_labels', 'patience'):
+    for name in ('max_iterations', 'max_labels', 'patience', 'calibration_window'):
         if name in inputs and inputs[name].value < 1:
             return f'{name}: must be positive, got {inputs[name].value}'
     if 'target_accurate_fraction' in inputs and not 0 < inputs['target_accurate_fraction'].value <= 1:
@@ -110,13 +114,16 @@ def validate_active_learning_inputs(inputs, _=None) -> str | None:
         return (f'exploration_structures: elements {sorted(missing)} are absent from the training data; add '
                 'structures with them to initial_structures so that they are labelled first')
 
-    if 'warm_start_parameters' in inputs:
-        from aiida_alml.engines.mace_options import MaceOptionError, check_parameters
+    if 'seed' in inputs and inputs['seed'].value < 0:
+        return f'seed: must be a non-negative integer, got {inputs["seed"].value}'
+    for name in ('warm_start_parameters', 'final_train_parameters'):
+        if name in inputs:
+            from aiida_alml.engines.mace_options import MaceOptionError, check_parameters
 
-        try:
-            check_parameters(inputs['warm_start_parameters'].get_dict())
-        except MaceOptionError as error:
-            return f'warm_start_parameters: {error}'
+            try:
+                check_parameters(inputs[name].get_dict())
+            except MaceOptionError as error:
+                return f'{name}: {error}'
 
     label = inputs.get('label', {})
     expected = {'ase': 'alml.ase', 'aims': 'alml.aims'}

@@ -80,14 +80,18 @@ class ExploreWorkChain(WorkChain):
             node = self.ctx[label]
             entry = {'structure': key, 'condition': index, 'parameters': condition, 'pk': node.pk}
             if not node.is_finished_ok:
+                # A crashed run is kept in the overview: the loop counts its unsampled frames as failed exploration.
                 failed.append(f'{label} <{node.pk}> (exit status {node.exit_status})')
-                overview[label] = {**entry, 'failed': True, 'exit_status': node.exit_status}
+                overview[label] = {**entry, 'failed': True, 'exit_status': node.exit_status,
+                                   'exit_message': node.exit_message}
                 continue
             summary = node.outputs.summary.get_dict()
             overview[label] = {
                 **entry,
                 'failed': False,
                 'stop_reason': summary['stop_reason'],
+                'stop_kind': summary.get('stop_kind'),
+                'frames': summary['frames'],
                 'steps_done': summary['steps_done'],
                 'max_force_sigma': summary['max_force_sigma'],
             }

@@ -9,12 +9,13 @@ from aiida.engine import calcfunction
 from aiida_alml.configurations import Configurations
 from aiida_alml.data import ConfigurationSet
 from aiida_alml.selection import (
-    CLASS_NAMES, calibration_summary, fit_calibration_factor, frame_uncertainty, radial_descriptor, select_frames,
+    CLASS_NAMES, REASONS, fit_calibration, frame_uncertainty, radial_descriptor, select_frames,
 )
 
 __all__ = (
     'score_committee',
     'perturb_structures', 'split_structures', 'merge_training_sets', 'select_for_labelling', 'evaluate_predictions',
+    'calibrate_committee', 'exploration_accounting',
 )
 
 
@@ -48,6 +49,34 @@ def _descriptors(configurations: list, elements: list[int], settings: dict) -> n
     ])
 
 
+def exploration_accounting(overview: dict) -> dict:
+    """Runs that stopped early or crashed, and the frames they never sampled (which count as failed frames).
+
+    A run of ``steps`` steps sampled every ``sample_interval`` steps should give ceil(steps / sample_interval) + 1
+    frames (step 0 included); whatever an early stop or a crash left unsampled is ``frames_missing``.
+    """
+    from aiida_alml.engines.md import validate_parameters
+
+    runs = {'runs': len(overview), 'runs_stopped_early': 0, 'runs_crashed': 0, 'frames_missing': 0, 'stops': {}}
+    for label, entry in sorted(overview.items()):
+        parameters = validate_parameters(dict(entry['parameters']))
+        expected = -(-parameters['steps'] // parameters['sample_interval']) + 1
+        if entry.get('failed'):
+            runs['runs_crashed'] += 1
+            runs['frames_missing'] += expected
+            runs['stops'][label] = f'crashed (exit status {entry.get("exit_status")})'
+            continue
+        done = entry['steps_done']
+        sampled = -(-done // parameters['sample_interval']) + 1
+        if entry['stop_reason'] != 'completed':
+            runs['runs_stopped_early'] += 1
+            # the frame that triggered a close-contact or non-finite stop was not kept
+            kept = sampled if (entry.get('stop_kind') or 'force_sigma') == 'force_sigma' else sampled - 1
+            runs['frames_missing'] += expected - kept
+            runs['stops'][label] = entry['stop_reason']
+    return runs
+
+
 @calcfunction
 def select_for_labelling(
     settings: orm.Dict,
@@ -55,24 +84,27 @@ def select_for_labelling(
     iteration: orm.Int,
     training_set: ConfigurationSet,
     calibrated: orm.Bool,
+    exploration_overview: orm.Dict,
     **trajectories,
 ) -> dict:
     """Classify every explored frame by its calibrated uncertainty and pick a diverse, capped batch to label.
 
-    Outputs: ``record`` (ArrayData: per frame its trajectory, frame index, σ, class, chosen, reason), ``summary``
-    (Dict: counts and fractions), and when anything was chosen ``selected`` (the frames, unlabelled, with their
-    origin in the metadata) and ``predictions`` (ArrayData: the committee's mean forces, energies and per-atom σ at
-    the chosen frames, to measure its out-of-sample error once they are labelled).
+    Outputs: ``record`` (ArrayData: per frame its trajectory, frame index, MD step, σ, class, counted, chosen,
+    reason), ``summary`` (Dict: counts and fractions, early stops and crashes of the exploration), and when anything
+    was chosen ``selected`` (the frames, unlabelled, with their origin in the metadata) and ``predictions``
+    (ArrayData: the committee's mean forces, energies and per-atom σ at the chosen frames, to measure its
+    out-of-sample error once they are labelled).
     """
     from ase import Atoms
 
     settings = settings.get_dict()
     keys = sorted(trajectories)
     # Each trajectory's arrays are read once; per frame we keep what selection and evaluation need.
-    frames, origin, sigma_atoms, predicted = [], [], [], []
+    frames, origin, steps, sigma_atoms, predicted = [], [], [], [], []
     for trajectory_index, key in enumerate(keys):
         trajectory = trajectories[key]
         positions, cells = trajectory.get_positions(), trajectory.get_cells()
+        steps.extend(int(step) for step in trajectory.get_stepids())
         pbc = trajectory.base.attributes.get('pbc', [True, True, True])
         force_sigma = trajectory.get_array('force_sigma')
         names = trajectory.get_arraynames()
@@ -87,17 +119,23 @@ def select_for_labelling(
     elements = sorted(set(training_set.configurations.numbers.tolist()).union(*(set(a.numbers) for a in frames)))
     descriptors = _descriptors(frames, elements, settings)
     training_descriptors = _descriptors(training_set.to_ase(), elements, settings)
+    trajectory_index = np.array([o[0] for o in origin], dtype=np.int64)
+    steps = np.array(steps, dtype=np.int64)
     result = select_frames(
         uncertainty, descriptors, settings['trust_lo'], settings['trust_hi'], settings['labels_per_iteration'],
         training_descriptors=training_descriptors, min_distance=settings['min_distance'], mode=settings['mode'],
         seed=settings['seed'] + iteration.value, calibrate_with_accurate=not calibrated.value,
+        trajectory=trajectory_index, step=steps, rescue_failed=settings['rescue_failed'],
     )
+    runs = exploration_accounting(exploration_overview.get_dict())
 
     record = orm.ArrayData()
-    record.set_array('trajectory_index', np.array([o[0] for o in origin], dtype=np.int64))
+    record.set_array('trajectory_index', trajectory_index)
     record.set_array('frame', np.array([o[1] for o in origin], dtype=np.int64))
+    record.set_array('step', steps)
     record.set_array('uncertainty', uncertainty)
     record.set_array('class', result.classes.astype(np.int64))
+    record.set_array('counted', result.counted)
     record.set_array('chosen', result.chosen)
     record.set_array('reason', np.array(result.reasons, dtype='U16'))
     record.base.attributes.set_many({
@@ -107,14 +145,22 @@ def select_for_labelling(
         'iteration': iteration.value,
         'calibration': calibration.value,
         'settings': settings,
+        'reasons': {reason: REASONS[reason] for reason in sorted(set(result.reasons))},
     })
+    counts = result.counts()
     summary = {
         'iteration': iteration.value,
         'frames': len(uncertainty),
-        **{f'num_{name}': count for name, count in result.counts().items()},
-        **{f'{name}_fraction': fraction for name, fraction in result.fractions().items()},
+        'frames_counted': int(result.counted.sum()),
+        'num_starts': result.reasons.count('start'),
+        'num_known': result.reasons.count('known'),
+        **{f'num_{name}': count for name, count in counts.items()},
+        **{f'{name}_fraction': fraction for name, fraction in result.fractions(runs['frames_missing']).items()},
+        **{key: runs[key] for key in ('runs', 'runs_stopped_early', 'runs_crashed', 'frames_missing')},
+        'early_stops': runs['stops'],
         'num_chosen': len(result.order),
         'num_chosen_for_calibration': result.reasons.count('calibration'),
+        'num_rescued': result.reasons.count('rescue'),
         'num_duplicates': result.reasons.count('duplicate'),
         'max_uncertainty': float(uncertainty.max()) if len(uncertainty) else None,
     }
@@ -128,6 +174,7 @@ def select_for_labelling(
                 'trajectory': trajectories[keys[origin[i][0]]].uuid,
                 'frame': origin[i][1],
                 'uncertainty': float(uncertainty[i]),
+                'selection_reason': result.reasons[i],
             }
             for rank, i in enumerate(result.order)
         ]
@@ -145,7 +192,8 @@ def select_for_labelling(
 
 @calcfunction
 def evaluate_predictions(labelled: ConfigurationSet, selected: ConfigurationSet, predictions: orm.ArrayData) -> dict:
-    """The committee's error on freshly labelled frames (out of sample by construction) and the refit calibration.
+    """The committee's error on freshly labelled frames (out of sample by construction), with the (error, σ) pairs
+    that calibration pools over iterations.
 
     Frames are matched through ``selection_index`` in the metadata, so frames whose labelling failed drop out.
     """
@@ -156,32 +204,52 @@ def evaluate_predictions(labelled: ConfigurationSet, selected: ConfigurationSet,
     predicted_forces = predictions.get_array('forces')
     predicted_sigma = predictions.get_array('force_sigma')
     predicted_energy = predictions.get_array('energy') if 'energy' in predictions.get_arraynames() else None
-    errors, sigmas, energy_errors, frame_errors, frame_sigmas = [], [], [], [], []
+    errors, sigmas, frame_of_atom, energy_errors, reasons = [], [], [], [], []
     for index, meta in enumerate(labels.metadata):
         rank = meta['selection_index']
         source = chosen.atom_slice(rank)
         error = np.linalg.norm(predicted_forces[source] - labels.forces[labels.atom_slice(index)], axis=1)
         errors.append(error)
         sigmas.append(predicted_sigma[source])
-        frame_errors.append(float(error.max()))
-        frame_sigmas.append(float(predicted_sigma[source].max()))
+        frame_of_atom.append(np.full(len(error), index))
+        reasons.append(meta.get('selection_reason', 'chosen'))
         if predicted_energy is not None:
             energy_errors.append((predicted_energy[rank] - labels.energy[index]) / labels.n_atoms[index])
-    errors, sigmas = np.concatenate(errors), np.concatenate(sigmas)
-    factor = fit_calibration_factor(errors, sigmas)
+    errors, sigmas, frame_of_atom = np.concatenate(errors), np.concatenate(sigmas), np.concatenate(frame_of_atom)
     result = {
         'num_frames': len(labels),
         'force_rmse': float(np.sqrt(np.mean(errors**2))),
         'force_mae': float(np.mean(errors)),
         'energy_rmse_per_atom': float(np.sqrt(np.mean(np.square(energy_errors)))) if energy_errors else None,
-        'calibration': calibration_summary(errors, sigmas, factor),
     }
     pairs = orm.ArrayData()
     pairs.set_array('atom_error', errors)
     pairs.set_array('atom_sigma', sigmas)
-    pairs.set_array('frame_max_error', np.array(frame_errors))
-    pairs.set_array('frame_max_sigma', np.array(frame_sigmas))
-    return {'metrics': orm.Dict(result), 'calibration_factor': orm.Float(factor), 'error_sigma_pairs': pairs}
+    pairs.set_array('atom_frame', frame_of_atom)
+    pairs.set_array('frame_max_error', np.array([errors[frame_of_atom == f].max() for f in range(len(labels))]))
+    pairs.set_array('frame_max_sigma', np.array([sigmas[frame_of_atom == f].max() for f in range(len(labels))]))
+    pairs.base.attributes.set('selection_reasons', reasons)
+    return {'metrics': orm.Dict(result), 'error_sigma_pairs': pairs}
+
+
+@calcfunction
+def calibrate_committee(num_members: orm.Int, **pairs: orm.ArrayData) -> orm.Dict:
+    """Calibration factor of committee σ pooled over the given out-of-sample (error, σ) pairs (one ArrayData per
+    iteration, as made by :func:`evaluate_predictions`), with its bootstrap interval and frame-level coverage.
+
+    See :func:`aiida_alml.selection.fit_calibration` for the estimator.
+    """
+    errors, sigmas, frames, offset = [], [], [], 0
+    for key in sorted(pairs):
+        node = pairs[key]
+        frame = node.get_array('atom_frame')
+        errors.append(node.get_array('atom_error'))
+        sigmas.append(node.get_array('atom_sigma'))
+        frames.append(frame + offset)
+        offset += int(frame.max()) + 1 if len(frame) else 0
+    result = fit_calibration(np.concatenate(errors), np.concatenate(sigmas), np.concatenate(frames),
+                             num_members=num_members.value)
+    return orm.Dict({**result, 'pooled': sorted(pairs)})
 
 
 @calcfunction

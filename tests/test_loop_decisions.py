@@ -1,0 +1,43 @@
+"""Decision helpers of the active-learning loop: campaign seeds and the accounting of exploration failures."""
+
+import pytest
+
+from aiida_alml.workflows.functions import exploration_accounting
+from aiida_alml.workflows.seeds import iteration_seeds
+
+
+def test_seeds_are_new_every_iteration_and_reproducible():
+    first = iteration_seeds(5, 0, 4, [1, 2])
+    assert first == iteration_seeds(5, 0, 4, [1, 2])  # a rerun repeats the campaign
+    assert len(set(first['members'])) == 4 and len(first['md']) == 2
+    later = [iteration_seeds(5, iteration, 4, [1, 2]) for iteration in range(1, 6)]
+    assert all(set(row['members']).isdisjoint(first['members']) for row in later)
+    assert all(set(row['md']).isdisjoint(first['md']) for row in later)
+    assert iteration_seeds(6, 0, 4, [1, 2]) != first  # another campaign seed, other streams
+    # conditions that differ only in their own seed still explore with different streams
+    same = iteration_seeds(5, 0, 2, [0, 0])['md']
+    assert same[0] != same[1]
+    assert all(0 <= seed < 2**31 for seed in first['members'] + first['md'])
+    with pytest.raises(ValueError, match='num_members must be positive'):
+        iteration_seeds(5, 0, 0, [])
+
+
+def _run(steps_done, stop_reason='completed', stop_kind='completed', steps=100, sample_interval=10, failed=False):
+    entry = {'parameters': {'temperature': 300.0, 'steps': steps, 'sample_interval': sample_interval}}
+    if failed:
+        return {**entry, 'failed': True, 'exit_status': 320}
+    return {**entry, 'failed': False, 'steps_done': steps_done, 'stop_reason': stop_reason, 'stop_kind': stop_kind}
+
+
+def test_exploration_accounting_counts_early_stops_and_crashes_as_missing_frames():
+    overview = {
+        's0_c0': _run(100),  # 11 frames, all sampled
+        's0_c1': _run(30, 'max_force_sigma above 0.3 eV/Å ...', 'force_sigma'),  # 4 of 11 sampled: 7 missing
+        's0_c2': _run(50, 'atoms closer than min_distance ...', 'close_contact'),  # 5 kept of 11: 6 missing
+        's0_c3': _run(0, failed=True),  # crashed: all 11 missing
+        's0_c4': _run(95, steps=95),  # 95 steps sampled every 10: steps 0..90 and 95, 11 frames, none missing
+    }
+    runs = exploration_accounting(overview)
+    assert runs['runs'] == 5 and runs['runs_stopped_early'] == 2 and runs['runs_crashed'] == 1
+    assert runs['frames_missing'] == 7 + 6 + 11
+    assert set(runs['stops']) == {'s0_c1', 's0_c2', 's0_c3'} and 'crashed' in runs['stops']['s0_c3']

@@ -152,8 +152,10 @@ def iteration_table(node) -> list[dict]:
             row['wall_time_s']['explore'] = elapsed_seconds(explore)
         if (select := calls.get(f'select_{iteration}')) is not None and select.is_finished_ok:
             summary = select.outputs.summary.get_dict()
-            row.update({key: summary.get(key) for key in ('frames', 'accurate_fraction', 'candidate_fraction',
-                                                            'failed_fraction', 'max_uncertainty')})
+            row.update({key: summary.get(key) for key in ('frames', 'frames_counted', 'accurate_fraction',
+                                                            'candidate_fraction', 'failed_fraction', 'max_uncertainty')})
+        if (score := calls.get(f'score_{iteration}')) is not None and score.is_finished_ok:
+            row['test_force_rmse'] = score.outputs.result.get_dict()['force_rmse']
         if (label := calls.get(f'label_{iteration}')) is not None and label.is_terminated:
             row['wall_time_s']['label'] = elapsed_seconds(label)
             if 'labelled' in label.outputs:
@@ -180,7 +182,7 @@ def current_stage(node) -> str:
 def format_table(rows: list[dict]) -> str:
     """A fixed-width table of :func:`iteration_table` rows."""
     header = (f'{"iter":>4} {"frames":>6} {"accurate":>8} {"cand.":>6} {"failed":>6} {"new":>4} '
-              f'{"oos F-RMSE":>10} {"calib":>6} {"train s":>8} {"explore s":>9} {"label s":>8}')
+              f'{"oos F-RMSE":>10} {"test F-RMSE":>11} {"calib":>6} {"train s":>8} {"explore s":>9} {"label s":>8}')
     lines = [header]
 
     def number(value, fmt):
@@ -189,12 +191,16 @@ def format_table(rows: list[dict]) -> str:
     for row in rows:
         times = row.get('wall_time_s', {})
         lines.append(
-            f'{row["iteration"]:>4} {number(row.get("frames"), "6d"):>6} '
+            f'{row["iteration"]:>4} {number(row.get("frames_counted", row.get("frames")), "6d"):>6} '
             f'{number(row.get("accurate_fraction"), "8.1%"):>8} {number(row.get("candidate_fraction"), "6.1%"):>6} '
             f'{number(row.get("failed_fraction"), "6.1%"):>6} {number(row.get("labels_new"), "4d"):>4} '
-            f'{number(row.get("oos_force_rmse"), "10.3f"):>10} '
+            f'{number(row.get("oos_force_rmse"), "10.3f"):>10} {number(row.get("test_force_rmse"), "11.3f"):>11} '
             f'{number(row.get("fitted_calibration_factor"), "6.2f"):>6} '
             f'{number(times.get("train"), "8.1f"):>8} {number(times.get("explore"), "9.1f"):>9} '
             f'{number(times.get("label"), "8.1f"):>8}'
         )
+    lines.append('frames: counted frames (starting structures and copies of training data left out); failed includes '
+                 'frames MD runs never reached. Force RMSE in eV/Å per Cartesian component: oos = on the frames this '
+                 'iteration labelled, before training on them (biased by what the loop chose); test = on the held-out '
+                 'test set.')
     return '\n'.join(lines)

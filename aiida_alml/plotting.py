@@ -33,8 +33,11 @@ def plot_campaign(node, path: str | pathlib.Path) -> pathlib.Path:
     curve.set_ylim(-0.02, 1.02)
     twin = curve.twinx()
     rmse = [row.get('oos_force_rmse', np.nan) for row in rows]
-    twin.plot(iterations, rmse, 's--', color='tab:red', label='out-of-sample force RMSE')
-    twin.set_ylabel('force RMSE on new labels (eV/Å)')
+    twin.plot(iterations, rmse, 's--', color='tab:red', label='force RMSE on the loop\'s new labels')
+    test = [row.get('test_force_rmse', np.nan) for row in rows]
+    if np.isfinite(test).any():
+        twin.plot(iterations, test, 'D-', color='tab:blue', label='force RMSE on the held-out test set')
+    twin.set_ylabel('force RMSE per component (eV/Å)')
     lines = curve.get_lines() + twin.get_lines()
     curve.legend(lines, [line.get_label() for line in lines], loc='center right')
     curve.set_title('learning curve')

@@ -27,11 +27,12 @@ def water_structure(**kwargs):
     return orm.StructureData(ase=water(**kwargs))
 
 
-def silicon_structure():
+def silicon_structure(a: float = 5.43):
+    """Diamond silicon; ``a=5.806`` is the starting geometry of the real relaxation in data/aims/relax.out."""
     from aiida import orm
     from ase.build import bulk
 
-    return orm.StructureData(ase=bulk('Si', 'diamond', a=5.43))
+    return orm.StructureData(ase=bulk('Si', 'diamond', a=a))
 
 
 def species_folder(elements=('H', 'O', 'Si')):

@@ -207,3 +207,24 @@ def test_wrong_plugin_code_and_unlabelled_dataset_refused(al_inputs, md_code, cu
         run_get_node(ActiveLearningWorkChain, **inputs)
     with pytest.raises(ValueError, match='test_set: needs energy and forces labels'):
         run_get_node(ActiveLearningWorkChain, **al_inputs(test_set=ConfigurationSet.from_ase(cu_images)))
+
+
+def test_initial_dataset_without_label_settings_refused(al_inputs, emt_labelled):
+    inputs = al_inputs(initial_dataset=ConfigurationSet.from_ase(emt_labelled))
+    with pytest.raises(ValueError, match='initial_dataset: its labels record no settings'):
+        run_get_node(ActiveLearningWorkChain, **inputs)
+
+
+def test_training_sets_with_different_label_settings_are_not_merged(emt_labelled):
+    from aiida_alml.label_settings import with_label_settings
+    from aiida_alml.workflows.functions import merge_training_sets
+
+    def labelled_with(name):
+        base = ConfigurationSet.from_ase(emt_labelled[:2]).configurations
+        metadata = [with_label_settings(meta, {'calculator': {'class': name}}) for meta in base.metadata]
+        return ConfigurationSet(base.replace(metadata=metadata))
+
+    merged = merge_training_sets(a=labelled_with('emt'), b=labelled_with('emt'))
+    assert len(merged) == 4
+    with pytest.raises(ValueError, match=r"refusing to merge a and b: .*calculator.class='lj'.*calculator.class='emt'"):
+        merge_training_sets(a=labelled_with('emt'), b=labelled_with('lj'))

@@ -151,3 +151,31 @@ def test_walltime_handler_gives_more_time_and_reads_the_restart(aiida_localhost)
     assert process.ctx.inputs.metadata['options']['max_wallclock_seconds'] == 5400
     assert process.ctx.inputs.parent_folder is remote
     assert process.ctx.inputs.parameters.get_dict()['elsi_restart'] == 'read_and_write 5'
+
+
+def test_geometry_mismatch_is_not_retried(aiida_code_installed):
+    # An MD keyword makes FHI-aims (the mock replays a real water MD) label another geometry: a rerun would too.
+    inputs = aims_inputs(mock_aims_code(aiida_code_installed), water_structure(),
+                         {'xc': 'pbe', 'relativistic': 'atomic_zora scalar', 'md_run': '0.005 NVE'})
+    _, node = run_get_node(AimsBaseWorkChain, aims=inputs)
+    assert node.exit_status == AimsBaseWorkChain.exit_codes.ERROR_GEOMETRY_MISMATCH.status
+    assert len(node.called) == 1
+
+
+def test_relaxation_still_runs_outside_labelling(aiida_code_installed):
+    # Only alml.label refuses run-changing keywords; alml.aims.base relaxes (the mock replays data/aims/relax.out).
+    inputs = aims_inputs(mock_aims_code(aiida_code_installed), silicon_structure(a=5.806),
+                         {'xc': 'pbe', 'relativistic': 'atomic_zora scalar', 'relax_geometry': 'bfgs 1e-2'})
+    results, node = run_get_node(AimsBaseWorkChain, aims=inputs, kpoints_distance=orm.Float(0.3))
+    assert node.is_finished_ok, node.exit_message
+    assert results['output_structure'].get_ase().positions[1] == pytest.approx([1.35477068] * 3)
+
+
+def test_kpoints_mesh_is_aiidas_density_rule():
+    from aiida_alml.workflows.aims_base import kpoints_mesh
+
+    cell = silicon_structure(a=5.806).cell
+    kpoints = orm.KpointsData()
+    kpoints.set_cell(cell)
+    kpoints.set_kpoints_mesh_from_density(0.2)
+    assert kpoints_mesh(cell, 0.2) == list(kpoints.get_kpoints_mesh()[0]) == [10, 10, 10]

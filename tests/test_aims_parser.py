@@ -86,9 +86,13 @@ def test_hirshfeld_block():
 
 
 # ---------------------------------------------------------------------- the AiiDA parser and its exit codes
-def _calc_node(aiida_localhost, structure, files, parameters=None, exit_status=None):
+def _calc_node(aiida_localhost, structure, files, parameters=None, exit_status=None, kpoints=None):
     node = orm.CalcJobNode(computer=aiida_localhost, process_type='aiida.calculations:alml.aims')
+    if kpoints is not None:
+        node.base.links.add_incoming(kpoints.store(), LinkType.INPUT_CALC, 'kpoints')
     node.set_option('resources', {'num_machines': 1})
+    code = orm.InstalledCode(label='aims', computer=aiida_localhost, filepath_executable='/opt/aims/bin/aims.x')
+    node.base.links.add_incoming(code.store(), LinkType.INPUT_CALC, 'code')
     node.base.links.add_incoming(structure.store(), LinkType.INPUT_CALC, 'structure')
     node.base.links.add_incoming(
         orm.Dict(parameters or {'xc': 'pbe', 'relativistic': 'atomic_zora scalar'}).store(), LinkType.INPUT_CALC,
@@ -126,7 +130,7 @@ def test_parser_success_on_real_single_point(aiida_localhost):
 
 def test_parser_relaxation_gives_output_structure_and_stress(aiida_localhost):
     node = _calc_node(
-        aiida_localhost, silicon_structure(), {'aims.out': (DATA / 'relax.out').read_text()},
+        aiida_localhost, silicon_structure(a=5.806), {'aims.out': (DATA / 'relax.out').read_text()},
         {'xc': 'pbe', 'relax_geometry': 'bfgs 1e-2'},
     )
     results, status = _parse(node)
@@ -169,3 +173,112 @@ def test_parser_refuses_forces_for_another_structure(aiida_localhost):
     node = _calc_node(aiida_localhost, silicon_structure(), {'aims.out': (DATA / 'singlepoint.out').read_text()})
     _, status = _parse(node)
     assert status == 351
+
+
+# ---------------------------------------------------------------------- labelled positions are the input positions
+def _water_node(aiida_localhost, name='singlepoint.out', **water_kwargs):
+    from aims_helpers import water
+
+    structure = orm.StructureData(ase=water(**water_kwargs))
+    return _calc_node(aiida_localhost, structure, {'aims.out': (DATA / name).read_text()})
+
+
+def test_input_geometry_is_read_from_the_output():
+    from aims_helpers import WATER_POSITIONS
+
+    out = parse_aims_output((DATA / 'singlepoint.out').read_text())
+    assert out.input_geometry['symbols'] == ['O', 'H', 'H'] and out.input_geometry['cell'] is None
+    np.testing.assert_allclose(out.input_geometry['positions'], WATER_POSITIONS)
+    assert out.later_geometries == []
+    periodic = parse_aims_output((DATA / 'relax.out').read_text())
+    np.testing.assert_allclose(periodic.input_geometry['cell'], silicon_structure(a=5.806).cell)
+    # MD and socket-driver runs print the geometry of every step: the atoms moved.
+    assert len(parse_aims_output((DATA / 'md.out').read_text()).later_geometries) == 5
+    assert len(parse_aims_output((DATA / 'socket.out').read_text()).later_geometries) == 6
+
+
+@pytest.mark.parametrize('shift, ok', [(5e-5, True), (3e-4, False), (0.05, False)])
+def test_parser_refuses_labels_of_another_geometry(aiida_localhost, shift, ok):
+    # FHI-aims printed the recorded water geometry; the input structure has its second H moved by `shift` Å.
+    _, status = _parse(_water_node(aiida_localhost, shift=shift))
+    from aiida_alml.calculations.aims import AimsCalculation
+
+    assert status == (0 if ok else AimsCalculation.exit_codes.ERROR_GEOMETRY_MISMATCH.status)
+
+
+def test_geometry_mismatch_message_names_the_atom(aiida_localhost):
+    node = _water_node(aiida_localhost, shift=0.05)
+    results, calcfunction = AimsParser.parse_from_node(node, store_provenance=False)
+    assert calcfunction.exit_status == 352
+    assert 'atom 2 (H)' in calcfunction.exit_message and 'the input geometry FHI-aims read' in calcfunction.exit_message
+    assert 'labelled' not in results and 'forces' not in results
+
+
+@pytest.mark.parametrize('name', ['md.out', 'socket.out'])
+def test_parser_refuses_runs_that_moved_the_atoms(aiida_localhost, name):
+    # Both start from the water geometry of the input, then MD (or an i-PI driver) moves the atoms: the last forces
+    # belong to another geometry.
+    node = _water_node(aiida_localhost, name)
+    results, calcfunction = AimsParser.parse_from_node(node, store_provenance=False)
+    assert calcfunction.exit_status == 352
+    assert 'FHI-aims moved to' in calcfunction.exit_message
+    assert 'labelled' not in results
+
+
+def test_periodic_positions_are_compared_modulo_the_cell(aiida_localhost):
+    from ase.build import bulk
+
+    atoms = bulk('Si', 'diamond', a=5.806)
+    atoms.positions[1] += atoms.cell[0] - atoms.cell[2]  # the same crystal, the atom one lattice vector away
+    node = _calc_node(aiida_localhost, orm.StructureData(ase=atoms), {'aims.out': (DATA / 'relax.out').read_text()},
+                      {'xc': 'pbe', 'relax_geometry': 'bfgs 1e-2'})
+    assert _parse(node)[1] == 0
+    atoms.set_cell(atoms.cell * 1.01, scale_atoms=True)
+    node = _calc_node(aiida_localhost, orm.StructureData(ase=atoms), {'aims.out': (DATA / 'relax.out').read_text()},
+                      {'xc': 'pbe', 'relax_geometry': 'bfgs 1e-2'})
+    results, calcfunction = AimsParser.parse_from_node(node, store_provenance=False)
+    assert calcfunction.exit_status == 352 and 'the cell of the input geometry' in calcfunction.exit_message
+
+
+# ---------------------------------------------------------------------- recorded label settings
+def test_label_settings_are_complete(aiida_localhost):
+    parameters = {
+        'xc': 'pbe', 'relativistic': 'atomic_zora scalar', 'occupation_type': 'gaussian  0.01', 'charge_mix_param': 0.05,
+        'sc_accuracy_rho': 1e-5, 'sc_accuracy_forces': 1e-4, 'mixer': 'pulay', 'sc_iter_limit': 100,
+    }
+    node = _calc_node(aiida_localhost, water_structure(), {'aims.out': (DATA / 'singlepoint.out').read_text()},
+                      parameters)
+    results, _ = _parse(node)
+    meta = results['labelled'].configurations.metadata[0]
+    settings = meta['label_settings']
+    assert settings['code'] == f'aims@{aiida_localhost.label}' and settings['plugin'] == 'alml.aims'
+    assert settings['fhi_aims_version'] == parse_aims_output((DATA / 'singlepoint.out').read_text()).version
+    assert settings['occupation_type'] == 'gaussian 0.01' and settings['spin'] == 'none'
+    assert settings['sc_accuracy_rho'] == 1e-5 and settings['sc_accuracy_forces'] == 1e-4
+    # Keywords that only steer the SCF do not change the converged labels: a restart may change them.
+    assert not {'charge_mix_param', 'mixer', 'sc_iter_limit'} & set(settings)
+    # No species node in this hand-made calculation: nothing known about the species files.
+    assert 'species_hashes' not in settings
+    from aiida_alml.label_settings import label_fingerprint
+
+    assert meta['label_fingerprint'] == label_fingerprint(settings)
+    assert results['labelled'].label_fingerprints == [meta['label_fingerprint']]
+
+
+def test_species_digests_from_the_job_script():
+    from aiida_alml.parsers.aims import _species_digests
+
+    text = f'{"a" * 64}  /opt/aims/species_defaults/light/08_O_default\n{"b" * 64} */x/01_H_default\nsha256sum: oops\n'
+    assert _species_digests(text) == {'08_O_default': 'a' * 64, '01_H_default': 'b' * 64}
+
+
+def test_k_grid_keyword_is_recorded_like_a_kpoints_mesh(aiida_localhost):
+    from aiida_alml.parsers.aims import label_settings
+
+    structure = silicon_structure(a=5.806)
+    node = _calc_node(aiida_localhost, structure, {}, {'xc': 'pbe', 'k_grid': '4 4  4', 'k_offset': '0 0 0'})
+    from_keyword = label_settings(node)
+    kpoints = orm.KpointsData()
+    kpoints.set_kpoints_mesh([4, 4, 4])
+    node = _calc_node(aiida_localhost, structure, {}, {'xc': 'pbe'}, kpoints=kpoints)
+    assert from_keyword == label_settings(node) and from_keyword['k_grid'] == [4, 4, 4]

@@ -9,7 +9,8 @@ from aiida.engine import run_get_node
 from aims_helpers import DATA, aims_inputs, mock_aims_code, water
 
 from aiida_alml.data.configurations import ConfigurationSet
-from aiida_alml.workflows.label import LabelWorkChain, inconsistent_settings, merge_labelled
+from aiida_alml.label_settings import with_label_settings
+from aiida_alml.workflows.label import LabelWorkChain, inconsistent_settings, labels_mismatch, merge_labelled
 
 
 def _aims_namespace(code):
@@ -49,13 +50,15 @@ def test_aims_path_throttled_with_a_tolerated_failure(aiida_code_installed):
 def test_aims_path_fails_above_the_failed_fraction(aiida_code_installed):
     from ase import Atoms
 
-    structures = ConfigurationSet.from_ase([Atoms('O3', positions=[(0, 0, 0), (1.2, 0, 0), (2.4, 0.5, 0)])])
+    # 1 of 2 failed > the default 5 %: the work chain fails, but what succeeded is still attached.
+    structures = ConfigurationSet.from_ase([water(), Atoms('O3', positions=[(0, 0, 0), (1.2, 0, 0), (2.4, 0.5, 0)])])
     results, node = run_get_node(
         LabelWorkChain, structures=structures, labeller=orm.Str('aims'),
         aims=_aims_namespace(mock_aims_code(aiida_code_installed)),
     )
     assert node.exit_status == LabelWorkChain.exit_codes.ERROR_TOO_MANY_FAILURES.status
-    assert results['failures']['0']['exit_status'] == 402  # AimsBaseWorkChain: unhandled failure of alml.aims
+    assert results['failures']['1']['exit_status'] == 402  # AimsBaseWorkChain: unhandled failure of alml.aims
+    assert [meta['input_index'] for meta in results['labelled'].configurations.metadata] == [0]
 
 
 def test_shell_path_with_a_real_program(aiida_localhost, cu_images):
@@ -80,6 +83,10 @@ def test_shell_path_with_a_real_program(aiida_localhost, cu_images):
         np.testing.assert_allclose(labelled.get_atoms(index).get_forces(), atoms.get_forces(), atol=1e-6)
         source = orm.load_node(labelled.configurations.metadata[index]['source_calc_uuid'])
         assert source.process_label.startswith('ShellJob') and source.is_finished_ok
+    settings = labelled.configurations.metadata[0]['label_settings']
+    assert settings['code'] == code.full_label and settings['plugin'] == 'core.shell'
+    assert settings['arguments'] == [str(DATA / 'emt_program.py'), '{geometry}', 'labels.xyz']
+    assert len(labelled.label_fingerprints) == 1
 
 
 def test_ase_path_one_batched_job(label_code, cu_images):
@@ -112,7 +119,7 @@ def _labelled(settings, element_hashes=None):
     atoms = water()
     atoms.calc = SinglePointCalculator(atoms, energy=-1.0, forces=np.zeros((3, 3)))
     settings = dict(settings, species_hashes=element_hashes or {'08_O_default': 'aa', '01_H_default': 'bb'})
-    return ConfigurationSet.from_ase([atoms], metadata=[{'label_settings': settings}]).store()
+    return ConfigurationSet.from_ase([atoms], metadata=[with_label_settings({}, settings)]).store()
 
 
 BASE = {'xc': 'pbe', 'relativistic': 'atomic_zora scalar', 'occupation_type': 'gaussian 0.01', 'spin': 'none'}
@@ -140,3 +147,211 @@ def test_consistent_settings_merge_and_other_elements_are_fine():
     first = _labelled(BASE)
     second = _labelled(BASE, {'08_O_default': 'aa', '29_Cu_default': 'dd'})
     assert inconsistent_settings([first.configurations.metadata[0], second.configurations.metadata[0]]) is None
+
+
+# ---------------------------------------------------------------------- labels stay comparable
+def _ase_labels(label_code, images, name='emt', kwargs=None):
+    results, node = run_get_node(
+        LabelWorkChain, structures=ConfigurationSet.from_ase(images), labeller=orm.Str('ase'),
+        ase={'code': label_code, 'calculator': orm.Dict({'name': name, 'kwargs': kwargs or {}})},
+    )
+    assert node.is_finished_ok, node.exit_message
+    return results['labelled']
+
+
+def test_ase_labels_record_their_settings_and_a_mismatch_names_the_calculator(label_code, cu_images):
+    emt = _ase_labels(label_code, cu_images[:2])
+    settings = emt.configurations.metadata[0]['label_settings']
+    assert settings['calculator'] == {'class': 'ase.calculators.emt:EMT', 'kwargs': {}}
+    assert settings['code'] == label_code.full_label and settings['properties'] == ['energy', 'forces']
+    assert len(emt.label_fingerprints) == 1
+    # The same calculator under its import path: the same settings, the same fingerprint, mergeable.
+    same = _ase_labels(label_code, cu_images[2:3], name='ase.calculators.emt:EMT')
+    assert same.label_fingerprints == emt.label_fingerprints
+    assert labels_mismatch(emt.configurations.metadata, same.configurations.metadata) is None
+    # Lennard-Jones labels are not EMT labels.
+    lj = _ase_labels(label_code, cu_images[2:3], name='lj', kwargs={'sigma': 2.3, 'epsilon': 0.4})
+    problem = labels_mismatch(emt.configurations.metadata, lj.configurations.metadata)
+    assert problem == (
+        "configuration 0 of the second set was labelled with calculator.class='ase.calculators.lj:LennardJones' but "
+        "configuration 0 of the first set with calculator.class='ase.calculators.emt:EMT'"
+    )
+    # Fingerprints are queryable attributes.
+    hits = orm.QueryBuilder().append(
+        ConfigurationSet, filters={'attributes.label_fingerprints': {'contains': emt.label_fingerprints}},
+        project='id').all(flat=True)
+    assert emt.pk in hits and same.pk in hits and lj.pk not in hits
+
+
+def test_ase_relabelling_replaces_the_recorded_settings(label_code, cu_images):
+    emt = _ase_labels(label_code, cu_images[:1])
+    lj = _ase_labels(label_code, emt.to_ase(), name='lj')
+    assert lj.configurations.metadata[0]['label_settings']['calculator']['class'].endswith(':LennardJones')
+
+
+def _species_with_other_oxygen():
+    folder = orm.FolderData()
+    for path in sorted((DATA / 'species').iterdir()):
+        content = path.read_bytes()
+        if path.name == '08_O_default':
+            content = content.replace(b'mass                15.9994', b'mass                16.0000')
+        folder.base.repository.put_object_from_bytes(content, path.name)
+    return folder.store()
+
+
+def test_aims_species_file_contents_decide(aiida_code_installed):
+    code = mock_aims_code(aiida_code_installed)
+    structures = ConfigurationSet.from_ase([water()])
+    first, node = run_get_node(LabelWorkChain, structures=structures, labeller=orm.Str('aims'),
+                               aims=_aims_namespace(code))
+    assert node.is_finished_ok, node.exit_message
+    namespace = _aims_namespace(code)
+    namespace['aims']['species'] = _species_with_other_oxygen()
+    second, node = run_get_node(LabelWorkChain, structures=structures, labeller=orm.Str('aims'), aims=namespace)
+    assert node.is_finished_ok, node.exit_message
+    problem = labels_mismatch(first['labelled'].configurations.metadata, second['labelled'].configurations.metadata)
+    assert problem.startswith('configuration 0 of the second set used a different species file 08_O_default than '
+                              'configuration 0 of the first set')
+    assert first['labelled'].label_fingerprints != second['labelled'].label_fingerprints
+
+
+def test_scf_restarts_keep_labels_comparable(aiida_code_installed):
+    # The stretched water needs a smaller charge_mix_param (a restart); its settings stay those of the other.
+    structures = ConfigurationSet.from_ase([water(), water(stretch=0.5)])
+    results, node = run_get_node(LabelWorkChain, structures=structures, labeller=orm.Str('aims'),
+                                 aims=_aims_namespace(mock_aims_code(aiida_code_installed)))
+    assert node.is_finished_ok, node.exit_message
+    assert len(results['labelled'].label_fingerprints) == 1
+
+
+@pytest.mark.parametrize('keyword', ['relax_geometry', 'relax_unit_cell', 'md_run', 'md_schedule', 'MD_run'])
+def test_run_changing_keywords_refused_before_anything_runs(aiida_code_installed, keyword):
+    namespace = _aims_namespace(mock_aims_code(aiida_code_installed))
+    namespace['aims']['parameters'] = orm.Dict({'xc': 'pbe', keyword: 'bfgs 1e-2'})
+    before = orm.QueryBuilder().append(orm.ProcessNode).count()
+    with pytest.raises(ValueError, match=f'aims.aims.parameters: {keyword} would make FHI-aims move the atoms'):
+        run_get_node(LabelWorkChain, structures=ConfigurationSet.from_ase([water()]), labeller=orm.Str('aims'),
+                     aims=namespace)
+    assert orm.QueryBuilder().append(orm.ProcessNode).count() == before
+
+
+def _strained_silicon(strains):
+    from ase.build import bulk
+
+    images = []
+    for strain in strains:
+        atoms = bulk('Si', 'diamond', a=5.806)
+        atoms.set_cell(atoms.cell * (1.0 + strain), scale_atoms=True)
+        images.append(atoms)
+    return images
+
+
+def test_fixed_kpoint_mesh_across_strained_cells(aiida_code_installed):
+    from aiida_alml.workflows.aims_base import kpoints_mesh
+
+    images = _strained_silicon([0.0, -0.02, 0.02])
+    # A distance just above the unstrained cell's |b|/8: alone, the compressed cell would get 9 points per direction.
+    reciprocal = 2 * np.pi * np.linalg.norm(np.linalg.inv(images[0].cell.array).T[0])
+    distance = round(float(reciprocal) / 7.95, 4)
+    own = [kpoints_mesh(atoms.cell.array, distance) for atoms in images]
+    assert own[0] == [8, 8, 8] and own[1] == [9, 9, 9]  # what per-cell meshes would do
+    code = mock_aims_code(aiida_code_installed)
+    namespace = _aims_namespace(code)
+    namespace['kpoints_distance'] = orm.Float(distance)
+    results, node = run_get_node(LabelWorkChain, structures=ConfigurationSet.from_ase(images),
+                                 labeller=orm.Str('aims'), aims=namespace)
+    assert node.is_finished_ok, node.exit_message
+    calcs = [calc for calc in node.called_descendants if isinstance(calc, orm.CalcJobNode)]
+    assert len(calcs) == 3
+    assert {tuple(calc.inputs.kpoints.get_kpoints_mesh()[0]) for calc in calcs} == {(8, 8, 8)}
+    metadata = results['labelled'].configurations.metadata
+    assert [meta['label_settings']['k_grid'] for meta in metadata] == [[8, 8, 8]] * 3
+    assert {meta['label_settings']['kpoints_distance'] for meta in metadata} == {distance}
+    assert len(results['labelled'].label_fingerprints) == 1
+    # A campaign fixes its meshes once by passing the same reference to every labelling: here the compressed cell.
+    namespace['kpoints_reference'] = ConfigurationSet.from_ase(images[1:2])
+    again, node = run_get_node(LabelWorkChain, structures=ConfigurationSet.from_ase(images[:1]),
+                               labeller=orm.Str('aims'), aims=namespace)
+    assert node.is_finished_ok, node.exit_message
+    assert again['labelled'].configurations.metadata[0]['label_settings']['k_grid'] == [9, 9, 9]
+    # Another k-point density is another set of labels.
+    namespace = _aims_namespace(code)
+    namespace['kpoints_distance'] = orm.Float(0.3)
+    coarse, node = run_get_node(LabelWorkChain, structures=ConfigurationSet.from_ase(images[:1]),
+                                labeller=orm.Str('aims'), aims=namespace)
+    assert node.is_finished_ok, node.exit_message
+    problem = labels_mismatch(metadata, coarse['labelled'].configurations.metadata)
+    assert f'kpoints_distance=0.3 but configuration 0 of the first set with kpoints_distance={distance!r}' in problem
+
+
+def test_fixed_kpoint_meshes_per_cell_shape():
+    from aiida_alml.workflows.label import fixed_kpoint_meshes
+
+    images = _strained_silicon([0.0, -0.02, 0.0])
+    images[2] = images[2].repeat((2, 1, 1))  # another cell shape: its own mesh
+    cells = [atoms.cell.array for atoms in images] + [np.eye(3)]
+    periodic = [True, True, True, False]
+    distance = 2 * np.pi * np.linalg.norm(np.linalg.inv(cells[0]).T[0]) / 7.95
+    chosen = fixed_kpoint_meshes(cells, periodic, distance)
+    assert chosen[0] == ([8, 8, 8], 0) and chosen[1] == ([8, 8, 8], 0)
+    assert chosen[2][1] == 1 and chosen[2][0] != [8, 8, 8] and chosen[3] is None
+    # Given references come first, in order.
+    assert fixed_kpoint_meshes(cells[:2], periodic[:2], distance, reference_cells=[cells[1]]) == [([9, 9, 9], 0)] * 2
+
+
+@pytest.mark.parametrize(
+    'first, second, message',
+    [
+        ({'k_grid': [4, 4, 4], 'kpoints_distance': 0.15}, {'k_grid': [2, 4, 4], 'kpoints_distance': 0.15}, None),
+        ({'k_grid': [4, 4, 4], 'kpoints_distance': 0.15}, {'k_grid': [4, 4, 4], 'kpoints_distance': 0.25},
+         'kpoints_distance=0.25'),
+        ({'k_grid': [4, 4, 4]}, {'k_grid': [5, 5, 5]}, 'k_grid=[5, 5, 5]'),
+        ({'k_grid': [4, 4, 4], 'kpoints_distance': 0.15}, {'k_grid': [4, 4, 4]}, 'kpoints_distance=None'),
+        ({'k_grid': [4, 4, 4], 'kpoints_distance': 0.15}, {}, None),  # a molecule has no k-points
+        ({'sc_accuracy_rho': 1e-5}, {'sc_accuracy_rho': 1e-4}, 'sc_accuracy_rho=0.0001'),
+    ],
+)
+def test_kpoint_and_accuracy_settings_compared(first, second, message):
+    problem = labels_mismatch([{'label_settings': dict(BASE, **first)}], [{'label_settings': dict(BASE, **second)}])
+    assert (problem is None) if message is None else (message in problem)
+
+
+def test_unknown_settings_are_not_mixed_with_recorded_ones():
+    from aiida_alml.workflows.label import declare_label_settings
+
+    recorded = _labelled(BASE)
+    unknown = ConfigurationSet.from_ase([recorded.get_atoms(0)], include_info=False).store()
+    assert labels_mismatch(unknown.configurations.metadata, unknown.configurations.metadata) is None
+    problem = labels_mismatch(recorded.configurations.metadata, unknown.configurations.metadata)
+    assert problem.startswith('configuration 0 of the second set has no recorded label settings')
+    assert 'declare_label_settings' in problem
+    declared = declare_label_settings(unknown, orm.Dict(recorded.configurations.metadata[0]['label_settings']))
+    assert labels_mismatch(recorded.configurations.metadata, declared.configurations.metadata) is None
+    assert declared.label_fingerprints == recorded.label_fingerprints
+    with pytest.raises(ValueError, match="already records other label settings: .*xc='pw-lda'"):
+        declare_label_settings(declared, orm.Dict(dict(BASE, xc='pw-lda')))
+
+
+@pytest.mark.parametrize(
+    'extra, parameters, message',
+    [
+        ({'kpoints_distance': 0.2, 'kpoints': 'mesh'}, {}, 'aims.kpoints, aims.kpoints_distance: give one'),
+        ({'kpoints_distance': 0.2}, {'k_grid': [2, 2, 2]}, r'aims.kpoints_distance, aims.aims.parameters\[k_grid\]'),
+        ({'kpoints_reference': 'set'}, {}, 'aims.kpoints_reference: needs aims.kpoints_distance'),
+    ],
+)
+def test_kpoint_inputs_refused(aiida_code_installed, extra, parameters, message):
+    namespace = _aims_namespace(mock_aims_code(aiida_code_installed))
+    namespace['aims']['parameters'] = orm.Dict({'xc': 'pbe', **parameters})
+    for name, value in extra.items():
+        if value == 'mesh':
+            value = orm.KpointsData()
+            value.set_kpoints_mesh([2, 2, 2])
+        elif value == 'set':
+            value = ConfigurationSet.from_ase(_strained_silicon([0.0]))
+        else:
+            value = orm.Float(value)
+        namespace[name] = value
+    with pytest.raises(ValueError, match=message):
+        run_get_node(LabelWorkChain, structures=ConfigurationSet.from_ase([water()]), labeller=orm.Str('aims'),
+                     aims=namespace)

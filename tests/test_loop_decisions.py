@@ -2,6 +2,7 @@
 
 import pytest
 
+from aiida_alml.selection import convergence_blockers
 from aiida_alml.workflows.functions import exploration_accounting
 from aiida_alml.workflows.seeds import iteration_seeds
 
@@ -41,3 +42,21 @@ def test_exploration_accounting_counts_early_stops_and_crashes_as_missing_frames
     assert runs['runs'] == 5 and runs['runs_stopped_early'] == 2 and runs['runs_crashed'] == 1
     assert runs['frames_missing'] == 7 + 6 + 11
     assert set(runs['stops']) == {'s0_c1', 's0_c2', 's0_c3'} and 'crashed' in runs['stops']['s0_c3']
+
+
+def _summary(accurate=0.995, failed=0.0, stopped=0, crashed=0):
+    return {'accurate_fraction': accurate, 'failed_fraction': failed, 'runs_stopped_early': stopped,
+            'runs_crashed': crashed}
+
+
+@pytest.mark.parametrize('summary, checked, anew, expected', [
+    (_summary(), True, True, []),
+    (_summary(accurate=0.985), True, True, ['accurate fraction 98.5% below the target 99.0%']),
+    (_summary(failed=0.005), True, True, ['0.5% of frames failed or missing']),
+    (_summary(stopped=1), True, True, ['1 MD runs stopped early']),
+    (_summary(crashed=2), True, True, ['2 MD runs crashed']),
+    (_summary(), False, True, ['σ not yet calibrated against labels']),
+    (_summary(), True, False, ['not a new observation: the same member and MD seeds explored before']),
+])
+def test_an_iteration_counts_towards_convergence_only_when_nothing_blocks_it(summary, checked, anew, expected):
+    assert convergence_blockers(summary, 0.99, checked, anew) == expected

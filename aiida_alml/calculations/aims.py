@@ -20,6 +20,8 @@ from aiida_alml.engines.aims_io import (
 
 __all__ = ('AimsCalculation',)
 
+#: ``sha256sum`` of the species files taken from ``species_dir``, written by the job script (read by the parser).
+SPECIES_DIGEST_FILE = 'species.sha256'
 #: ELSI density-matrix restart files: what a run killed at the walltime leaves for the next one to start from.
 RESTART_FILE_PATTERN = 'D_spin_*_kpt_*.csc'
 
@@ -43,8 +45,12 @@ def _numbers(structure: orm.StructureData) -> list[int]:
     return [atomic_numbers[kinds[site.kind_name]] for site in structure.sites]
 
 
-def validate_inputs(inputs, _):
-    """Check the whole input namespace before anything is written or submitted; the message names the input."""
+def validate_inputs(inputs, namespace):
+    """Check the whole input namespace before anything is written or submitted; the message names the input.
+
+    When a work chain exposes these inputs without ``kpoints`` (``alml.aims.base`` makes the mesh itself), a periodic
+    structure without k-points is that work chain's to refuse.
+    """
     structure = inputs.get('structure')
     parameters = inputs.get('parameters')
     if structure is None or parameters is None:
@@ -60,7 +66,7 @@ def validate_inputs(inputs, _):
         return str(exception)
 
     kpoints = inputs.get('kpoints')
-    if periodic and kpoints is None and 'k_grid' not in params:
+    if periodic and kpoints is None and 'k_grid' not in params and 'kpoints' in namespace:
         return 'kpoints: a periodic structure needs k-points (the `kpoints` input or parameters[k_grid])'
     if kpoints is not None:
         if not periodic:
@@ -143,6 +149,9 @@ class AimsCalculation(CalcJob):
         spec.exit_code(340, 'ERROR_SCF_NOT_CONVERGED', message='The SCF cycle did not converge within sc_iter_limit.')
         spec.exit_code(350, 'ERROR_MISSING_FORCES', message='The run completed but printed no forces.')
         spec.exit_code(351, 'ERROR_INCONSISTENT_OUTPUT', message='The output does not match the input: {detail}')
+        spec.exit_code(
+            352, 'ERROR_GEOMETRY_MISMATCH', message='FHI-aims labelled another geometry than the input: {detail}'
+        )
 
     def prepare_for_submission(self, folder):
         structure = self.inputs.structure
@@ -164,12 +173,13 @@ class AimsCalculation(CalcJob):
             species_blocks = [folder_node.base.repository.get_object_content(species_filename(z)) for z in elements]
         else:
             # Concatenate on the remote side; a missing file stops the job with a marker the parser recognises.
+            # The files' SHA-256 go into the recorded label settings: the same path may hold other contents elsewhere.
             directory = self.inputs.species_dir.value
             for z in elements:
                 path = shlex.quote(f'{directory.rstrip("/")}/{species_filename(z)}')
                 prepend.append(
-                    f'if [ -r {path} ]; then cat {path} >> control.in; else '
-                    f'echo "ALML-MISSING-SPECIES: {species_filename(z)}" >> {self._ERROR_FILE}; exit 3; fi'
+                    f'if [ -r {path} ]; then cat {path} >> control.in; sha256sum {path} >> {SPECIES_DIGEST_FILE}; '
+                    f'else echo "ALML-MISSING-SPECIES: {species_filename(z)}" >> {self._ERROR_FILE}; exit 3; fi'
                 )
 
         control = write_control_in(params, periodic, k_grid=k_grid, k_offset=k_offset, species_blocks=species_blocks)
@@ -195,5 +205,5 @@ class AimsCalculation(CalcJob):
                 (parent.computer.uuid, f'{parent.get_remote_path()}/{RESTART_FILE_PATTERN}', '.')
             )
         calcinfo.prepend_text = '\n'.join(prepend) if prepend else None
-        calcinfo.retrieve_list = [self._OUTPUT_FILE, self._ERROR_FILE, 'geometry.in.next_step']
+        calcinfo.retrieve_list = [self._OUTPUT_FILE, self._ERROR_FILE, 'geometry.in.next_step', SPECIES_DIGEST_FILE]
         return calcinfo

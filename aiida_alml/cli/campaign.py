@@ -32,8 +32,19 @@ def show_status(node) -> None:
     if node.is_terminated:
         if 'learning_curve' in node.outputs:
             curve = node.outputs.learning_curve.get_dict()
-            click.echo(f'stopped: {curve["stop_reason"]}; {curve["labels_used"]} reference labels; '
+            failed = f' ({curve["labels_failed"]} failed)' if curve.get('labels_failed') else ''
+            click.echo(f'stopped: {curve["stop_reason"]}; {curve["labels_used"]} reference calculations{failed}; '
                        f'calibration factor {curve["final_calibration_factor"]:.2f}')
+            last = curve['iterations'][-1] if curve['iterations'] else {}
+            if last.get('not_converged_because'):
+                click.echo(f'last iteration did not count towards convergence: '
+                           f'{"; ".join(last["not_converged_because"])}')
+            final = curve.get('final_training')
+            if final:
+                test = (f', held-out force RMSE {final["test_force_rmse"]:.3f} eV/Å (per component)'
+                        if 'test_force_rmse' in final else '')
+                state = 'FAILED' if final.get('failed') else f'{final["labels_total"]} configurations{test}'
+                click.echo(f'final training on the whole dataset: {state}')
         if node.exit_status:
             click.echo(f'exit status {node.exit_status}: {node.exit_message}')
 

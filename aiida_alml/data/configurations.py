@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from aiida import orm
 
 from aiida_alml.configurations import Configurations, read_extxyz, write_extxyz
+from aiida_alml.label_settings import FINGERPRINT_KEY
 
 __all__ = ('ConfigurationSet',)
 
@@ -20,7 +21,9 @@ class ConfigurationSet(orm.Data):
 
     The arrays and the per-configuration metadata (as JSON) live in the node repository as one npz file.
     Attributes kept for querying without loading the arrays: ``num_configurations``, ``elements`` (sorted symbols),
-    ``total_atoms``, ``labels`` (names of the labels present) and ``content_hash`` (SHA-256 of the content).
+    ``total_atoms``, ``labels`` (names of the labels present), ``content_hash`` (SHA-256 of the content) and
+    ``label_fingerprints`` (the distinct ``label_fingerprint`` values of the configurations' metadata: the settings
+    their labels were computed with, see :mod:`aiida_alml.label_settings`; empty when none is recorded).
 
     Build one with :meth:`from_ase`, :meth:`from_extxyz` or from a :class:`aiida_alml.configurations.Configurations`.
     """
@@ -39,6 +42,9 @@ class ConfigurationSet(orm.Data):
                 'total_atoms': configurations.total_atoms,
                 'labels': configurations.labels,
                 'content_hash': configurations.content_hash(),
+                'label_fingerprints': sorted(
+                    {meta[FINGERPRINT_KEY] for meta in configurations.metadata if FINGERPRINT_KEY in meta}
+                ),
             }
         )
         self._configurations = configurations
@@ -85,6 +91,10 @@ class ConfigurationSet(orm.Data):
     @property
     def content_hash(self) -> str:
         return self.base.attributes.get('content_hash')
+
+    @property
+    def label_fingerprints(self) -> list[str]:
+        return self.base.attributes.get('label_fingerprints', [])
 
     def __len__(self) -> int:
         return self.num_configurations

@@ -19,6 +19,8 @@ __all__ = (
     'write_geometry_in',
     'species_filename',
     'electron_count',
+    'run_changing_keywords',
+    'result_keywords',
 )
 
 # A control.in keyword: lower-case word (FHI-aims keywords are case sensitive and all lower case).
@@ -38,6 +40,24 @@ POSITIVE_INTEGER_KEYWORDS = ('sc_iter_limit', 'n_max_pulay', 'walltime', 'sc_ini
 #: Keywords whose value must be a positive number.
 POSITIVE_NUMBER_KEYWORDS = ('charge_mix_param', 'sc_accuracy_rho', 'sc_accuracy_eev', 'sc_accuracy_etot',
                             'sc_accuracy_forces', 'sc_accuracy_stress')
+
+
+#: Keywords that make FHI-aims move the atoms (relaxation, molecular dynamics, the i-PI socket driver): the forces
+#: printed last then belong to another geometry than the one given. Labelling refuses them; matched case-insensitively
+#: (the FHI-aims manual spells the MD keywords ``MD_run``, ``MD_schedule``, ...; this plugin writes them lower case).
+RUN_CHANGING_PREFIXES = ('relax_', 'md_')
+RUN_CHANGING_KEYWORDS = ('use_pimd_wrapper',)
+
+#: Keywords that change how the SCF reaches its solution, what is printed or which resources are used, but not the
+#: converged energy, forces and stress (within the ``sc_accuracy_*`` thresholds). They are left out of the recorded
+#: label settings so that a restart with other mixing (``alml.aims.base``) keeps labels comparable. Anything not
+#: listed here is recorded: an unknown keyword is assumed to change the result.
+SCF_PATH_KEYWORDS = frozenset({
+    'mixer', 'charge_mix_param', 'n_max_pulay', 'spin_mix_param', 'prec_mix_param', 'preconditioner',
+    'ini_linear_mixing', 'ini_linear_mix_param', 'sc_iter_limit', 'sc_init_iter', 'sc_init_factor',
+    'elsi_restart', 'restart', 'restart_read_only', 'restart_write_only', 'use_local_index', 'load_balancing',
+    'walltime', 'output', 'output_level', 'collect_eigenvectors', 'compute_forces', 'compute_analytical_stress',
+})
 
 
 class AimsInputError(ValueError):
@@ -119,6 +139,28 @@ def validate_parameters(parameters: Mapping, periodic: bool) -> None:
         raise AimsInputError(f"parameters[spin] must be 'none' or 'collinear', got {spin!r}")
     if 'default_initial_moment' in parameters and spin != 'collinear':
         raise AimsInputError('parameters[default_initial_moment] needs spin collinear')
+
+
+def run_changing_keywords(parameters: Mapping) -> list[str]:
+    """The keywords of ``parameters`` that would make FHI-aims label another geometry than the one given."""
+    return sorted(
+        keyword for keyword in parameters
+        if str(keyword).lower().startswith(RUN_CHANGING_PREFIXES) or str(keyword).lower() in RUN_CHANGING_KEYWORDS
+    )
+
+
+def result_keywords(parameters: Mapping) -> dict:
+    """The control.in keywords that decide the converged labels (all but :data:`SCF_PATH_KEYWORDS`), normalised.
+
+    String values are compared token by token (runs of blanks collapse, as in the written control.in); ``spin`` is
+    recorded with FHI-aims' default ``none`` when not set.
+    """
+    recorded = {'spin': 'none'}
+    for keyword, value in parameters.items():
+        if keyword in SCF_PATH_KEYWORDS:
+            continue
+        recorded[keyword] = ' '.join(value.split()) if isinstance(value, str) else value
+    return recorded
 
 
 def electron_count(numbers: Sequence[int], charge: float = 0.0) -> float:

@@ -30,6 +30,15 @@ _FORCE_ROW = re.compile(rf'^\s*\|\s*(\d+)\s+({_FLOAT})\s+({_FLOAT})\s+({_FLOAT})
 _STRESS_ROW = re.compile(rf'^\s*\|\s*([xyz])\s+({_FLOAT})\s+({_FLOAT})\s+({_FLOAT})\s*\|?\s*$')
 _HEADER_ITEM = re.compile(r'^\s*([A-Za-z][A-Za-z +/.-]*?)\s*:\s*(.*?)\s*$')
 _TIMING = re.compile(rf'^\s*\|\s*(.+?)\s*:\s*({_FLOAT})\s*s\s+({_FLOAT})\s*s\s*$')
+# "Input geometry" rows: "|    1: Species O     0.00000000  0.00000000  0.00000000"; unit-cell rows: "|  a  b  c".
+_INPUT_ATOM_ROW = re.compile(rf'^\s*\|\s*\d+:\s*Species\s+(\S+)\s+({_FLOAT})\s+({_FLOAT})\s+({_FLOAT})\s*$')
+_INPUT_CELL_ROW = re.compile(rf'^\s*\|\s*({_FLOAT})\s+({_FLOAT})\s+({_FLOAT})\s*$')
+#: Headers of the geometries printed after the input one: relaxation steps, MD steps, i-PI socket-driver steps.
+_LATER_GEOMETRY_HEADERS = (
+    'Updated atomic structure:',
+    'Atomic structure (and velocities) as used in the preceding time step:',
+    'Atomic structure that was used in the preceding time step of the wrapper',
+)
 _GEOMETRY_ROW = re.compile(rf'^\s*(lattice_vector|atom)\s+({_FLOAT})\s+({_FLOAT})\s+({_FLOAT})(?:\s+(\S+))?\s*$')
 
 
@@ -73,6 +82,10 @@ class AimsOutput:
     hirshfeld_spin_moments: list | None = None
     hirshfeld_volumes: list | None = None
     final_structure: dict | None = None
+    #: The geometry FHI-aims read (its "Input geometry" block): ``symbols``, ``positions`` (Å), ``cell`` (or None).
+    input_geometry: dict | None = None
+    #: Every later geometry it printed (relaxation steps, MD steps, socket-driver steps), in order, same layout.
+    later_geometries: list = field(default_factory=list)
     is_relaxation: bool = False
     timings: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
@@ -166,6 +179,13 @@ def parse_aims_output(text: str) -> AimsOutput:
             forces, consumed = _read_forces(lines, index + 1)
             current.forces = forces
             index += consumed
+        elif stripped == 'Input geometry:' and out.input_geometry is None:
+            out.input_geometry, consumed = _read_input_geometry(lines, index + 1)
+            index += consumed
+        elif stripped.startswith(_LATER_GEOMETRY_HEADERS):
+            # Not skipped over: the block's lines match nothing else, and a block that does not end as expected must
+            # not hide the lines after it.
+            out.later_geometries.append(_read_final_geometry(lines, index + 1)[0])
         elif stripped == 'Final atomic structure:':
             out.final_structure, consumed = _read_final_geometry(lines, index + 1)
             index += consumed
@@ -225,6 +245,25 @@ def _read_final_geometry(lines: list[str], start: int) -> tuple[dict, int]:
         else:
             positions.append(vector)
             symbols.append(match.group(5))
+    return {'cell': cell or None, 'positions': positions, 'symbols': symbols}, consumed
+
+
+def _read_input_geometry(lines: list[str], start: int) -> tuple[dict, int]:
+    """The "Input geometry:" block: optional "| Unit cell:" rows, then "| Atomic structure:" rows; ends at a blank."""
+    cell, positions, symbols = [], [], []
+    consumed = 0
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        consumed += 1
+        atom = _INPUT_ATOM_ROW.match(line)
+        if atom:
+            symbols.append(atom.group(1))
+            positions.append([_float(atom.group(k)) for k in (2, 3, 4)])
+            continue
+        vector = _INPUT_CELL_ROW.match(line)
+        if vector and not positions:
+            cell.append([_float(vector.group(k)) for k in (1, 2, 3)])
     return {'cell': cell or None, 'positions': positions, 'symbols': symbols}, consumed
 
 

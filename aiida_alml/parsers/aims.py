@@ -8,6 +8,7 @@ import numpy as np
 from aiida import orm
 from aiida.parsers import Parser
 
+from aiida_alml.calculations.aims import SPECIES_DIGEST_FILE
 from aiida_alml.engines.aims_output import AimsOutput, parse_aims_output
 
 __all__ = ('AimsParser',)
@@ -74,6 +75,9 @@ class AimsParser(Parser):
             return self.exit_codes.ERROR_INCONSISTENT_OUTPUT.format(
                 detail=f'{len(last.forces)} force rows for {len(structure.sites)} atoms'
             )
+        problem = self._geometry_problem(out)
+        if problem:
+            return self.exit_codes.ERROR_GEOMETRY_MISMATCH.format(detail=problem)
         forces = orm.ArrayData()
         forces.set_array('forces', last.forces)
         self.out('forces', forces)
@@ -86,7 +90,9 @@ class AimsParser(Parser):
             stress_voigt = [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]]
         if out.is_relaxation and out.final_structure:
             self.out('output_structure', structure)
-        self.out('labelled', self._labelled(structure, last.free_energy, last.forces, stress_voigt, out))
+        species_digests = _species_digests(self._read(retrieved, SPECIES_DIGEST_FILE, names))
+        labelled = self._labelled(structure, last.free_energy, last.forces, stress_voigt, out, species_digests)
+        self.out('labelled', labelled)
         return None
 
     # ------------------------------------------------------------------ helpers
@@ -104,6 +110,27 @@ class AimsParser(Parser):
             return self.exit_codes.ERROR_OUT_OF_MEMORY.format(detail=match.group(0))
         if status == SCHEDULER_OUT_OF_MEMORY:
             return self.exit_codes.ERROR_OUT_OF_MEMORY.format(detail='reported by the scheduler')
+        return None
+
+    def _geometry_problem(self, out: AimsOutput) -> str | None:
+        """Why the labels may not belong to the input geometry, or None.
+
+        FHI-aims prints the geometry it read ("Input geometry") and every geometry it moves to later (relaxation, MD,
+        socket-driver steps). The input one must be the input structure; for anything but a relaxation (whose labels
+        are those of the relaxed geometry, ``output_structure``) no later geometry may differ from it either.
+        """
+        atoms = self.node.inputs.structure.get_ase()
+        if not out.input_geometry or not out.input_geometry['positions']:
+            return 'aims.out shows no "Input geometry" block to check the labelled positions against'
+        problem = _geometry_difference(atoms, out.input_geometry, 'the input geometry FHI-aims read')
+        if problem or out.is_relaxation:
+            return problem
+        for step, geometry in enumerate(out.later_geometries, start=1):
+            problem = _geometry_difference(
+                atoms, geometry, f'geometry {step} FHI-aims moved to (MD, relaxation or socket-driver keywords?)'
+            )
+            if problem:
+                return problem
         return None
 
     def _final_structure(self, out: AimsOutput) -> orm.StructureData:
@@ -153,48 +180,116 @@ class AimsParser(Parser):
             )
         return params
 
-    def _labelled(self, structure, energy, forces, stress_voigt, out: AimsOutput):
+    def _labelled(self, structure, energy, forces, stress_voigt, out: AimsOutput, species_digests: dict):
         from ase.calculators.singlepoint import SinglePointCalculator
 
         from aiida_alml.data.configurations import ConfigurationSet
+        from aiida_alml.label_settings import with_label_settings
 
         atoms = structure.get_ase()
         results = {'energy': energy, 'forces': np.asarray(forces)}
         if stress_voigt is not None and all(atoms.pbc):
             results['stress'] = np.asarray(stress_voigt)
         atoms.calc = SinglePointCalculator(atoms, **results)
-        metadata = {
-            'source_calc_uuid': self.node.uuid,
-            'labeller': 'fhi-aims',
-            'fhi_aims_version': out.version,
-            'label_settings': label_settings(self.node),
-        }
+        metadata = {'source_calc_uuid': self.node.uuid, 'labeller': 'fhi-aims', 'fhi_aims_version': out.version}
+        metadata = with_label_settings(metadata, label_settings(self.node, out.version, species_digests))
         return ConfigurationSet.from_ase([atoms], metadata=[metadata])
 
 
-def label_settings(node) -> dict:
-    """The settings that make labels of different calculations comparable (or not), from a calculation's inputs.
+#: Largest distance (Å) between an input position and the one FHI-aims printed (8 decimals) for the same atom.
+POSITION_TOLERANCE = 1e-4
 
-    Two labels may only be merged into one training set when these agree: exchange-correlation functional, treatment
-    of relativity, occupation smearing, spin, and the species defaults (directory, or per-element file hashes).
+
+def label_settings(node, fhi_aims_version: str | None = None, species_digests: dict | None = None) -> dict:
+    """Everything that decides the labels of an ``alml.aims`` calculation, from its inputs (see label_settings.py).
+
+    The code (``label@computer``) and calculation plugin, the FHI-aims version, every control.in keyword except those
+    that only steer the SCF (:data:`~aiida_alml.engines.aims_io.SCF_PATH_KEYWORDS`): functional, relativity,
+    smearing, spin, charge, ``sc_accuracy_*``, dispersion, ...; the k-point mesh (``k_grid``, ``k_offset``) and the
+    SHA-256 of each species file used (``species_hashes``: uploaded ``species`` files, or the ``species_dir`` files
+    hashed by the job script). Only when the contents are unknown is the ``species_dir`` path recorded instead.
     """
     import hashlib
 
+    from aiida_alml.engines.aims_io import result_keywords, species_filename
+
     params = node.inputs.parameters.get_dict()
+    code = node.inputs.code
     settings = {
-        'xc': params.get('xc'),
-        'relativistic': params.get('relativistic'),
-        'occupation_type': params.get('occupation_type'),
-        'spin': params.get('spin', 'none'),
-        'many_body_dispersion': params.get('many_body_dispersion'),
-        'vdw_correction_hirshfeld': params.get('vdw_correction_hirshfeld'),
+        'labeller': 'fhi-aims',
+        'code': code.full_label,
+        'plugin': node.process_type.rsplit(':', 1)[-1],
+        'fhi_aims_version': fhi_aims_version,
+        **result_keywords(params),
     }
-    if 'species_dir' in node.inputs:
-        settings['species_dir'] = node.inputs.species_dir.value
+    if 'kpoints' in node.inputs:
+        mesh, offset = node.inputs.kpoints.get_kpoints_mesh()
+    else:
+        # The mesh given as keywords ('4 4 4' or [4, 4, 4]) is recorded like one from the `kpoints` input.
+        mesh, offset = params.get('k_grid'), params.get('k_offset')
+    if mesh is not None:
+        settings['k_grid'] = [int(n) for n in (mesh.split() if isinstance(mesh, str) else mesh)]
+        offset = [float(x) for x in ((offset.split() if isinstance(offset, str) else offset) or [])]
+        settings.pop('k_offset', None)
+        if any(offset):
+            settings['k_offset'] = offset
+    used = {species_filename(number) for number in node.inputs.structure.get_ase().numbers}
     if 'species' in node.inputs:
         folder = node.inputs.species
-        settings['species_hashes'] = {
-            name: hashlib.sha256(folder.base.repository.get_object_content(name, mode='rb')).hexdigest()[:16]
-            for name in sorted(folder.base.repository.list_object_names())
+        species_digests = {
+            name: hashlib.sha256(folder.base.repository.get_object_content(name, mode='rb')).hexdigest()
+            for name in used
         }
+    if species_digests and used <= set(species_digests):
+        settings['species_hashes'] = {name: species_digests[name] for name in sorted(used)}
+    elif 'species_dir' in node.inputs:
+        settings['species_dir'] = node.inputs.species_dir.value
     return settings
+
+
+def _species_digests(text: str) -> dict:
+    """File name -> SHA-256 from ``sha256sum`` output lines (``<hex>  <path>``, or ``<hex> *<path>``)."""
+    digests = {}
+    for line in text.splitlines():
+        parts = line.split(maxsplit=1)
+        if len(parts) == 2 and re.fullmatch(r'[0-9a-f]{64}', parts[0]):
+            digests[parts[1].lstrip('*').rsplit('/', 1)[-1]] = parts[0]
+    return digests
+
+
+def _geometry_difference(atoms, printed: dict, what: str) -> str | None:
+    """How ``printed`` (a geometry from aims.out) differs from ``atoms`` beyond :data:`POSITION_TOLERANCE`, or None.
+
+    Positions of a periodic cell are compared modulo its lattice vectors, in case FHI-aims wrapped an atom back
+    into the cell.
+    """
+    symbols = list(atoms.get_chemical_symbols())
+    if len(printed['positions']) != len(symbols):
+        return f'{what} has {len(printed["positions"])} atoms, the input structure {len(symbols)}'
+    if list(printed['symbols']) != symbols:
+        index = next(i for i, (a, b) in enumerate(zip(printed['symbols'], symbols)) if a != b)
+        return f'atom {index} is {printed["symbols"][index]} in {what} but {symbols[index]} in the input structure'
+    periodic = bool(atoms.pbc.all())
+    cell = atoms.cell.array
+    if printed['cell'] is not None and not periodic:
+        return f'{what} has a unit cell but the input structure is not periodic'
+    if printed['cell'] is not None:
+        deviation = np.abs(np.asarray(printed['cell']) - cell).max()
+        if deviation > POSITION_TOLERANCE:
+            return f'the cell of {what} differs from the input cell (largest difference {deviation:.3g} Å)'
+    elif periodic and what.startswith('the input'):
+        return f'{what} has no unit cell but the input structure is periodic'
+    shift = np.asarray(printed['positions'], dtype=float) - atoms.positions
+    if periodic:
+        fractional = np.linalg.solve(cell.T, shift.T).T
+        shift = (fractional - np.round(fractional)) @ cell
+    distance = np.linalg.norm(shift, axis=1)
+    worst = int(np.argmax(distance))
+    if distance[worst] > POSITION_TOLERANCE:
+        labelled = np.round(printed['positions'][worst], 6).tolist()
+        given = np.round(atoms.positions[worst], 6).tolist()
+        return (
+            f'atom {worst} ({symbols[worst]}) is at {labelled} Å in {what} but at {given} Å in the input structure '
+            f'({distance[worst]:.3g} Å apart, tolerance {POSITION_TOLERANCE} Å)'
+        )
+    return None

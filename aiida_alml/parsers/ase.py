@@ -11,15 +11,18 @@ from aiida.parsers import Parser
 from aiida_alml.calculations.ase import LABELLED_FILE, REPORT_FILE
 from aiida_alml.configurations import ConfigurationError, Configurations
 from aiida_alml.data import ConfigurationSet
+from aiida_alml.engines.calculators import resolve_calculator
+from aiida_alml.label_settings import with_label_settings
 
-__all__ = ('AseLabelParser',)
+__all__ = ('AseLabelParser', 'label_settings')
 
 
 class AseLabelParser(Parser):
     """Attach ``output_parameters`` and, when any configuration succeeded, ``labelled``.
 
     Each labelled configuration keeps the metadata of its input configuration plus ``source_index`` (its position in
-    the input set) and ``labelled_by`` (the uuid of this calculation), so its origin can be traced without the graph.
+    the input set), ``labelled_by`` (the uuid of this calculation), so its origin can be traced without the graph, and
+    ``label_settings`` / ``label_fingerprint`` (:func:`label_settings`).
     """
 
     def parse(self, **kwargs):
@@ -45,9 +48,30 @@ class AseLabelParser(Parser):
 
         source = self.node.inputs.structures.configurations
         uuid = self.node.uuid
+        settings = label_settings(self.node, report)
         metadata = []
         for meta in labelled.metadata:
             index = meta['source_index']
-            metadata.append({**source.metadata[index], 'source_index': index, 'labelled_by': uuid})
+            # Settings recorded by an earlier labelling of the input are replaced: these labels are ours.
+            metadata.append(
+                with_label_settings({**source.metadata[index], 'source_index': index, 'labelled_by': uuid}, settings)
+            )
         self.out('labelled', ConfigurationSet(labelled.replace(metadata=metadata)))
         return None
+
+
+def label_settings(node, report: dict) -> dict:
+    """What decides the labels of an ``alml.ase`` job: code, calculator class and keyword arguments, properties, ASE.
+
+    The calculator is recorded by the class its name resolves to, so ``emt`` and ``ase.calculators.emt:EMT`` agree.
+    """
+    spec = node.inputs.calculator.get_dict()
+    calculator = resolve_calculator(spec['name'])
+    return {
+        'labeller': 'ase',
+        'code': node.inputs.code.full_label,
+        'plugin': node.process_type.rsplit(':', 1)[-1],
+        'calculator': {'class': f'{calculator.__module__}:{calculator.__qualname__}', 'kwargs': spec.get('kwargs', {})},
+        'properties': sorted(report['properties']),
+        'ase_version': report.get('ase_version'),
+    }

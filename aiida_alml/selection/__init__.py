@@ -7,7 +7,8 @@ from .calibration import (
     calibration_summary, expected_factor, f_cdf, fit_calibration, fit_calibration_factor, frame_coverage,
     promised_frame_coverage,
 )
-from .descriptors import radial_descriptor
+from .convergence import convergence_blockers
+from .descriptors import local_descriptors, radial_descriptor, selection_descriptors
 from .sampling import distance_to_set, farthest_point_sampling
 from .select import REASONS, SelectionResult, select_frames
 from .trust import ACCURATE, CANDIDATE, CLASS_NAMES, FAILED, classify, validate_trust_window
@@ -15,7 +16,7 @@ from .uncertainty import force_sigma, frame_uncertainty
 
 __all__ = (
     'ACCURATE', 'CANDIDATE', 'CLASS_NAMES', 'FAILED', 'REASONS', 'SelectionResult', 'calibration_summary',
-    'classify', 'distance_to_set', 'expected_factor', 'f_cdf', 'farthest_point_sampling', 'fit_calibration',
+    'classify', 'convergence_blockers', 'distance_to_set', 'expected_factor', 'f_cdf', 'farthest_point_sampling', 'fit_calibration',
     'fit_calibration_factor', 'force_sigma', 'frame_coverage', 'frame_uncertainty', 'promised_frame_coverage',
-    'radial_descriptor', 'select_frames', 'validate_trust_window',
+    'local_descriptors', 'radial_descriptor', 'select_frames', 'selection_descriptors', 'validate_trust_window',
 )

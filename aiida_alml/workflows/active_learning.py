@@ -16,6 +16,8 @@ from aiida import orm
 from aiida.engine import ToContext, WorkChain, if_, while_
 
 from aiida_alml.data import ConfigurationSet
+from aiida_alml.label_settings import labels_mismatch
+from aiida_alml.selection import convergence_blockers
 from aiida_alml.workflows.active_learning_inputs import (
     SELECTION_DEFAULTS,
     validate_active_learning_inputs,
@@ -132,6 +134,8 @@ class ActiveLearningWorkChain(WorkChain):
         spec.exit_code(412, 'ERROR_EXPLORATION_FAILED', message='Exploration failed in iteration {iteration}.')
         spec.exit_code(413, 'ERROR_LABELLING_FAILED',
                        message='Labelling failed in iteration {iteration}: not one frame was labelled.')
+        spec.exit_code(415, 'ERROR_INCONSISTENT_LABELS',
+                       message='New labels cannot join the training set: {detail}')
         spec.exit_code(414, 'ERROR_FINAL_TRAINING_FAILED',
                        message='The final training on the whole dataset failed; the last committee is attached.')
 
@@ -179,6 +183,8 @@ class ActiveLearningWorkChain(WorkChain):
         if self.ctx.dataset is None:
             self.ctx.dataset = labelled
         else:
+            if (problem := self._mismatch(labelled)):
+                return self.exit_codes.ERROR_INCONSISTENT_LABELS.format(detail=problem)
             self.ctx.dataset = merge_training_sets(
                 a_initial=self.ctx.dataset, b_labelled=labelled, metadata={'call_link_label': 'merge_initial'}
             )
@@ -257,12 +263,9 @@ class ActiveLearningWorkChain(WorkChain):
         observation = [self.ctx.entry['member_seeds'], self.ctx.entry['md_seeds']]
         explored_anew = observation not in self.ctx.observations
         self.ctx.observations.append(observation)
-        # Converged only on a new observation in which every counted frame is accurate enough, nothing failed or went
-        # missing (early stops, crashed runs), and σ has been checked against labels.
-        converged_now = (summary['accurate_fraction'] >= self.inputs.target_accurate_fraction.value
-                         and summary['failed_fraction'] == 0
-                         and summary['runs_stopped_early'] == 0 and summary['runs_crashed'] == 0
-                         and sigma_checked and explored_anew)
+        blockers = convergence_blockers(summary, self.inputs.target_accurate_fraction.value, sigma_checked,
+                                        explored_anew)
+        converged_now = not blockers
         self.ctx.accurate_streak = self.ctx.accurate_streak + 1 if converged_now else 0
         self.ctx.entry.update({
             key: summary[key] for key in (
@@ -272,6 +275,7 @@ class ActiveLearningWorkChain(WorkChain):
         })
         self.ctx.entry.update({'calibration_factor': self.ctx.calibration, 'sigma_checked': sigma_checked,
                                'explored_anew': explored_anew, 'converged_now': converged_now,
+                               'not_converged_because': blockers,
                                'streak': self.ctx.accurate_streak})
         stops = f', {summary["runs_stopped_early"]} runs stopped early' if summary['runs_stopped_early'] else ''
         crashes = f', {summary["runs_crashed"]} crashed' if summary['runs_crashed'] else ''
@@ -281,6 +285,8 @@ class ActiveLearningWorkChain(WorkChain):
             f'{stops}{crashes}; accurate {summary["accurate_fraction"]:.2%}, candidate '
             f'{summary["candidate_fraction"]:.2%}, failed {summary["failed_fraction"]:.2%}; '
             f'{summary["num_chosen"]} chosen{rescued}'
+            + (f'; does not count towards convergence: {"; ".join(blockers)}' if blockers else '; counts towards '
+               f'convergence ({self.ctx.accurate_streak} of {self.inputs.patience.value})')
         )
         self.ctx.selected = outputs.get('selected')
         self.ctx.predictions = outputs.get('predictions')
@@ -315,6 +321,8 @@ class ActiveLearningWorkChain(WorkChain):
             self.report(f'iteration {self.ctx.iteration}: {failed} of {attempted} labelling calculations failed; '
                         f'keeping the {len(labelled)} that succeeded')
         iteration = self.ctx.iteration
+        if (problem := self._mismatch(labelled)):
+            return self.exit_codes.ERROR_INCONSISTENT_LABELS.format(detail=problem)
         evaluation = evaluate_predictions(labelled, self.ctx.selected, self.ctx.predictions,
                                           metadata={'call_link_label': f'evaluate_{iteration}'})
         metrics = evaluation['metrics'].get_dict()
@@ -437,8 +445,17 @@ class ActiveLearningWorkChain(WorkChain):
                                  metadata={'call_link_label': link_label}).get_dict()
         return {'test_force_rmse': scores['force_rmse'], 'test_energy_rmse_per_atom': scores['energy_rmse_per_atom']}
 
+    def _mismatch(self, labelled: ConfigurationSet) -> str | None:
+        """Why ``labelled`` may not join the training set (settings differ from its labels), or None."""
+        return labels_mismatch(self.ctx.dataset.configurations.metadata, labelled.configurations.metadata)
+
     def _submit_labelling(self, structures: ConfigurationSet, link_label: str):
         inputs = self.exposed_inputs(LabelWorkChain, namespace='label')
         inputs['structures'] = structures
+        aims = inputs.get('aims', {})
+        if 'kpoints_distance' in aims and 'kpoints_reference' not in aims:
+            # One k-mesh per cell shape for the whole campaign: every labelling derives it from the same cells.
+            reference = self.inputs.get('exploration_structures') or self.inputs.get('initial_structures')
+            inputs['aims'] = {**aims, 'kpoints_reference': reference}
         inputs['metadata'] = {'call_link_label': link_label}
         return self.submit(LabelWorkChain, **inputs)

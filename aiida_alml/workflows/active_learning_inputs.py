@@ -17,6 +17,7 @@ SELECTION_DEFAULTS = {
     'mode': 'fps',
     'rescue_failed': True,
     'seed': 0,
+    'descriptor': 'local',
     'descriptor_r_cut': 5.0,
     'descriptor_bins': 32,
 }
@@ -50,8 +51,15 @@ def validate_selection(value, _=None) -> str | None:
         return f"selection: mode must be one of {', '.join(MODES)}, got {settings['mode']!r}"
     if not isinstance(settings['rescue_failed'], bool):
         return f'selection: rescue_failed must be true or false, got {settings["rescue_failed"]!r}'
+    for key in ('min_distance', 'descriptor_r_cut'):
+        if isinstance(settings[key], bool) or not isinstance(settings[key], (int, float)):
+            return f'selection: {key} must be a number, got {settings[key]!r}'
+    if isinstance(settings['descriptor_bins'], bool) or not isinstance(settings['descriptor_bins'], int):
+        return f'selection: descriptor_bins must be a whole number, got {settings["descriptor_bins"]!r}'
     if settings['min_distance'] < 0:
         return f'selection: min_distance must be non-negative, got {settings["min_distance"]}'
+    if settings['descriptor'] not in ('local', 'radial'):
+        return f"selection: descriptor must be 'local' or 'radial', got {settings['descriptor']!r}"
     if settings['descriptor_r_cut'] <= 0 or int(settings['descriptor_bins']) < 2:
         return 'selection: descriptor_r_cut must be positive and descriptor_bins at least 2'
     return None
@@ -95,6 +103,11 @@ def validate_active_learning_inputs(inputs, _=None) -> str | None:
         if not {'energy', 'forces'} <= labels:
             return (f'initial_dataset: needs energy and forces labels, has {sorted(labels) or "none"}; give '
                     'unlabelled structures as initial_structures to have them labelled')
+        if not any(meta.get('label_settings') for meta in inputs['initial_dataset'].configurations.metadata):
+            return ('initial_dataset: its labels record no settings (which code, functional, k-points ... made them), '
+                    'so they cannot be checked against the labels this campaign makes; label the structures here '
+                    '(give them as initial_structures) or declare how they were made with '
+                    'aiida_alml.workflows.label.declare_label_settings')
     if 'test_set' in inputs and not {'energy', 'forces'} <= set(inputs['test_set'].labels):
         return f'test_set: needs energy and forces labels, has {sorted(inputs["test_set"].labels) or "none"}'
     if 'exploration_structures' not in inputs and 'initial_structures' not in inputs:

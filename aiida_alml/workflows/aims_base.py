@@ -9,7 +9,7 @@ from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_han
 from aiida_alml.calculations.aims import AimsCalculation
 from aiida_alml.protocols import get_protocol_inputs
 
-__all__ = ('AimsBaseWorkChain',)
+__all__ = ('AimsBaseWorkChain', 'kpoints_mesh')
 
 #: FHI-aims' own default linear mixing parameter, used when control.in does not set one.
 DEFAULT_CHARGE_MIX_PARAM = 0.05
@@ -64,6 +64,7 @@ class AimsBaseWorkChain(BaseRestartWorkChain):
         spec.exit_code(310, 'ERROR_MISSING_SPECIES', message='A species default file is missing: not recoverable.')
         spec.exit_code(320, 'ERROR_OUT_OF_MEMORY', message='Out of memory even with the memory-saving settings.')
         spec.exit_code(340, 'ERROR_SCF_UNRECOVERABLE', message='The SCF did not converge with any mixing strategy.')
+        spec.exit_code(352, 'ERROR_GEOMETRY_MISMATCH', message='FHI-aims labelled another geometry than the input.')
 
     # ------------------------------------------------------------------ protocols
     @classmethod
@@ -118,9 +119,9 @@ class AimsBaseWorkChain(BaseRestartWorkChain):
         if 'kpoints' in self.inputs:
             self.ctx.inputs.kpoints = self.inputs.kpoints
         elif 'kpoints_distance' in self.inputs:
+            # A mesh per cell: strained cells may get other meshes. alml.label fixes one per cell shape instead.
             kpoints = orm.KpointsData()
-            kpoints.set_cell_from_structure(structure)
-            kpoints.set_kpoints_mesh_from_density(self.inputs.kpoints_distance.value)
+            kpoints.set_kpoints_mesh(kpoints_mesh(structure.cell, self.inputs.kpoints_distance.value))
             self.ctx.inputs.kpoints = kpoints
         elif 'k_grid' not in self.ctx.inputs.parameters.get_dict():
             return self.exit_codes.ERROR_INVALID_KPOINTS
@@ -138,6 +139,12 @@ class AimsBaseWorkChain(BaseRestartWorkChain):
         """No species default, no calculation: a setup problem a restart cannot fix."""
         self.report(f'{node.process_label}<{node.pk}>: {node.exit_message}; giving up (fix the species input)')
         return ProcessHandlerReport(True, self.exit_codes.ERROR_MISSING_SPECIES)
+
+    @process_handler(priority=595, exit_codes=[AimsCalculation.exit_codes.ERROR_GEOMETRY_MISMATCH])
+    def handle_geometry_mismatch(self, node):
+        """FHI-aims computed another geometry than the input (MD or relaxation keywords): a rerun would do the same."""
+        self.report(f'{node.process_label}<{node.pk}>: {node.exit_message}; giving up')
+        return ProcessHandlerReport(True, self.exit_codes.ERROR_GEOMETRY_MISMATCH)
 
     @process_handler(priority=590, exit_codes=[AimsCalculation.exit_codes.ERROR_OUT_OF_MEMORY])
     def handle_out_of_memory(self, node):
@@ -217,6 +224,18 @@ class AimsBaseWorkChain(BaseRestartWorkChain):
         for symbol, position in zip(symbols, positions):
             structure.append_atom(position=position, symbols=symbol)
         return structure
+
+
+def kpoints_mesh(cell, distance: float) -> list[int]:
+    """The Monkhorst-Pack mesh of a periodic ``cell`` (Å) with k-points at most ``distance`` (1/Å, 2π included) apart.
+
+    AiiDA's rule (:meth:`KpointsData.set_kpoints_mesh_from_density`): ceil(|b_i| / distance) points along each
+    reciprocal vector b_i.
+    """
+    kpoints = orm.KpointsData()
+    kpoints.set_cell(cell, pbc=(True, True, True))
+    kpoints.set_kpoints_mesh_from_density(distance)
+    return [int(n) for n in kpoints.get_kpoints_mesh()[0]]
 
 
 def _smearing(parameters: dict) -> float:

@@ -9,7 +9,7 @@ from aiida.engine import calcfunction
 from aiida_alml.configurations import Configurations
 from aiida_alml.data import ConfigurationSet
 from aiida_alml.selection import (
-    CLASS_NAMES, REASONS, fit_calibration, frame_uncertainty, radial_descriptor, select_frames,
+    CLASS_NAMES, REASONS, fit_calibration, frame_uncertainty, select_frames, selection_descriptors,
 )
 
 __all__ = (
@@ -38,15 +38,18 @@ def split_structures(structures: ConfigurationSet) -> dict:
 
 @calcfunction
 def merge_training_sets(**sets: ConfigurationSet) -> ConfigurationSet:
-    """Concatenate labelled sets in the order of their (sorted) keys; every configuration keeps its metadata."""
-    return ConfigurationSet(Configurations.concatenate([sets[key].configurations for key in sorted(sets)]))
+    """Concatenate labelled sets in the order of their (sorted) keys; every configuration keeps its metadata.
 
+    Refuses sets whose labels were computed with different settings (see :mod:`aiida_alml.label_settings`).
+    """
+    from aiida_alml.label_settings import labels_mismatch
 
-def _descriptors(configurations: list, elements: list[int], settings: dict) -> np.ndarray:
-    return np.array([
-        radial_descriptor(atoms, elements, r_cut=settings['descriptor_r_cut'], n_bins=settings['descriptor_bins'])
-        for atoms in configurations
-    ])
+    keys = sorted(sets)
+    for key in keys[1:]:
+        problem = labels_mismatch(sets[keys[0]].configurations.metadata, sets[key].configurations.metadata)
+        if problem:
+            raise ValueError(f'refusing to merge {keys[0]} and {key}: {problem}')
+    return ConfigurationSet(Configurations.concatenate([sets[key].configurations for key in keys]))
 
 
 def exploration_accounting(overview: dict) -> dict:
@@ -117,8 +120,10 @@ def select_for_labelling(
     uncertainty = np.array([frame_uncertainty(sigma, calibration.value) for sigma in sigma_atoms])
 
     elements = sorted(set(training_set.configurations.numbers.tolist()).union(*(set(a.numbers) for a in frames)))
-    descriptors = _descriptors(frames, elements, settings)
-    training_descriptors = _descriptors(training_set.to_ase(), elements, settings)
+    descriptors, training_descriptors = selection_descriptors(
+        frames, training_set.to_ase(), sigma_atoms, elements, kind=settings['descriptor'],
+        r_cut=settings['descriptor_r_cut'], n_bins=settings['descriptor_bins'],
+    )
     trajectory_index = np.array([o[0] for o in origin], dtype=np.int64)
     steps = np.array(steps, dtype=np.int64)
     result = select_frames(
@@ -190,6 +195,17 @@ def select_for_labelling(
     return outputs
 
 
+#: How every force RMSE/MAE we report is taken (as MACE's logs and most papers do); σ and calibration use vector norms.
+FORCE_ERROR_CONVENTION = 'per Cartesian component'
+
+
+def force_errors(differences: np.ndarray) -> dict:
+    """RMSE and MAE over Cartesian components of force differences (n_atoms, 3)."""
+    differences = np.asarray(differences, dtype=float)
+    return {'force_rmse': float(np.sqrt(np.mean(differences**2))), 'force_mae': float(np.mean(np.abs(differences))),
+            'force_error_convention': FORCE_ERROR_CONVENTION}
+
+
 @calcfunction
 def evaluate_predictions(labelled: ConfigurationSet, selected: ConfigurationSet, predictions: orm.ArrayData) -> dict:
     """The committee's error on freshly labelled frames (out of sample by construction), with the (error, σ) pairs
@@ -204,11 +220,13 @@ def evaluate_predictions(labelled: ConfigurationSet, selected: ConfigurationSet,
     predicted_forces = predictions.get_array('forces')
     predicted_sigma = predictions.get_array('force_sigma')
     predicted_energy = predictions.get_array('energy') if 'energy' in predictions.get_arraynames() else None
-    errors, sigmas, frame_of_atom, energy_errors, reasons = [], [], [], [], []
+    differences, errors, sigmas, frame_of_atom, energy_errors, reasons = [], [], [], [], [], []
     for index, meta in enumerate(labels.metadata):
         rank = meta['selection_index']
         source = chosen.atom_slice(rank)
-        error = np.linalg.norm(predicted_forces[source] - labels.forces[labels.atom_slice(index)], axis=1)
+        difference = predicted_forces[source] - labels.forces[labels.atom_slice(index)]
+        error = np.linalg.norm(difference, axis=1)
+        differences.append(difference)
         errors.append(error)
         sigmas.append(predicted_sigma[source])
         frame_of_atom.append(np.full(len(error), index))
@@ -218,8 +236,7 @@ def evaluate_predictions(labelled: ConfigurationSet, selected: ConfigurationSet,
     errors, sigmas, frame_of_atom = np.concatenate(errors), np.concatenate(sigmas), np.concatenate(frame_of_atom)
     result = {
         'num_frames': len(labels),
-        'force_rmse': float(np.sqrt(np.mean(errors**2))),
-        'force_mae': float(np.mean(errors)),
+        **force_errors(np.concatenate(differences)),
         'energy_rmse_per_atom': float(np.sqrt(np.mean(np.square(energy_errors)))) if energy_errors else None,
     }
     pairs = orm.ArrayData()
@@ -269,18 +286,16 @@ def score_committee(test_set: ConfigurationSet, **models) -> orm.Dict:
         calculator = CommitteeCalculator(model_paths=paths, default_dtype=members[0].dtype,
                                          expected_sha256=[model.sha256 for model in members])
         configurations = test_set.configurations
-        energy_errors, force_errors, sigmas = [], [], []
+        energy_errors, differences, sigmas = [], [], []
         for index, atoms in enumerate(test_set.to_ase()):
             reference_forces = configurations.forces[configurations.atom_slice(index)]
             atoms.calc = calculator
             energy_errors.append((atoms.get_potential_energy() - configurations.energy[index]) / len(atoms))
-            force_errors.append(np.linalg.norm(atoms.get_forces() - reference_forces, axis=1))
+            differences.append(atoms.get_forces() - reference_forces)
             sigmas.append(calculator.results['force_sigma'])
-    force_errors, sigmas = np.concatenate(force_errors), np.concatenate(sigmas)
     return orm.Dict({
         'num_configurations': len(test_set),
         'energy_rmse_per_atom': float(np.sqrt(np.mean(np.square(energy_errors)))),
-        'force_rmse': float(np.sqrt(np.mean(force_errors**2))),
-        'force_mae': float(np.mean(force_errors)),
-        'mean_force_sigma': float(np.mean(sigmas)),
+        **force_errors(np.concatenate(differences)),
+        'mean_force_sigma': float(np.mean(np.concatenate(sigmas))),
     })

@@ -7,63 +7,96 @@
 
 The labelled configurations are gathered into one ConfigurationSet by :func:`merge_labelled`, a calcfunction whose
 inputs are the per-calculation outputs, so each configuration stays linked to the calculation that made it; every
-configuration's metadata also names that calculation (``source_calc_uuid``). Failures are recorded in the
-``failures`` output; the work chain fails only when their fraction exceeds ``max_failed_fraction``.
+configuration's metadata also names that calculation (``source_calc_uuid``) and records the settings that made its
+labels (``label_settings``, ``label_fingerprint``; see :mod:`aiida_alml.label_settings`): labels with other settings
+are not merged. Failures are recorded in the ``failures`` output; the work chain fails only when their fraction
+exceeds ``max_failed_fraction``.
+
+FHI-aims labelling is a single point at the given geometry: relaxation and MD keywords are refused, and with
+``aims.kpoints_distance`` the k-point mesh is fixed once per cell shape (:func:`fixed_kpoint_meshes`) instead of
+being rebuilt for every strained cell.
 """
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, append_, calcfunction, if_, while_
 from aiida.plugins import CalculationFactory
 
 from aiida_alml.data.configurations import ConfigurationSet
-from aiida_alml.workflows.aims_base import AimsBaseWorkChain
+from aiida_alml.engines.aims_io import run_changing_keywords
+from aiida_alml.label_settings import SETTINGS_KEY, inconsistent_settings, labels_mismatch, with_label_settings
+from aiida_alml.workflows.aims_base import AimsBaseWorkChain, kpoints_mesh
 
-__all__ = ('LabelWorkChain', 'merge_labelled', 'parse_shell_labels', 'inconsistent_settings')
+__all__ = (
+    'LabelWorkChain', 'merge_labelled', 'parse_shell_labels', 'declare_label_settings', 'inconsistent_settings',
+    'labels_mismatch', 'fixed_kpoint_meshes',
+)
 
 LABELLERS = ('aims', 'ase', 'shell')
 GEOMETRY_PLACEHOLDER = '{geometry}'
+#: A cell shares the k-point mesh of a reference cell when it is that cell strained by at most this much: every
+#: element of the deformation F (cell = reference @ F, rows are lattice vectors) within this of the identity's.
+KPOINTS_CELL_TOLERANCE = 0.15
 
 
-def inconsistent_settings(metadata: list[dict]) -> str | None:
-    """Why labels with these metadata may not share one training set, or None when they may.
+def fixed_kpoint_meshes(cells, periodic, distance: float, reference_cells=()) -> list[tuple[list[int], int] | None]:
+    """One k-point mesh per cell shape: (mesh, index of its reference cell) per cell, None for a non-periodic one.
 
-    Labels are comparable only when computed with the same functional, relativity, smearing, spin treatment and the
-    same species defaults. Species files are compared per element: two sets using different elements are fine as long
-    as any element they share has the same file.
+    ``kpoints_distance`` applied to every cell separately gives strained cells (NPT, finite-temperature frames)
+    meshes that jump between neighbouring integers, and with them a discontinuous energy surface. Here the mesh of a
+    cell is that of the first reference cell it is a strained copy of (within :data:`KPOINTS_CELL_TOLERANCE`); the
+    references are ``reference_cells`` in order, then every cell that matches none before it (a supercell of another
+    size or shape gets its own mesh). A reference's index counts ``reference_cells`` first.
     """
-    reference: dict | None = None
-    species: dict[str, tuple[str, int]] = {}
-    for index, meta in enumerate(metadata):
-        settings = dict(meta.get('label_settings') or {})
-        for name, digest in (settings.pop('species_hashes', None) or {}).items():
-            seen = species.setdefault(name, (digest, index))
-            if seen[0] != digest:
-                return f'configuration {index} used a different species file {name} than configuration {seen[1]}'
-        if reference is None:
-            reference = (settings, index)
+    references = [np.asarray(cell, dtype=float) for cell in reference_cells]
+    meshes = [kpoints_mesh(cell, distance) for cell in references]
+    chosen = []
+    for cell, is_periodic in zip(cells, periodic):
+        if not is_periodic:
+            chosen.append(None)
             continue
-        for key in sorted(set(settings) | set(reference[0])):
-            if settings.get(key) != reference[0].get(key):
-                return (
-                    f'configuration {index} was labelled with {key}={settings.get(key)!r} but configuration '
-                    f'{reference[1]} with {key}={reference[0].get(key)!r}'
-                )
-    return None
+        cell = np.asarray(cell, dtype=float)
+        for index, reference in enumerate(references):
+            deformation = np.linalg.solve(reference, cell)
+            if np.abs(deformation - np.eye(3)).max() <= KPOINTS_CELL_TOLERANCE:
+                chosen.append((meshes[index], index))
+                break
+        else:
+            references.append(cell)
+            meshes.append(kpoints_mesh(cell, distance))
+            chosen.append((meshes[-1], len(references) - 1))
+    return chosen
+
+
+def _recorded(meta: dict, kpoints_distance: float | None) -> dict:
+    """One labelled configuration's metadata with the k-point distance its fixed mesh came from added to its settings.
+
+    The calculation saw only the mesh; the density rule is the work chain's, so the work chain records it (periodic
+    configurations only: a molecule has no k-points).
+    """
+    settings = meta.get(SETTINGS_KEY)
+    if kpoints_distance is None or not settings or 'k_grid' not in settings:
+        return meta
+    return with_label_settings(meta, {**settings, 'kpoints_distance': kpoints_distance})
 
 
 @calcfunction
-def merge_labelled(structures: ConfigurationSet, indices: orm.List, **labelled) -> ConfigurationSet:
+def merge_labelled(
+    structures: ConfigurationSet, indices: orm.List, kpoints_distance: orm.Float | None = None, **labelled
+) -> ConfigurationSet:
     """One ConfigurationSet of every labelled configuration, in input order, each knowing its source calculation.
 
     ``labelled`` maps ``set_<k>`` to the labelled ConfigurationSet of the k-th entry of ``indices`` (the input
-    positions it covers). Refuses to merge labels computed with inconsistent settings.
+    positions it covers). ``kpoints_distance``: the density the fixed FHI-aims k-meshes were derived from, added to
+    the recorded settings of the periodic configurations. Refuses to merge labels computed with inconsistent settings.
     """
     from aiida_alml.configurations import Configurations
 
+    distance = kpoints_distance.value if kpoints_distance is not None else None
     positions = indices.get_list()
     images, metadata, order = [], [], []
     for key in sorted(labelled, key=lambda name: int(name.split('_')[1])):
@@ -75,7 +108,7 @@ def merge_labelled(structures: ConfigurationSet, indices: orm.List, **labelled) 
             meta.setdefault('source_calc_uuid', meta.get('labelled_by') or (creator.uuid if creator else None))
             original = structures.configurations.metadata[source_index]
             images.append(atoms)
-            metadata.append({**original, **meta, 'input_index': source_index})
+            metadata.append(_recorded({**original, **meta, 'input_index': source_index}, distance))
             order.append(source_index)
     problem = inconsistent_settings(metadata)
     if problem:
@@ -104,15 +137,49 @@ def parse_shell_labels(output_file: orm.SinglefileData, file_format: orm.Str) ->
         raise ValueError(f'{output_file.filename}: no {" and ".join(missing)} in the program output')
     creator = output_file.creator
     meta = {'labeller': 'shell', 'source_calc_uuid': creator.uuid if creator else None}
+    if creator is not None:
+        # What decides the numbers: the program (its code) and its command line; the output format only says how
+        # to read them, but a different reader could round differently.
+        settings = {
+            'labeller': 'shell',
+            'code': creator.inputs.code.full_label,
+            'plugin': creator.process_type.rsplit(':', 1)[-1],
+            'arguments': creator.inputs.arguments.get_list() if 'arguments' in creator.inputs else [],
+            'output_format': file_format.value,
+        }
+        meta = with_label_settings(meta, settings)
     return ConfigurationSet.from_ase([atoms], metadata=[meta])
+
+
+@calcfunction
+def declare_label_settings(labelled: ConfigurationSet, settings: orm.Dict) -> ConfigurationSet:
+    """The same labels, declared to have been computed with ``settings`` (recorded, with their fingerprint).
+
+    For labels made elsewhere (an extxyz file, another database) that should join a training set whose labels
+    record their settings: copy the settings of a configuration made here
+    (``node.configurations.metadata[0]['label_settings']``) once you have made sure the other labels were computed
+    the same way. The claim is in the provenance (this calcfunction). Configurations that already record other
+    settings are refused.
+    """
+    declared = settings.get_dict()
+    metadata = []
+    for index, meta in enumerate(labelled.configurations.metadata):
+        recorded = meta.get(SETTINGS_KEY)
+        if recorded and recorded != declared:
+            problem = labels_mismatch([{SETTINGS_KEY: recorded}], [{SETTINGS_KEY: declared}])
+            raise ValueError(f'configuration {index} already records other label settings: {problem}')
+        metadata.append(with_label_settings(meta, declared))
+    return ConfigurationSet(labelled.configurations.replace(metadata=metadata))
 
 
 def validate_label_inputs(inputs, _):
     labeller = inputs['labeller'].value
     if labeller not in LABELLERS:
         return f'labeller: {labeller!r} is not one of {LABELLERS}'
-    if labeller == 'aims' and 'code' not in inputs.get('aims', {}).get('aims', {}):
-        return 'aims.aims.code: the FHI-aims code is needed for labeller aims'
+    if labeller == 'aims':
+        problem = _aims_label_problem(inputs.get('aims', {}))
+        if problem:
+            return problem
     if labeller == 'ase' and ('code' not in inputs.get('ase', {}) or 'calculator' not in inputs.get('ase', {})):
         return 'ase.code, ase.calculator: both are needed for labeller ase'
     if labeller == 'shell':
@@ -127,6 +194,26 @@ def validate_label_inputs(inputs, _):
         return f'max_failed_fraction: must be in [0, 1), got {fraction}'
     if inputs['max_concurrent'].value < 1:
         return f'max_concurrent: must be at least 1, got {inputs["max_concurrent"].value}'
+    return None
+
+
+def _aims_label_problem(aims) -> str | None:
+    """What makes the FHI-aims inputs unfit for labelling (single points at the given geometries), or None."""
+    if 'code' not in aims.get('aims', {}):
+        return 'aims.aims.code: the FHI-aims code is needed for labeller aims'
+    parameters = aims['aims']['parameters'].get_dict() if 'parameters' in aims['aims'] else {}
+    refused = run_changing_keywords(parameters)
+    if refused:
+        return (
+            f'aims.aims.parameters: {", ".join(refused)} would make FHI-aims move the atoms (relaxation, molecular '
+            'dynamics or a socket driver); labelling is a single point at the given geometry'
+        )
+    if 'kpoints' in aims and 'kpoints_distance' in aims:
+        return 'aims.kpoints, aims.kpoints_distance: give one (a fixed mesh, or the distance the mesh is derived from)'
+    if 'kpoints_distance' in aims and 'k_grid' in parameters:
+        return 'aims.kpoints_distance, aims.aims.parameters[k_grid]: give one'
+    if 'kpoints_reference' in aims and 'kpoints_distance' not in aims:
+        return 'aims.kpoints_reference: needs aims.kpoints_distance (the reference cells\' meshes are derived from it)'
     return None
 
 
@@ -145,6 +232,12 @@ class LabelWorkChain(WorkChain):
         spec.expose_inputs(
             AimsBaseWorkChain, namespace='aims', exclude=('aims.structure',),
             namespace_options={'required': False, 'populate_defaults': False},
+        )
+        spec.input(
+            'aims.kpoints_reference', valid_type=ConfigurationSet, required=False,
+            help='Cells whose k-point meshes (from aims.kpoints_distance) the strained copies among the structures '
+            'share; pass the same set to every alml.label of a campaign to fix its meshes once. Default: the first '
+            'structure of each cell shape.',
         )
         spec.input_namespace('ase', required=False, populate_defaults=False)
         spec.input('ase.code', valid_type=orm.AbstractCode, required=False)
@@ -185,6 +278,34 @@ class LabelWorkChain(WorkChain):
         self.ctx.total = self.inputs.structures.num_configurations
         self.ctx.next_index = 0
         self.ctx.children = []
+        self.ctx.kpoints = None
+        if self.ctx.labeller == 'aims' and 'kpoints_distance' in self.inputs.aims:
+            self.ctx.kpoints = self._fix_kpoints(self.inputs.aims.kpoints_distance.value)
+
+    def _fix_kpoints(self, distance: float) -> list[str | None]:
+        """One stored KpointsData per cell shape (see :func:`fixed_kpoint_meshes`); its uuid per configuration."""
+        configurations = self.inputs.structures.configurations
+        references = []
+        if 'kpoints_reference' in self.inputs.aims:
+            reference = self.inputs.aims.kpoints_reference.configurations
+            references = [cell for cell, pbc in zip(reference.cells, reference.pbc) if pbc.all()]
+        chosen = fixed_kpoint_meshes(configurations.cells, configurations.pbc.all(axis=1), distance, references)
+        nodes, uuids, users = {}, [], {}
+        for index, entry in enumerate(chosen):
+            if entry is None:
+                uuids.append(None)
+                continue
+            mesh = tuple(entry[0])
+            if mesh not in nodes:
+                kpoints = orm.KpointsData()
+                kpoints.set_kpoints_mesh(list(mesh))
+                nodes[mesh] = kpoints.store()
+            uuids.append(nodes[mesh].uuid)
+            users.setdefault(mesh, []).append(index)
+        for mesh, indices in users.items():
+            self.report(f'k-point mesh {"x".join(map(str, mesh))} (kpoints_distance {distance} 1/Å, fixed per cell '
+                        f'shape) for configurations {indices}')
+        return uuids
 
     def is_batched(self):
         return self.ctx.labeller == 'ase'
@@ -223,6 +344,11 @@ class LabelWorkChain(WorkChain):
         if self.ctx.labeller == 'aims':
             inputs = self.exposed_inputs(AimsBaseWorkChain, 'aims')
             inputs['aims'] = dict(inputs['aims'], structure=structures.get_structure(index))
+            if self.ctx.kpoints is not None:
+                # The mesh fixed for this cell's shape replaces the per-cell mesh AimsBaseWorkChain would build.
+                inputs.pop('kpoints_distance')
+                if self.ctx.kpoints[index] is not None:
+                    inputs['kpoints'] = orm.load_node(self.ctx.kpoints[index])
             inputs['metadata'] = {'call_link_label': f'aims_{index}'}
             return self.submit(AimsBaseWorkChain, **inputs)
         return self._submit_shell(index)
@@ -261,21 +387,29 @@ class LabelWorkChain(WorkChain):
         failed, total = len(failures), self.ctx.total
         for index, failure in sorted(failures.items()):
             self.report(f'configuration {index} failed: {json.dumps(failure)}')
-        if failed / total > self.inputs.max_failed_fraction.value:
-            return self.exit_codes.ERROR_TOO_MANY_FAILURES.format(
-                failed=failed, total=total, limit=self.inputs.max_failed_fraction.value
-            )
         if not successes:
             return self.exit_codes.ERROR_NOTHING_LABELLED
-        metadata = [meta for node, _ in successes for meta in node.configurations.metadata]
+        distance = self.inputs.aims.kpoints_distance if self.ctx.kpoints is not None else None
+        metadata = [
+            _recorded(meta, distance.value if distance is not None else None)
+            for node, _ in successes for meta in node.configurations.metadata
+        ]
         problem = inconsistent_settings(metadata)
         if problem:
             return self.exit_codes.ERROR_INCONSISTENT_SETTINGS.format(detail=problem)
         sets = {f'set_{k}': node for k, (node, _) in enumerate(successes)}
+        recorded = {'kpoints_distance': distance} if distance is not None else {}
         indices = orm.List([covered for _, covered in successes])
-        merged = merge_labelled(self.inputs.structures, indices, metadata={'call_link_label': 'merge'}, **sets)
+        merged = merge_labelled(
+            self.inputs.structures, indices, metadata={'call_link_label': 'merge'}, **recorded, **sets
+        )
+        # What succeeded is attached even when too much failed: a caller (the active-learning loop) may keep it.
         self.out('labelled', merged)
         self.report(f'labelled {len(merged)} of {total} configurations ({failed} failed)')
+        if failed / total > self.inputs.max_failed_fraction.value:
+            return self.exit_codes.ERROR_TOO_MANY_FAILURES.format(
+                failed=failed, total=total, limit=self.inputs.max_failed_fraction.value
+            )
         return None
 
     def _collect(self):

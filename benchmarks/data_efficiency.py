@@ -1,0 +1,291 @@
+"""Benchmark: does active learning need fewer reference labels than random picks for the same held-out error?
+
+Run: ``python benchmarks/data_efficiency.py [--systems cu_vacancy cuau_alloy] [--seeds 0 1 2] [--iterations 4]
+[--labels-per-iteration 6] [--out docs/data_efficiency.json]``.
+
+For every system it makes one held-out test set from independent EMT molecular dynamics, hotter than any
+exploration (`--test-temperature-factor` × the top exploration temperature), then runs, in a throw-away SQLite
+profile, ``alml.active_learning`` campaigns that differ only in ``selection.mode``: ``fps`` (the loop's own choice:
+uncertain, diverse frames and, when those are scarce, the earliest failed frames) and ``random`` (as many frames
+drawn uniformly from every explored frame, the baseline a user would pick), each with every campaign seed. Same
+initial labels, same committee settings, same exploration schedule, same budget; every iteration's committee is
+scored on the test set (force RMSE per Cartesian component).
+
+Reported per system: the held-out force RMSE against the labels used, the labels each mode needs to reach the
+error the random campaigns end with (linear interpolation on the learning curve; ``>N`` when never reached), the
+ratio random/active with its spread over seeds, and a stability check of each final committee (NVT MD at the test
+temperature, in-process: blow-ups, closest distance, largest σ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+import time
+
+import numpy as np
+from _profile import throwaway_profile
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEMO = ROOT / 'aiida_alml' / 'protocols' / 'demo'
+MODEL = {
+    'model': 'MACE', 'num_channels': 16, 'max_L': 0, 'r_max': 4.5, 'num_interactions': 2, 'correlation': 2,
+    'batch_size': 4, 'valid_batch_size': 8, 'valid_fraction': 0.15, 'max_num_epochs': 25, 'default_dtype': 'float64',
+    'device': 'cpu',
+}  # fmt: skip
+OPTIONS = {'resources': {'num_machines': 1}, 'withmpi': False, 'environment_variables': {'OMP_NUM_THREADS': '1'}}
+
+
+# ---------------------------------------------------------------------- systems
+def _copper_vacancy():
+    from ase.io import read
+
+    return read(DEMO / 'copper_initial.xyz', ':'), read(DEMO / 'copper_vacancy.xyz')
+
+
+def _cuau_alloy():
+    """A random Cu3Au-like fcc alloy (32 atoms) with one vacancy, and small cells of both elements to start from."""
+    from ase.build import bulk
+
+    rng = np.random.default_rng(3)
+    alloy = bulk('Cu', 'fcc', a=3.75, cubic=True).repeat(2)
+    symbols = np.array(['Cu'] * len(alloy))
+    symbols[rng.choice(len(alloy), size=8, replace=False)] = 'Au'
+    alloy.set_chemical_symbols(symbols.tolist())
+    del alloy[0]
+    small = bulk('Cu', 'fcc', a=3.75, cubic=True)
+    small.set_chemical_symbols(['Cu', 'Au', 'Cu', 'Cu'])
+    return [small, bulk('Au', 'fcc', a=4.08, cubic=True), bulk('Cu', 'fcc', a=3.61, cubic=True), alloy.copy()], alloy
+
+
+SYSTEMS = {'cu_vacancy': _copper_vacancy, 'cuau_alloy': _cuau_alloy}
+
+
+def reference_md(atoms, temperature: float, frames: int, interval: int, seed: int) -> list:
+    """Frames of EMT Langevin MD (the reference itself), each with its EMT energy and forces."""
+    from ase import units
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    atoms = atoms.copy()
+    atoms.calc = EMT()
+    rng = np.random.default_rng(seed)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    dynamics = Langevin(atoms, 2 * units.fs, temperature_K=temperature, friction=0.02, rng=rng)
+    dynamics.run(200)  # equilibrate
+    images = []
+    for _ in range(frames):
+        dynamics.run(interval)
+        image = atoms.copy()
+        image.calc = SinglePointCalculator(image, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
+        images.append(image)
+    return images
+
+
+# ---------------------------------------------------------------------- campaigns
+def campaign_inputs(codes, initial, start, test_set, args, mode: str, seed: int) -> dict:
+    from aiida import orm
+
+    from aiida_alml.data import ConfigurationSet
+
+    schedule = [{'temperature': t} for t in args.temperatures]
+    return {
+        'initial_structures': ConfigurationSet.from_ase(initial),
+        'initial_perturbation': orm.Dict({'count': args.initial_labels, 'rattle_std': 0.04, 'max_strain': 0.02,
+                                          'seed': 1}),
+        'exploration_structures': ConfigurationSet.from_ase([start]),
+        'test_set': test_set,
+        'label': {'labeller': orm.Str('ase'),
+                  'ase': {'code': codes['label'], 'calculator': orm.Dict({'name': 'emt'}),
+                          'properties': orm.List(['energy', 'forces'])}},
+        'train': {'num_members': orm.Int(args.members),
+                  'train': {'code': codes['train'], 'e0s': orm.Str('average'), 'parameters': orm.Dict(MODEL),
+                            'metadata': {'options': OPTIONS}}},
+        'explore': {'md': {'code': codes['md'], 'metadata': {'options': OPTIONS}},
+                    'conditions': orm.List([{'ensemble': 'nvt_langevin', 'temperature': args.temperatures[0],
+                                             'steps': args.md_steps, 'timestep': 2.0, 'sample_interval': 10,
+                                             'seed': k} for k in (1, 2)])},
+        'explore_schedule': orm.List(schedule),
+        'selection': orm.Dict({'trust_lo': args.trust_lo, 'trust_hi': args.trust_hi,
+                               'labels_per_iteration': args.labels_per_iteration, 'mode': mode}),
+        'warm_start': orm.Bool(True),
+        'warm_start_parameters': orm.Dict({'max_num_epochs': 10}),
+        # The benchmark compares learning curves at equal budgets: no campaign may stop early by converging.
+        'target_accurate_fraction': orm.Float(1.0),
+        'patience': orm.Int(args.iterations + 1),
+        'max_iterations': orm.Int(args.iterations),
+        'max_labels': orm.Int(10_000),
+        'seed': orm.Int(seed),
+    }
+
+
+def learning_curve(node) -> list[tuple[int, float]]:
+    """(labels in the training set, held-out force RMSE) of every committee the campaign trained."""
+    curve = node.outputs.learning_curve.get_dict()
+    points = [(row['labels_total'], row['test_force_rmse']) for row in curve['iterations']]
+    final = curve.get('final_training') or {}
+    if 'test_force_rmse' in final:
+        points.append((final['labels_total'], final['test_force_rmse']))
+    return points
+
+
+def labels_to_reach(points: list[tuple[int, float]], target: float) -> float:
+    """Labels at which the learning curve first reaches ``target`` (linear between points); inf if never."""
+    for (n0, e0), (n1, e1) in zip(points, points[1:]):
+        if e0 <= target:
+            return float(n0)
+        if e1 <= target:
+            return n0 + (n1 - n0) * (e0 - target) / (e0 - e1)
+    return float(points[0][0]) if points and points[0][1] <= target else float('inf')
+
+
+def stability(models, start, temperature: float, steps: int, seed: int) -> dict:
+    """NVT MD of the final committee at ``temperature``: did it blow up, how close did atoms come, largest σ."""
+    import contextlib
+
+    from ase import units
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.neighborlist import neighbor_list
+
+    from aiida_alml.engines.committee import CommitteeCalculator
+
+    members = [models[key] for key in sorted(models)]
+    with contextlib.ExitStack() as stack:
+        paths = [str(stack.enter_context(model.verified_path())) for model in members]
+        calculator = CommitteeCalculator(model_paths=paths, expected_sha256=[m.sha256 for m in members])
+        atoms = start.copy()
+        atoms.calc = calculator
+        rng = np.random.default_rng(seed)
+        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+        dynamics = Langevin(atoms, 2 * units.fs, temperature_K=temperature, friction=0.02, rng=rng)
+        closest, max_sigma, done = np.inf, 0.0, 0
+        for done in range(0, steps, 10):
+            dynamics.run(10)
+            if not np.isfinite(atoms.positions).all():
+                return {'steps': done, 'blew_up': True, 'closest': None, 'max_sigma': None}
+            distances = neighbor_list('d', atoms, 3.0)
+            closest = min(closest, float(distances.min()) if len(distances) else np.inf)
+            max_sigma = max(max_sigma, float(calculator.results['force_sigma'].max()))
+            if closest < 1.0:
+                return {'steps': done + 10, 'blew_up': True, 'closest': closest, 'max_sigma': max_sigma}
+    return {'steps': steps, 'blew_up': False, 'closest': closest, 'max_sigma': max_sigma}
+
+
+# ---------------------------------------------------------------------- report
+def summarise(system: str, runs: list[dict]) -> dict:
+    random_final = [run['curve'][-1][1] for run in runs if run['mode'] == 'random']
+    target = statistics.median(random_final)
+    needed = {mode: [labels_to_reach(run['curve'], target) for run in runs if run['mode'] == mode]
+              for mode in ('fps', 'random')}
+    ratios = [r / a for r, a in zip(needed['random'], needed['fps']) if np.isfinite(r) and np.isfinite(a) and a > 0]
+    return {'system': system, 'target_force_rmse': target, 'labels_needed': needed,
+            'ratio_random_over_active': ratios,
+            'ratio_median': statistics.median(ratios) if ratios else None}
+
+
+def table(summary: dict, runs: list[dict]) -> str:
+    lines = [f'### {summary["system"]}', '',
+             '| mode | seed | labels → held-out force RMSE (eV/Å, per component) | final σ-stability (NVT) |',
+             '|---|---|---|---|']
+    for run in runs:
+        curve = ', '.join(f'{n} → {e:.3f}' for n, e in run['curve'])
+        stable = run['stability']
+        state = 'blew up' if stable['blew_up'] else 'stable'
+        closest = f'{stable["closest"]:.2f} Å' if stable['closest'] is not None else '-'
+        sigma = f'{stable["max_sigma"]:.2f}' if stable['max_sigma'] is not None else '-'
+        lines.append(f'| {run["mode"]} | {run["seed"]} | {curve} | {state} after {stable["steps"]} steps; closest '
+                     f'{closest}; max σ {sigma} eV/Å |')
+    def fmt(values):
+        return ', '.join('never' if not np.isfinite(v) else f'{v:.1f}' for v in values)
+    lines += ['', f'Target: the median final held-out force RMSE of the random campaigns, '
+                  f'{summary["target_force_rmse"]:.3f} eV/Å. Labels needed to reach it: active {fmt(summary["labels_needed"]["fps"])}; '
+                  f'random {fmt(summary["labels_needed"]["random"])}.']
+    ratios = summary['ratio_random_over_active']
+    if ratios:
+        lines.append(f'Ratio random/active: median {summary["ratio_median"]:.2f} (range {min(ratios):.2f}–{max(ratios):.2f}, '
+                     f'{len(ratios)} paired seeds).')
+    else:
+        lines.append('Ratio random/active: undefined (a campaign never reached the target).')
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--systems', nargs='+', default=list(SYSTEMS), choices=list(SYSTEMS))
+    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    parser.add_argument('--modes', nargs='+', default=['fps', 'random'], choices=['fps', 'random'])
+    parser.add_argument('--iterations', type=int, default=4)
+    parser.add_argument('--labels-per-iteration', type=int, default=6)
+    parser.add_argument('--initial-labels', type=int, default=12)
+    parser.add_argument('--members', type=int, default=2)
+    parser.add_argument('--md-steps', type=int, default=150)
+    parser.add_argument('--temperatures', nargs='+', type=float, default=[400.0, 700.0, 1000.0])
+    parser.add_argument('--test-temperature-factor', type=float, default=1.5)
+    parser.add_argument('--test-frames', type=int, default=20)
+    parser.add_argument('--trust-lo', type=float, default=0.05)
+    parser.add_argument('--trust-hi', type=float, default=0.15)
+    parser.add_argument('--stability-steps', type=int, default=500)
+    parser.add_argument('--out', type=pathlib.Path, default=None, help='write all figures as JSON here')
+    args = parser.parse_args(argv)
+
+    with throwaway_profile('data-efficiency') as folder:
+        from aiida import engine, orm
+
+        from aiida_alml.data import ConfigurationSet
+        from aiida_alml.workflows.active_learning import ActiveLearningWorkChain
+
+        computer = orm.Computer(label='bench', hostname='localhost', transport_type='core.local',
+                                scheduler_type='core.direct', workdir=str(pathlib.Path(folder) / 'scratch')).store()
+        computer.configure(safe_interval=0.0)
+        computer.set_minimum_job_poll_interval(0.0)
+        bindir = pathlib.Path(sys.executable).parent
+        codes = {
+            name: orm.InstalledCode(label=executable, computer=computer, default_calc_job_plugin=plugin,
+                                    filepath_executable=str(bindir / executable)).store()
+            for name, executable, plugin in (('label', 'alml-label', 'alml.ase'),
+                                             ('train', 'mace_run_train', 'alml.mace.train'),
+                                             ('md', 'alml-md', 'alml.md'))
+        }
+        test_temperature = args.test_temperature_factor * max(args.temperatures)
+        results = {'settings': vars(args) | {'out': str(args.out)}, 'systems': {}}
+        reports = []
+        for system in args.systems:
+            initial, start = SYSTEMS[system]()
+            test_images = reference_md(start, test_temperature, args.test_frames, interval=25, seed=1234)
+            test_set = ConfigurationSet.from_ase(test_images).store()
+            runs = []
+            for seed in args.seeds:
+                for mode in args.modes:
+                    began = time.perf_counter()
+                    inputs = campaign_inputs(codes, initial, start, test_set, args, mode, seed)
+                    _, node = engine.run_get_node(ActiveLearningWorkChain, **inputs)
+                    if 'learning_curve' not in node.outputs:
+                        print(f'{system} {mode} seed {seed}: campaign <{node.pk}> failed: {node.exit_message}')
+                        continue
+                    run = {'mode': mode, 'seed': seed, 'pk': node.pk, 'exit_status': node.exit_status,
+                           'curve': learning_curve(node), 'wall_s': time.perf_counter() - began}
+                    run['stability'] = stability(dict(node.outputs.models.items()), start, test_temperature,
+                                                 args.stability_steps, seed)
+                    print(f'{system} {mode} seed {seed}: {run["curve"]} ({run["wall_s"]:.0f} s); '
+                          f'stability {run["stability"]}', flush=True)
+                    runs.append(run)
+            if {'fps', 'random'} <= {run['mode'] for run in runs}:
+                summary = summarise(system, runs)
+                reports.append(table(summary, runs))
+                results['systems'][system] = {'summary': summary, 'runs': runs}
+            else:
+                results['systems'][system] = {'runs': runs}
+        print('\n\n'.join(reports))
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -29,6 +29,8 @@ import time
 import numpy as np
 from _profile import throwaway_profile
 
+from aiida_alml.comparison import labels_to_reach
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEMO = ROOT / 'aiida_alml' / 'protocols' / 'demo'
 MODEL = {
@@ -134,16 +136,6 @@ def learning_curve(node) -> list[tuple[int, float]]:
     return points
 
 
-def labels_to_reach(points: list[tuple[int, float]], target: float) -> float:
-    """Labels at which the learning curve first reaches ``target`` (linear between points); inf if never."""
-    for (n0, e0), (n1, e1) in zip(points, points[1:]):
-        if e0 <= target:
-            return float(n0)
-        if e1 <= target:
-            return n0 + (n1 - n0) * (e0 - target) / (e0 - e1)
-    return float(points[0][0]) if points and points[0][1] <= target else float('inf')
-
-
 def stability(models, start, temperature: float, steps: int, seed: int) -> dict:
     """NVT MD of the final committee at ``temperature``: did it blow up, how close did atoms come, largest σ."""
     import contextlib
@@ -244,6 +236,7 @@ def main(argv=None) -> int:
                                 scheduler_type='core.direct', workdir=str(pathlib.Path(folder) / 'scratch')).store()
         computer.configure(safe_interval=0.0)
         computer.set_minimum_job_poll_interval(0.0)
+        computer.set_default_mpiprocs_per_machine(1)
         bindir = pathlib.Path(sys.executable).parent
         codes = {
             name: orm.InstalledCode(label=executable, computer=computer, default_calc_job_plugin=plugin,

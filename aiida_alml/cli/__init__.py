@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from aiida_alml.cli.campaign import launch, plot, status
+from aiida_alml.cli.campaign import compare, launch, plot, status
 from aiida_alml.cli.demo import demo
 from aiida_alml.cli.inspect import export, lineage
 from aiida_alml.cli.setup import setup
@@ -15,5 +15,5 @@ def cli():
     """Active learning of machine-learning interatomic potentials with AiiDA provenance."""
 
 
-for command in (setup, demo, launch, status, plot, lineage, export):
+for command in (setup, demo, launch, status, plot, compare, lineage, export):
     cli.add_command(command)

@@ -1,4 +1,4 @@
-"""``aiida-alml launch | status | plot``: run and watch an active-learning campaign."""
+"""``aiida-alml launch | status | plot | compare``: run, watch and compare active-learning campaigns."""
 
 from __future__ import annotations
 
@@ -126,3 +126,34 @@ def plot(profile_name, pk, output):
     from aiida_alml.plotting import plot_campaign
 
     click.echo(f'Wrote {plot_campaign(_load_campaign_node(pk), output)}')
+
+
+@click.command()
+@PROFILE
+@click.argument('pks', nargs=-1, required=True)
+@click.option('--target', type=float, default=None,
+              help='Held-out force RMSE (eV/Å) to reach; default: the largest of the campaigns\' best errors.')
+@click.option('-o', '--output', type=click.Path(dir_okay=False), default='compare.png', show_default=True)
+def compare(profile_name, pks, target, output):
+    """Paired learning curves of campaigns PKS on their common held-out test set (table and PNG)."""
+    load_profile(profile_name)
+    from aiida_alml.comparison import compare_curves, format_comparison, plot_comparison, same_test_set
+
+    if len(pks) < 2:
+        raise click.ClickException('give at least two campaigns to compare')
+    nodes = {}
+    for pk in pks:
+        node = _load_campaign_node(pk)
+        if 'learning_curve' not in node.outputs:
+            raise click.ClickException(f'campaign {pk} has no learning curve yet (state: {node.process_state.value})')
+        nodes[f'{node.pk} ({node.inputs.selection.get_dict().get("mode", "fps")})'] = node
+    problem = same_test_set(nodes)
+    if problem:
+        raise click.ClickException(f'cannot compare: {problem}')
+    try:
+        comparison = compare_curves({name: node.outputs.learning_curve.get_dict() for name, node in nodes.items()},
+                                    target)
+    except ValueError as error:
+        raise click.ClickException(str(error))
+    click.echo(format_comparison(comparison))
+    click.echo(f'Figure: {plot_comparison(comparison, output)}')

@@ -20,9 +20,11 @@ from aiida_alml.label_settings import labels_mismatch
 from aiida_alml.selection import convergence_blockers
 from aiida_alml.workflows.active_learning_inputs import (
     SELECTION_DEFAULTS,
+    VALIDATION_DEFAULTS,
     validate_active_learning_inputs,
     validate_perturbation,
     validate_selection,
+    validate_validation,
 )
 from aiida_alml.workflows.committee import CommitteeWorkChain
 from aiida_alml.workflows.explore import ExploreWorkChain
@@ -37,6 +39,7 @@ from aiida_alml.workflows.functions import (
 )
 from aiida_alml.workflows.label import LabelWorkChain
 from aiida_alml.workflows.seeds import iteration_seeds
+from aiida_alml.workflows.stability import StabilityWorkChain
 
 __all__ = ('ActiveLearningWorkChain',)
 
@@ -102,6 +105,9 @@ class ActiveLearningWorkChain(WorkChain):
                    help='Train once more on the whole dataset when the last committee has not seen every label.')
         spec.input('final_train_parameters', valid_type=orm.Dict, required=False,
                    help='mace_run_train options for that final training (e.g. more epochs).')
+        spec.input('validation', valid_type=orm.Dict, required=False, validator=validate_validation,
+                   help='Run the final committee\'s MD longer and hotter than exploration (alml.stability): '
+                        '{temperature_factor, steps, ensembles, max_excursion_fraction, max_nve_drift}.')
         spec.inputs.validator = validate_active_learning_inputs
 
         spec.outline(
@@ -117,6 +123,7 @@ class ActiveLearningWorkChain(WorkChain):
                 cls.close_iteration,
             ),
             if_(cls.needs_final_training)(cls.run_final_training, cls.inspect_final_training),
+            if_(cls.should_validate)(cls.run_validation, cls.inspect_validation),
             cls.finalize,
         )
 
@@ -127,6 +134,8 @@ class ActiveLearningWorkChain(WorkChain):
         spec.output_namespace('selection_records', valid_type=orm.ArrayData, dynamic=True,
                               help='Per iteration, the fate of every explored frame.')
 
+        spec.exit_code(403, 'ERROR_VALIDATION_FAILED',
+                       message='Exploration converged but the final committee\'s MD is not stable: {problems}')
         spec.exit_code(401, 'ERROR_MAX_ITERATIONS', message='Not converged within {iterations} iterations.')
         spec.exit_code(402, 'ERROR_LABEL_BUDGET_SPENT', message='The label budget of {budget} is spent, not converged.')
         spec.exit_code(410, 'ERROR_INITIAL_LABELLING_FAILED', message='Labelling the initial structures failed.')
@@ -156,6 +165,7 @@ class ActiveLearningWorkChain(WorkChain):
         self.ctx.models = None
         self.ctx.models_trained_on = None
         self.ctx.final = None
+        self.ctx.validation_report = None
         exploration = self.inputs.get('exploration_structures') or self.inputs.get('initial_structures')
         self.ctx.starting_points = split_structures(exploration, metadata={'call_link_label': 'starting_points'})
 
@@ -387,6 +397,44 @@ class ActiveLearningWorkChain(WorkChain):
         self.ctx.final.update(self._score('score_final'))
         return None
 
+    def should_validate(self):
+        return 'validation' in self.inputs and self.ctx.models is not None and not (self.ctx.final or {}).get('failed')
+
+    def run_validation(self):
+        settings = {**VALIDATION_DEFAULTS, **self.inputs.validation.get_dict()}
+        explored = [self._conditions(i) for i in range(max(self.ctx.iteration, 1))]
+        hottest = max(max(c.get('temperature') or max(c['temperature_start'], c['temperature_end']) for c in conditions)
+                      for conditions in explored)
+        longest = max(c['steps'] for conditions in explored for c in conditions)
+        base = explored[-1][0]
+        parameters = {key: base[key] for key in ('timestep', 'sample_interval', 'min_distance') if key in base}
+        parameters.update(temperature=settings['temperature_factor'] * hottest,
+                          steps=settings['steps'] or int(round(settings['steps_factor'] * longest)),
+                          seed=self.inputs.seed.value)
+        selection = {**SELECTION_DEFAULTS, **self.inputs.selection.get_dict()}
+        criteria = {'trust_hi': selection['trust_hi'], 'calibration': self.ctx.calibration,
+                    **{key: settings[key] for key in ('max_excursion_fraction', 'max_nve_drift')}}
+        explore = self.exposed_inputs(ExploreWorkChain, namespace='explore')['md']
+        inputs = {
+            'md': {**explore, 'models': self.ctx.models},
+            'structures': dict(self.ctx.starting_points),
+            'parameters': orm.Dict(parameters),
+            'ensembles': orm.List(settings['ensembles']),
+            'criteria': orm.Dict(criteria),
+            'metadata': {'call_link_label': 'validate'},
+        }
+        self.report(f'validating the final committee: {settings["ensembles"]} at {parameters["temperature"]:.0f} K '
+                    f'for {parameters["steps"]} steps')
+        return ToContext(validation=self.submit(StabilityWorkChain, **inputs))
+
+    def inspect_validation(self):
+        node = self.ctx.validation
+        if 'report' not in node.outputs:
+            self.ctx.validation_report = {'stable': False, 'problems': [f'validation failed: {node.exit_message}']}
+        else:
+            self.ctx.validation_report = node.outputs.report.get_dict()
+        self.ctx.validation_report['wall_time_s'] = elapsed_seconds(node)
+
     def finalize(self):
         if self.ctx.models:
             for key, model in self.ctx.models.items():
@@ -401,10 +449,14 @@ class ActiveLearningWorkChain(WorkChain):
             'calibration': self.ctx.calibration_record,
             'final_training': self.ctx.final,
             'models_trained_on_dataset': self.ctx.models_trained_on == self.ctx.dataset.uuid,
+            'validation': self.ctx.validation_report,
         }).store())
         self.report(f'stopped: {self.ctx.stop} after {self.ctx.iteration} iterations, {self.ctx.labels_used} labels')
         if self.ctx.final and self.ctx.final.get('failed'):
             return self.exit_codes.ERROR_FINAL_TRAINING_FAILED
+        report = self.ctx.validation_report
+        if self.ctx.stop == 'converged' and report is not None and not report['stable']:
+            return self.exit_codes.ERROR_VALIDATION_FAILED.format(problems='; '.join(report['problems']))
         if self.ctx.stop == 'max_iterations':
             return self.exit_codes.ERROR_MAX_ITERATIONS.format(iterations=self.ctx.iteration)
         if self.ctx.stop == 'label_budget':

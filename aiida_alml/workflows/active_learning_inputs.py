@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiida_alml.selection.select import MODES
 from aiida_alml.suggest import did_you_mean
 
-__all__ = ('SELECTION_DEFAULTS', 'PERTURBATION_KEYS', 'validate_selection', 'validate_perturbation',
-           'validate_active_learning_inputs')
+__all__ = ('SELECTION_DEFAULTS', 'PERTURBATION_KEYS', 'VALIDATION_DEFAULTS', 'validate_selection',
+           'validate_perturbation', 'validate_validation', 'validate_active_learning_inputs')
 
 #: Defaults of the ``selection`` input (trust window in eV/Å after calibration).
 SELECTION_DEFAULTS = {
@@ -22,6 +22,16 @@ SELECTION_DEFAULTS = {
     'descriptor_bins': 32,
 }
 PERTURBATION_KEYS = ('count', 'rattle_std', 'max_strain', 'seed')
+#: Defaults of the ``validation`` input: MD of the final committee at temperature_factor × the hottest exploration,
+#: for ``steps`` (None: steps_factor × the longest exploration run), in each ensemble.
+VALIDATION_DEFAULTS = {
+    'temperature_factor': 1.5,
+    'steps': None,
+    'steps_factor': 2,
+    'ensembles': ['nvt_langevin', 'nve'],
+    'max_excursion_fraction': 0.05,
+    'max_nve_drift': 0.005,
+}
 
 
 def _unknown(given, known, name: str) -> str | None:
@@ -76,6 +86,31 @@ def validate_perturbation(value, _=None) -> str | None:
     for key in ('rattle_std', 'max_strain'):
         if key in settings and settings[key] < 0:
             return f'initial_perturbation: {key} must be non-negative, got {settings[key]}'
+    return None
+
+
+def validate_validation(value, _=None) -> str | None:
+    if value is None:
+        return None
+    settings = value.get_dict()
+    if (message := _unknown(settings, VALIDATION_DEFAULTS, 'validation')):
+        return message
+    settings = {**VALIDATION_DEFAULTS, **settings}
+    for key in ('temperature_factor', 'steps_factor', 'max_excursion_fraction', 'max_nve_drift'):
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            return f'validation: {key} must be a non-negative number, got {value!r}'
+    if settings['temperature_factor'] <= 0 or settings['steps_factor'] <= 0:
+        return 'validation: temperature_factor and steps_factor must be positive'
+    steps = settings['steps']
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        return f'validation: steps must be a positive whole number, got {steps!r}'
+    from aiida_alml.engines.md import ENSEMBLES
+
+    ensembles = settings['ensembles']
+    if not isinstance(ensembles, list) or not ensembles or not set(ensembles) <= set(ENSEMBLES) \
+            or any(e.startswith('npt') for e in ensembles):
+        return f'validation: ensembles must be a list of {[e for e in ENSEMBLES if not e.startswith("npt")]}'
     return None
 
 

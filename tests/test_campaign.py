@@ -39,7 +39,7 @@ def test_demo_campaign_converts_and_validates(demo_codes):
     assert len(inputs['initial_structures']) == 3 and inputs['initial_structures'].elements == ['Cu']
     assert inputs['label']['ase']['code'].label == 'alml-label'
     assert inputs['train']['num_members'].value == 2
-    assert inputs['selection'].get_dict()['trust_lo'] == 0.3
+    assert inputs['selection'].get_dict()['trust_lo'] == 0.2
     assert inputs['test_set'].num_configurations == 12 and 'validation' in inputs
     assert inputs['train']['train']['metadata']['options']['withmpi'] is False  # metadata stays plain
     spec = ActiveLearningWorkChain.spec().inputs

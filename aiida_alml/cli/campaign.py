@@ -45,6 +45,13 @@ def show_status(node) -> None:
                         if 'test_force_rmse' in final else '')
                 state = 'FAILED' if final.get('failed') else f'{final["labels_total"]} configurations{test}'
                 click.echo(f'final training on the whole dataset: {state}')
+            validation = curve.get('validation')
+            if validation:
+                verdict = 'stable' if validation['stable'] else f'NOT stable: {"; ".join(validation["problems"])}'
+                drifts = [run.get('nve_drift_per_ps') for run in validation.get('runs', {}).values()]
+                drift = [value for value in drifts if value is not None]
+                detail = f' (NVE drift {max(drift, key=abs):+.2g} eV/atom/ps)' if drift else ''
+                click.echo(f'validation MD of the final committee: {verdict}{detail}')
         if node.exit_status:
             click.echo(f'exit status {node.exit_status}: {node.exit_message}')
 

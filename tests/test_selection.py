@@ -5,7 +5,7 @@ import pytest
 from ase.build import bulk
 
 from aiida_alml.selection import (
-    ACCURATE, CANDIDATE, FAILED, calibration_summary, classify, distance_to_set, farthest_point_sampling,
+    REASONS, ACCURATE, CANDIDATE, FAILED, calibration_summary, classify, distance_to_set, farthest_point_sampling,
     fit_calibration_factor, force_sigma, frame_uncertainty, radial_descriptor, select_frames,
 )
 
@@ -104,7 +104,10 @@ def test_select_frames_random_baseline_same_count():
     drawn = np.concatenate([select_frames(uncertainty, descriptors, 0.05, 0.15, 10, mode='random', seed=k).order
                             for k in range(20)])
     assert set(fps.classes[drawn].tolist()) == {ACCURATE, CANDIDATE, FAILED}
+    for result in (fps, random):  # every frame's reason is one the record explains
+        assert set(result.reasons) <= set(REASONS)
     candidates_only = select_frames(uncertainty, descriptors, 0.05, 0.15, 10, mode='random_candidates', seed=1)
+    assert set(candidates_only.reasons) <= set(REASONS)
     assert len(candidates_only.order) == 10 and (candidates_only.classes[candidates_only.order] == CANDIDATE).all()
 
 

@@ -135,6 +135,7 @@ def select_frames(
     order: list[int] = []
 
     if mode == 'random':
+        reasons[candidates] = 'capped'
         pool = np.flatnonzero(counted)
         order = [int(i) for i in rng.choice(pool, size=min(cap, len(pool)), replace=False)]
         for index in order:

@@ -174,9 +174,9 @@ def test_rescue_labels_the_earliest_failed_frames_when_candidates_are_scarce():
     step = np.array([0, 10, 20, 30, 0, 10, 20, 0, 10, 20])
     descriptors = np.arange(10.0)[:, None]
     result = select_frames(uncertainty, descriptors, 0.05, 0.15, 5, trajectory=trajectory, step=step)
-    # the candidate first, then the first failed frame of each trajectory (most diverse first), then the second ones
+    # the candidate first, then the first failed frame of each trajectory, then the second ones
     assert result.order[0] == 1 and result.reasons[1] == 'chosen'
-    assert sorted(result.order[1:4]) == [2, 5, 9] and result.order[4] == 3
+    assert result.order[1:] == [2, 5, 9, 3]
     assert [result.reasons[i] for i in result.order[1:]] == ['rescue'] * 4
     assert result.reasons[6] == 'failed' and len(result.order) == 5
     # switched off, the same exploration labels just the candidate
@@ -216,22 +216,3 @@ def test_local_descriptors_see_one_distorted_environment_in_a_big_cell():
     assert relative_local > 5 * relative_global
     with pytest.raises(ValueError, match="descriptor kind must be 'local' or 'radial'"):
         selection_descriptors([shifted], [training], list(sigma[:1]), [29], kind='soap')
-
-
-def test_rescue_spreads_over_the_failed_frames_of_runs_that_completed():
-    # one run completed with every frame failed (physical, just uncertain); one stopped early after its σ rose
-    uncertainty = np.array([0.01, 0.30, 0.31, 0.32, 0.33, 0.34, 0.01, 0.02, 0.40, 0.50])
-    trajectory = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
-    step = np.array([0, 10, 20, 30, 40, 50, 0, 10, 20, 30])
-    descriptors = np.array([[0.0], [1.0], [1.1], [1.2], [5.0], [9.0], [0.0], [0.5], [3.0], [7.0]])
-    ended_early = trajectory == 1
-    result = select_frames(uncertainty, descriptors, 0.05, 0.15, 3, training_descriptors=np.array([[0.0]]),
-                           trajectory=trajectory, step=step, ended_early=ended_early)
-    # farthest-point sampling over the completed run's failed frames and the first failed frame of the stopped run
-    # (frame 8): 9.0, then 5.0, then 3.0 are the farthest from what is known; frame 9, after the rise, is left out
-    assert result.order == [5, 4, 8] and all(result.reasons[i] == 'rescue' for i in result.order)
-    assert result.reasons[9] == 'failed'
-    # treated as stopped early, the completed run gives only its earliest failed frames
-    earliest = select_frames(uncertainty, descriptors, 0.05, 0.15, 3, training_descriptors=np.array([[0.0]]),
-                             trajectory=trajectory, step=step)
-    assert sorted(earliest.order) == [1, 2, 8]

@@ -6,11 +6,10 @@ The accounting and the choice are separate questions:
   starting structure) and near-copies of training configurations are not counted: the committee has seen them, so they
   say nothing about where it is unsure, and re-sampling them every iteration would inflate the accurate fraction.
 * **Chosen** frames are labelled. Candidates (σ inside the trust window) go first, thinned by farthest-point sampling.
-  When they do not fill ``labels_per_iteration`` and some frames failed (σ above ``trust_hi``), failed frames are
-  labelled (``rescue``): from a run that stopped early (σ stop, close contact) only its earliest failed frames, which
-  lie before the committee lost its way and are still physical; from a run that completed, any failed frame (all are
-  physical), by farthest-point sampling. Without this a hot campaign starves: most frames are failed, few are
-  candidates, and the loop labels 2-5 frames per iteration where the model is best.
+  When they do not fill ``labels_per_iteration`` and some frames failed (σ above ``trust_hi``), the earliest failed
+  frame of each trajectory is labelled (``rescue``): it lies just before the committee lost its way, is still
+  physical, and teaches the model exactly what it is missing. Without this a hot campaign starves: most frames are
+  failed, few are candidates, and the loop labels 2-5 frames per iteration where the model is worst.
 """
 
 from __future__ import annotations
@@ -29,8 +28,7 @@ REASONS = {
     'chosen': 'candidate chosen for labelling',
     'accurate': 'σ below trust_lo: the committee is already accurate here',
     'failed': 'σ above trust_hi: outside the trusted region, and not the earliest such frame of its trajectory',
-    'rescue': 'failed frame labelled because candidates did not fill the batch (diverse failed frames of runs that '
-              'completed; the earliest failed frames of runs that stopped early)',
+    'rescue': 'earliest failed frame of its trajectory, labelled because candidates did not fill the batch',
     'start': 'first frame of a trajectory (the starting structure): not counted, not chosen',
     'known': 'a near-copy of a training configuration: not counted, not chosen',
     'duplicate': 'candidate closer than min_distance to the training data or to a chosen frame',
@@ -86,7 +84,6 @@ def select_frames(
     trajectory: np.ndarray | None = None,
     step: np.ndarray | None = None,
     rescue_failed: bool = True,
-    ended_early: np.ndarray | None = None,
 ) -> SelectionResult:
     """Select at most ``labels_per_iteration`` frames to label.
 
@@ -98,11 +95,7 @@ def select_frames(
         ``DUPLICATE_RELATIVE_DISTANCE`` of their descriptor norm) are neither counted nor chosen.
     :param calibrate_with_accurate: with no candidate at all, label a diverse batch of accurate frames instead: an
         uncalibrated committee can look confident everywhere, and only labels tell whether it is.
-    :param rescue_failed: fill the batch with failed frames (see the module docstring).
-    :param ended_early: per frame, whether its run stopped early (σ stop, close contact, non-finite numbers). Only the
-        earliest failed frames of such a run are rescued, since what follows led to the stop; the failed frames of
-        runs that completed are all physical and are rescued by farthest-point sampling (default: every run is
-        treated as having stopped early).
+    :param rescue_failed: fill the batch with the earliest failed frame of each trajectory (see the module docstring).
     """
     uncertainty = np.asarray(uncertainty, dtype=float)
     descriptors = np.atleast_2d(np.asarray(descriptors, dtype=float))
@@ -157,19 +150,7 @@ def select_frames(
             order.append(index)
 
     if mode == 'fps' and rescue_failed and len(order) < cap:
-        ended_early = np.ones(count, bool) if ended_early is None else np.asarray(ended_early, dtype=bool)
-        earliest = _earliest_failed(classes, counted & ended_early, trajectory, step)
-        first_of_each = {int(trajectory[i]): i for i in reversed(earliest)}
-        # one pool: every failed frame of a completed run, and the first failed frame of each run that stopped early
-        pool = np.array(sorted(set(np.flatnonzero(counted & (classes == FAILED) & ~ended_early).tolist())
-                               | set(first_of_each.values())), dtype=int)
-        existing = descriptors[order] if order else None
-        if training_descriptors is not None and len(training_descriptors):
-            existing = training_descriptors if existing is None else np.concatenate([training_descriptors, existing])
-        rescued = [int(pool[i]) for i in farthest_point_sampling(descriptors[pool], cap - len(order),
-                                                                 existing=existing)] if len(pool) else []
-        rescued += [i for i in earliest if i not in rescued and i not in first_of_each.values()]
-        for index in rescued[:cap - len(order)]:
+        for index in _earliest_failed(classes, counted, trajectory, step)[:cap - len(order)]:
             order.append(index)
             reasons[index] = 'rescue'
     if mode != 'random' and not order and not len(candidates) and calibrate_with_accurate:

@@ -126,16 +126,13 @@ def select_for_labelling(
     )
     trajectory_index = np.array([o[0] for o in origin], dtype=np.int64)
     steps = np.array(steps, dtype=np.int64)
-    overview = exploration_overview.get_dict()
-    completed = [overview.get(key, {}).get('stop_reason') == 'completed' for key in keys]
-    ended_early = np.array([not completed[index] for index in trajectory_index], dtype=bool)
     result = select_frames(
         uncertainty, descriptors, settings['trust_lo'], settings['trust_hi'], settings['labels_per_iteration'],
         training_descriptors=training_descriptors, min_distance=settings['min_distance'], mode=settings['mode'],
         seed=settings['seed'] + iteration.value, calibrate_with_accurate=not calibrated.value,
-        trajectory=trajectory_index, step=steps, rescue_failed=settings['rescue_failed'], ended_early=ended_early,
+        trajectory=trajectory_index, step=steps, rescue_failed=settings['rescue_failed'],
     )
-    runs = exploration_accounting(overview)
+    runs = exploration_accounting(exploration_overview.get_dict())
 
     record = orm.ArrayData()
     record.set_array('trajectory_index', trajectory_index)

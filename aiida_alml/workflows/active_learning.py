@@ -289,7 +289,7 @@ class ActiveLearningWorkChain(WorkChain):
                                'streak': self.ctx.accurate_streak})
         stops = f', {summary["runs_stopped_early"]} runs stopped early' if summary['runs_stopped_early'] else ''
         crashes = f', {summary["runs_crashed"]} crashed' if summary['runs_crashed'] else ''
-        rescued = f' ({summary["num_rescued"]} earliest failed frames)' if summary['num_rescued'] else ''
+        rescued = f' ({summary["num_rescued"]} of them failed frames rescued)' if summary['num_rescued'] else ''
         self.report(
             f'iteration {self.ctx.iteration}: {summary["frames_counted"]} frames counted of {summary["frames"]}'
             f'{stops}{crashes}; accurate {summary["accurate_fraction"]:.2%}, candidate '

@@ -13,7 +13,7 @@ from aiida.engine import CalcJob
 from aiida_alml.data import MlipModel, ModelIntegrityError
 from aiida_alml.engines.md import SUMMARY_FILE, TRAJECTORY_FILE, MdParameterError, validate_parameters
 
-__all__ = ('MdCalculation', 'check_committee')
+__all__ = ('MdCalculation', 'check_committee', 'check_md_grid')
 
 INPUT_FILE = 'md.json'
 STRUCTURE_FILE = 'structure.xyz'
@@ -41,6 +41,15 @@ def check_committee(models: list[MlipModel], elements: set[str] | None = None, n
     if elements is not None and not elements <= set(reference.elements):
         return f'structure: has elements {sorted(elements - set(reference.elements))} the committee was not trained on'
     return None
+
+
+def check_md_grid(inputs) -> str | None:
+    """Why a workflow's ``structures`` namespace and ``md.models`` committee cannot run MD together, or None."""
+    if not inputs.get('structures'):
+        return 'structures: give at least one starting structure'
+    models = [inputs['md']['models'][key] for key in sorted(inputs['md'].get('models', {}))]
+    elements = set().union(*(structure.get_symbols_set() for structure in inputs['structures'].values()))
+    return check_committee(models, elements, name='md.models')
 
 
 def _validate_parameters(value, _):

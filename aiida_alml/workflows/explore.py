@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiida import orm
 from aiida.engine import ToContext, WorkChain
 
-from aiida_alml.calculations.md import MdCalculation, check_committee
+from aiida_alml.calculations.md import MdCalculation, check_md_grid
 from aiida_alml.engines.md import MdParameterError, validate_parameters
 
 __all__ = ('ExploreWorkChain',)
@@ -29,11 +29,7 @@ def _validate_inputs(inputs, ctx):
             return f'conditions[{index}]: {error}'
     if 'structures' not in ctx:
         return None  # exposed by a workflow that supplies structures and models itself, and checks them
-    if not inputs.get('structures'):
-        return 'structures: give at least one starting structure'
-    models = [inputs['md']['models'][key] for key in sorted(inputs['md'].get('models', {}))]
-    elements = set().union(*(structure.get_symbols_set() for structure in inputs['structures'].values()))
-    return check_committee(models, elements, name='md.models')
+    return check_md_grid(inputs)
 
 
 class ExploreWorkChain(WorkChain):

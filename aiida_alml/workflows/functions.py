@@ -243,8 +243,9 @@ def evaluate_predictions(labelled: ConfigurationSet, selected: ConfigurationSet,
     pairs.set_array('atom_error', errors)
     pairs.set_array('atom_sigma', sigmas)
     pairs.set_array('atom_frame', frame_of_atom)
-    pairs.set_array('frame_max_error', np.array([errors[frame_of_atom == f].max() for f in range(len(labels))]))
-    pairs.set_array('frame_max_sigma', np.array([sigmas[frame_of_atom == f].max() for f in range(len(labels))]))
+    starts = np.flatnonzero(np.r_[True, np.diff(frame_of_atom) != 0])  # atoms are grouped by frame, in order
+    pairs.set_array('frame_max_error', np.maximum.reduceat(errors, starts))
+    pairs.set_array('frame_max_sigma', np.maximum.reduceat(sigmas, starts))
     pairs.base.attributes.set('selection_reasons', reasons)
     return {'metrics': orm.Dict(result), 'error_sigma_pairs': pairs}
 

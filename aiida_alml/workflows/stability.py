@@ -14,7 +14,7 @@ import numpy as np
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, calcfunction
 
-from aiida_alml.calculations.md import MdCalculation, check_committee
+from aiida_alml.calculations.md import MdCalculation, check_md_grid
 from aiida_alml.engines.md import MdParameterError, validate_parameters
 from aiida_alml.selection.stability import STABILITY_DEFAULTS, assess_run
 
@@ -67,11 +67,7 @@ def _validate_inputs(inputs, ctx):
             return f'criteria: {key} must be a non-negative number, got {value!r}'
     if 'structures' not in ctx:
         return None
-    if not inputs.get('structures'):
-        return 'structures: give at least one starting structure'
-    models = [inputs['md']['models'][key] for key in sorted(inputs['md'].get('models', {}))]
-    elements = set().union(*(structure.get_symbols_set() for structure in inputs['structures'].values()))
-    return check_committee(models, elements, name='md.models')
+    return check_md_grid(inputs)
 
 
 class StabilityWorkChain(WorkChain):

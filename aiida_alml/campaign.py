@@ -11,6 +11,7 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
+from aiida_alml.job_options import JobOptionError, campaign_metadata, campaign_options
 from aiida_alml.suggest import did_you_mean
 
 __all__ = ('CampaignError', 'load_campaign', 'inputs_from_config', 'iteration_table', 'current_stage')
@@ -51,7 +52,8 @@ def _convert_namespace(namespace, values: dict, base: pathlib.Path, where: str) 
     for key, value in values.items():
         name = f'{where}.{key}' if where else key
         if key == 'metadata':
-            converted[key] = value  # process options and labels: plain values, not nodes
+            # Process options and labels: plain values, not nodes; only what runs nothing (docs/security.md).
+            converted[key] = _checked(campaign_metadata, value, name)
             continue
         if key not in namespace:
             known = [port for port in namespace if port != 'metadata']
@@ -67,6 +69,13 @@ def _convert_namespace(namespace, values: dict, base: pathlib.Path, where: str) 
         else:
             converted[key] = _convert_value(port, value, base, name)
     return converted
+
+
+def _checked(check, value, name: str):
+    try:
+        return check(value, name)
+    except JobOptionError as exception:
+        raise CampaignError(str(exception)) from exception
 
 
 def _valid_types(port) -> tuple:
@@ -89,6 +98,8 @@ def _convert_value(port, value: Any, base: pathlib.Path, name: str):
         if ConfigurationSet in types:
             return _configuration_set(value, base)
         if orm.Dict in types and isinstance(value, dict):
+            if name.split('.')[-1] == 'options':  # job options of a labeller: the same rules as metadata.options
+                value = _checked(campaign_options, value, name)
             return orm.Dict(value)
         if orm.List in types and isinstance(value, list):
             return orm.List(value)

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # From nothing to a passed test suite: environment, PostgreSQL binaries, the storage tests on PostgreSQL
-# (core.psql_dos through pgtest), then the whole suite on SQLite with the ZeroMQ broker.
+# (core.psql_dos through pgtest), then the whole suite on SQLite with the ZeroMQ broker, then (as root) the
+# production profile's tests on PostgreSQL + RabbitMQ.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 . .venv/bin/activate
+# The tests' own reference calculators, registered in the `alml.calculators` entry-point group like a user's would be.
+python -m pip install -q -e tests/plugins 2>&1 | grep -v '^WARNING: Location' || true
 
 if ! compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null && ! command -v pg_ctl >/dev/null; then
     if [ "$(id -u)" = 0 ]; then
@@ -38,3 +41,23 @@ echo "==> storage tests on PostgreSQL (core.psql_dos)"
 ALML_TEST_STORAGE=core.psql_dos python -m pytest -m storage -q -p no:cacheprovider "$@"
 echo "==> whole suite on SQLite (core.sqlite_dos) with the ZeroMQ broker"
 python -m pytest -q -p no:cacheprovider "$@"
+
+# A SLURM cluster on this machine, reached over SSH (munge, slurmctld, slurmd, sshd from Debian packages, started by
+# scripts/cluster.sh): the tests marked `cluster`, which the suite above skips (they run only with ALML_TEST_CLUSTER=1).
+if [ "$(id -u)" = 0 ]; then
+    echo "==> SLURM cluster over SSH (scripts/cluster.sh), then the tests marked cluster"
+    bash scripts/cluster.sh --services-only
+    ALML_TEST_CLUSTER=1 python -m pytest -m cluster -q -p no:cacheprovider tests/test_cluster.py "$@"
+else
+    echo "==> cluster tests skipped: as root, scripts/cluster.sh installs and starts SLURM and sshd"
+fi
+
+# The production profile (PostgreSQL + RabbitMQ from Debian packages, started by scripts/services.sh): the tests
+# marked `production`, which the suite above skips (they run only with ALML_TEST_PRODUCTION=1).
+if [ "$(id -u)" = 0 ]; then
+    echo "==> production profile: PostgreSQL + RabbitMQ services, then the tests marked production"
+    bash scripts/services.sh
+    ALML_TEST_PRODUCTION=1 python -m pytest -m production -q -p no:cacheprovider "$@"
+else
+    echo "==> production-profile tests skipped: as root, scripts/services.sh installs and starts their services"
+fi

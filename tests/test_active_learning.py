@@ -57,15 +57,11 @@ def test_stops_on_label_budget_through_the_daemon(submit_and_await, al_inputs):
     # The reference fails on cells of more than 7 atoms (a NaN energy, like a diverging SCF): the four 8-atom initial
     # cells are failed labels, far above max_failed_fraction, yet the campaign keeps the 8 labels that succeeded and
     # goes on. Failed labels are charged to the budget. trust_lo tiny: every counted frame is a candidate.
-    import pathlib
-
-    tests = str(pathlib.Path(__file__).parent)
     inputs = al_inputs(max_labels=orm.Int(18), warm_start=orm.Bool(True),
                        warm_start_parameters=orm.Dict({'max_num_epochs': 2}),
                        selection=orm.Dict({'trust_lo': 1e-6, 'trust_hi': 50.0, 'labels_per_iteration': 4}))
-    inputs['label']['ase']['calculator'] = orm.Dict({'name': 'calculators:NanForHeavyCells',
+    inputs['label']['ase']['calculator'] = orm.Dict({'name': 'alml_test.nan_for_heavy_cells',
                                                      'kwargs': {'max_atoms': 7}})
-    inputs['label']['ase']['options'] = orm.Dict({'environment_variables': {'PYTHONPATH': tests}})
     node = submit_and_await(ActiveLearningWorkChain, timeout=1200, **inputs)
     assert node.exit_status == ActiveLearningWorkChain.exit_codes.ERROR_LABEL_BUDGET_SPENT.status, node.exit_message
     curve = node.outputs.learning_curve.get_dict()

@@ -13,13 +13,11 @@ from ase.calculators.emt import EMT
 from aiida_alml.configurations import Configurations
 
 ENGINE = str(pathlib.Path(sys.executable).parent / 'alml-label')
-TESTS = str(pathlib.Path(__file__).parent)
 
 
-def _run(tmp_path, configurations, spec, properties=('energy', 'forces')):
+def _run(tmp_path, configurations, spec, properties=('energy', 'forces'), env=None):
     (tmp_path / 'structures.npz').write_bytes(configurations.to_npz_bytes())
     (tmp_path / 'calculator.json').write_text(json.dumps(spec))
-    env = {**os.environ, 'PYTHONPATH': TESTS}
     result = subprocess.run(
         [ENGINE, '--properties', *properties], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
@@ -57,7 +55,7 @@ def test_engine_keeps_going_past_failures(tmp_path, cu_images):
 
 
 def test_engine_records_non_finite_results(tmp_path, cu_images):
-    spec = {'name': 'calculators:NanForHeavyCells', 'kwargs': {'max_atoms': 4}}
+    spec = {'name': 'alml_test.nan_for_heavy_cells', 'kwargs': {'max_atoms': 4}}
     _, report, labelled = _run(tmp_path, Configurations.from_ase(cu_images), spec)
     failed = [record for record in report['configurations'] if record['status'] == 'failed']
     assert len(failed) == 3 and all('energy is not finite' in record['error'] for record in failed)
@@ -68,3 +66,15 @@ def test_engine_refuses_a_bad_calculator(tmp_path, cu_images):
     result, report, _ = _run(tmp_path, Configurations.from_ase(cu_images), {'name': 'dft-of-my-dreams'})
     assert result.returncode == 2 and report is None
     assert 'unknown calculator' in result.stderr and 'emt' in result.stderr
+
+
+def test_engine_refuses_import_paths_even_from_a_spec_file(tmp_path, cu_images):
+    """The spec file is data: a class named by import path is not imported, so its module never runs."""
+    marker = tmp_path / 'ran'
+    (tmp_path / 'payload.py').write_text(f'import pathlib\npathlib.Path({str(marker)!r}).write_text("x")\n'
+                                         'class Calc:\n    get_potential_energy = None\n')
+    # importable on purpose: an engine that imported it would run it
+    env = {**os.environ, 'PYTHONPATH': str(tmp_path)}
+    result, report, _ = _run(tmp_path, Configurations.from_ase(cu_images), {'name': 'payload:Calc'}, env=env)
+    assert result.returncode == 2 and report is None
+    assert 'import paths are not accepted' in result.stderr and not marker.exists()

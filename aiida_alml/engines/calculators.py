@@ -1,14 +1,25 @@
 """Resolve a reference-calculator specification (``{'name': ..., 'kwargs': {...}}``) to an ASE calculator.
 
+A specification is data (it comes from a campaign file), so a name can only pick a calculator that is already
+installed and trusted: ASE's built-in calculators that run no external program, or a class an installed package
+registers in the entry-point group ``alml.calculators``. Import paths (``package.module:Class``) are refused: they
+would let a campaign file import any module and instantiate any class (``GULP(command=...)`` runs a shell command).
+Calculators that run an external program (ASE's ``FileIOCalculator`` family) are refused even when registered: such a
+program is configured as an AiiDA code (the ``aims`` or ``shell`` labeller). See docs/security.md.
+
 Pure ASE: used by the ``alml-label`` engine on the compute node and by the CalcJob's input validation.
 """
 
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import entry_points
 from typing import Any
 
-__all__ = ('KNOWN_CALCULATORS', 'CalculatorSpecError', 'build_calculator', 'resolve_calculator', 'validate_spec')
+__all__ = (
+    'ENTRY_POINT_GROUP', 'KNOWN_CALCULATORS', 'CalculatorSpecError', 'available_calculators', 'build_calculator',
+    'resolve_calculator', 'validate_spec',
+)
 
 #: Short names for ASE's built-in calculators that need no external program.
 KNOWN_CALCULATORS = {
@@ -17,6 +28,9 @@ KNOWN_CALCULATORS = {
     'morse': 'ase.calculators.morse:MorsePotential',
 }
 
+#: Installed packages register further calculators here: ``name = 'package.module:Class'``.
+ENTRY_POINT_GROUP = 'alml.calculators'
+
 PROPERTIES = ('energy', 'forces', 'stress')
 
 
@@ -24,29 +38,49 @@ class CalculatorSpecError(ValueError):
     """The calculator specification cannot be turned into an ASE calculator."""
 
 
+def _registered() -> dict[str, Any]:
+    return {entry.name: entry for entry in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_calculators() -> list[str]:
+    """Every name a specification may use: the built-in short names and the registered ones."""
+    return sorted(set(KNOWN_CALCULATORS) | set(_registered()))
+
+
 def resolve_calculator(name: str) -> type:
-    """Import the calculator class for a short name or a ``module:Class`` import path."""
+    """The calculator class for a built-in short name or a name registered in ``alml.calculators``."""
     if not isinstance(name, str) or not name:
-        raise CalculatorSpecError('calculator name must be a non-empty string')
-    path = KNOWN_CALCULATORS.get(name.lower())
-    if path is None:
-        if ':' not in name:
+        raise CalculatorSpecError(f'calculator name must be a non-empty string, not {name!r}')
+    registered = _registered()
+    if name.lower() in KNOWN_CALCULATORS:
+        module_name, _, class_name = KNOWN_CALCULATORS[name.lower()].partition(':')
+        cls = getattr(importlib.import_module(module_name), class_name)
+    elif name in registered:
+        try:
+            cls = registered[name].load()
+        except (ImportError, AttributeError) as exception:
             raise CalculatorSpecError(
-                f'unknown calculator {name!r}: use one of {", ".join(sorted(KNOWN_CALCULATORS))} '
-                "or an import path 'package.module:ClassName'"
+                f'calculator {name!r} is registered as {registered[name].value!r} but cannot be loaded ({exception})'
+            ) from exception
+    else:
+        known = ', '.join(available_calculators())
+        if ':' in name:
+            raise CalculatorSpecError(
+                f'calculator {name!r}: import paths are not accepted (they would let a campaign file run any code); '
+                f'use one of {known}, or register the class in the entry-point group {ENTRY_POINT_GROUP!r} of an '
+                'installed package (docs/security.md)'
             )
-        path = name
-    module_name, _, class_name = path.partition(':')
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exception:
-        raise CalculatorSpecError(f'calculator import path {name!r}: cannot import module {module_name!r} ({exception})')
-    try:
-        cls = getattr(module, class_name)
-    except AttributeError:
-        raise CalculatorSpecError(f'calculator import path {name!r}: module {module_name!r} has no {class_name!r}')
+        raise CalculatorSpecError(f'unknown calculator {name!r}: use one of {known}')
     if not isinstance(cls, type) or not hasattr(cls, 'get_potential_energy'):
         raise CalculatorSpecError(f'calculator {name!r} is not an ASE calculator class')
+    from ase.calculators.calculator import FileIOCalculator
+    from ase.calculators.genericfileio import GenericFileIOCalculator
+
+    if issubclass(cls, (FileIOCalculator, GenericFileIOCalculator)):
+        raise CalculatorSpecError(
+            f'calculator {name!r} runs an external program: configure that program as an AiiDA code instead '
+            '(labeller aims or shell; docs/security.md)'
+        )
     return cls
 
 
@@ -56,7 +90,7 @@ def validate_spec(spec: dict[str, Any], properties: list[str]) -> type:
     if unknown:
         raise CalculatorSpecError(f'calculator has unknown keys {sorted(unknown)}: only name and kwargs are allowed')
     if 'name' not in spec:
-        raise CalculatorSpecError("calculator needs a 'name' (e.g. 'emt' or 'package.module:ClassName')")
+        raise CalculatorSpecError(f"calculator needs a 'name': one of {', '.join(available_calculators())}")
     if not isinstance(spec.get('kwargs', {}), dict):
         raise CalculatorSpecError('calculator kwargs must be a dictionary of keyword arguments')
     cls = resolve_calculator(spec['name'])

@@ -1,7 +1,7 @@
-"""Small ASE calculators used by the tests as reference programs (importable as ``calculators:...``)."""
+"""Small ASE calculators used by the tests as reference programs (registered in ``alml.calculators``)."""
 
 import numpy as np
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator, FileIOCalculator, all_changes
 from ase.calculators.emt import EMT
 
 
@@ -31,3 +31,9 @@ class EnergyOnly(Calculator):
     def calculate(self, atoms=None, properties=('energy',), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         self.results = {'energy': 0.0, 'forces': np.zeros((len(self.atoms), 3))}
+
+
+class RunsAProgram(FileIOCalculator):
+    """A registered calculator that would run an external command: refused all the same (it must be a code)."""
+
+    implemented_properties = ['energy']

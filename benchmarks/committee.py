@@ -40,6 +40,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'tests'))
 
 from mace.calculators import MACECalculator  # noqa: E402
+
+from aiida_alml.engines.model_format import load_model  # noqa: E402
 from mace_helpers import SMALL, TINY, cu_cell, train_committee  # noqa: E402
 
 from aiida_alml.engines.committee import CommitteeCalculator, keep_large_allocations  # noqa: E402
@@ -92,9 +94,9 @@ def committee_row(paths: list[Path], natoms: int, n: int, rounds: int, clock) ->
     """One markdown row: N members cycled from ``paths`` on the ``natoms`` cell."""
     members = [paths[i % len(paths)] for i in range(n)]
     ours = CommitteeCalculator(model_paths=members, strategy='sequential')
-    calcs = {'one': MACECalculator(model_paths=[paths[0]], device='cpu', default_dtype='float64')}
+    calcs = {'one': MACECalculator(models=[load_model(paths[0])], device='cpu', default_dtype='float64')}
     if n > 1:  # for N=1 the stock committee *is* the one-model reference
-        calcs['stock'] = MACECalculator(model_paths=members, device='cpu', default_dtype='float64')
+        calcs['stock'] = MACECalculator(models=[load_model(p) for p in members], device='cpu', default_dtype='float64')
     calcs['seq'] = ours
     calcs['vmap'] = CommitteeCalculator(models=ours.models, strategy='vmap')
     calcs['auto'] = CommitteeCalculator(models=ours.models, strategy='auto')

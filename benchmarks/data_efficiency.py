@@ -242,7 +242,7 @@ def main(argv=None) -> int:
             name: orm.InstalledCode(label=executable, computer=computer, default_calc_job_plugin=plugin,
                                     filepath_executable=str(bindir / executable)).store()
             for name, executable, plugin in (('label', 'alml-label', 'alml.ase'),
-                                             ('train', 'mace_run_train', 'alml.mace.train'),
+                                             ('train', 'alml-train', 'alml.mace.train'),
                                              ('md', 'alml-md', 'alml.md'))
         }
         test_temperature = args.test_temperature_factor * max(args.temperatures)

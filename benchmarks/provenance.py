@@ -100,10 +100,23 @@ class GraphBuilder:
     def model(self, name):
         from aiida_alml.data import MlipModel
 
-        path = os.path.join(self.folder, f'{name}.model')
+        import io
+
+        import torch
+
+        from aiida_alml.engines.model_format import save_model
+
+        if not hasattr(self, '_model_bytes'):  # one small valid model file; each node gets its own copy
+            sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests'))
+            from mace_helpers import random_mace
+
+            buffer = io.BytesIO()
+            save_model(random_mace(max_L=0, channels=4, atomic_numbers=(29,), r_max=5.0).to(torch.float64), buffer)
+            self._model_bytes = buffer.getvalue()
+        path = os.path.join(self.folder, f'{name}.alml')
         with open(path, 'wb') as handle:
-            handle.write(self.rng.bytes(256))
-        return MlipModel(path, architecture='MACE', elements=['Cu'], r_max=5.0, dtype='float64', seed=1)
+            handle.write(self._model_bytes)
+        return MlipModel(path, seed=1)
 
     def campaign(self, rounds: int, calcs: int, configs: int, members: int, code) -> dict:
         orm, rng = self.orm, self.rng

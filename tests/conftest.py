@@ -207,8 +207,8 @@ def _venv_code(computer, label, executable, plugin):
 
 @pytest.fixture(scope='session')
 def mace_train_code(alml_localhost):
-    """The venv's ``mace_run_train`` as an InstalledCode (the cluster's module in production)."""
-    return _venv_code(alml_localhost, 'mace_run_train', 'mace_run_train', 'alml.mace.train')
+    """The venv's ``alml-train`` (``mace_run_train`` + our model format) as an InstalledCode."""
+    return _venv_code(alml_localhost, 'alml-train', 'alml-train', 'alml.mace.train')
 
 
 @pytest.fixture(scope='session')

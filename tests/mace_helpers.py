@@ -7,6 +7,7 @@ a laptop CPU; they are only meant to exercise the inference code paths.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -52,10 +53,10 @@ def make_cu_dataset(n_configs: int = 20, seed: int = 0) -> list[Atoms]:
     return configs
 
 
-def _mace_run_train() -> str:
-    """Path of ``mace_run_train`` next to the running interpreter (the venv)."""
-    exe = Path(sys.executable).parent / 'mace_run_train'
-    return str(exe) if exe.exists() else 'mace_run_train'
+def _alml_train() -> str:
+    """Path of ``alml-train`` (``mace_run_train`` + our model file) next to the running interpreter (the venv)."""
+    exe = Path(sys.executable).parent / 'alml-train'
+    return str(exe) if exe.exists() else 'alml-train'
 
 
 def train_tiny_mace(
@@ -66,18 +67,18 @@ def train_tiny_mace(
     hyper: dict | None = None,
     name: str = 'cu',
 ) -> Path:
-    """Train one MACE member with ``mace_run_train`` and return the model path.
+    """Train one MACE member with ``alml-train`` and return the path of its model file (our format, ``.alml``).
 
-    Re-uses ``work_dir/<name>.model`` if it already exists (cache).
+    Re-uses ``work_dir/<name>.alml`` if it already exists (cache).
     """
     hyper = {**TINY, **(hyper or {})}
     work_dir = Path(work_dir)
-    model = work_dir / f'{name}.model'
+    model = work_dir / f'{name}.alml'
     if model.exists():
         return model
     work_dir.mkdir(parents=True, exist_ok=True)
     cmd = [
-        _mace_run_train(), '--name', name, '--seed', str(seed),
+        _alml_train(), '--name', name, '--seed', str(seed),
         '--train_file', str(train_file), '--valid_fraction', '0.2',
         '--E0s', '{29: 3.51}', '--model', 'MACE',
         '--num_channels', str(hyper['num_channels']), '--max_L', str(hyper['max_L']),
@@ -92,7 +93,7 @@ def train_tiny_mace(
     env = {**os.environ, 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1')}
     proc = subprocess.run(cmd, cwd=work_dir, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0 or not model.exists():
-        raise RuntimeError(f'mace_run_train failed (rc={proc.returncode}):\n{proc.stderr[-3000:]}')
+        raise RuntimeError(f'alml-train failed (rc={proc.returncode}):\n{proc.stderr[-3000:]}')
     # Checkpoints / logs are not needed once the model file exists.
     for sub in ('checkpoints', 'logs', 'results', 'valid_indices_' + str(seed) + '.txt'):
         shutil.rmtree(work_dir / sub, ignore_errors=True)
@@ -117,7 +118,7 @@ def train_committee(
     if not train_file.exists():
         write(train_file, make_cu_dataset(), format='extxyz')
     dirs = [root / f'{tag}_s{seed}' for seed in seeds]
-    todo = [(d, s) for d, s in zip(dirs, seeds) if not (d / 'cu.model').exists()]
+    todo = [(d, s) for d, s in zip(dirs, seeds) if not (d / 'cu.alml').exists()]
     if len(todo) > 1:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -133,6 +134,7 @@ def random_mace(
     interaction: str = 'RealAgnosticResidualInteractionBlock',
     atomic_numbers: tuple[int, ...] = (13, 29),
     correlation: int = 2,
+    r_max: float = 4.0,
     **extra,
 ):
     """An untrained float64 ``ScaleShiftMACE`` with random weights, built in-process.
@@ -150,7 +152,7 @@ def random_mace(
     model = modules.ScaleShiftMACE(
         atomic_inter_scale=1.3,
         atomic_inter_shift=0.1,
-        r_max=4.0,
+        r_max=r_max,
         num_bessel=8,
         num_polynomial_cutoff=5,
         max_ell=3,
@@ -169,3 +171,27 @@ def random_mace(
         **extra,
     )
     return model.to(torch.float64)
+
+
+@functools.lru_cache(maxsize=32)
+def _model_bytes(seed: int, r_max: float, atomic_numbers: tuple[int, ...], dtype: str) -> bytes:
+    import io
+
+    import torch
+
+    from aiida_alml.engines.model_format import save_model
+
+    model = random_mace(seed=seed, max_L=0, channels=4, atomic_numbers=atomic_numbers, r_max=r_max)
+    buffer = io.BytesIO()
+    save_model(model.to(getattr(torch, dtype)), buffer)
+    return buffer.getvalue()
+
+
+def model_file(path: Path, seed: int = 0, r_max: float = 4.0, elements: tuple[str, ...] = ('Cu',),
+               dtype: str = 'float64') -> Path:
+    """A small untrained MACE written in our model format (for tests that need a valid model file, not a good one)."""
+    from ase.data import atomic_numbers
+
+    numbers = tuple(sorted(atomic_numbers[symbol] for symbol in elements))
+    Path(path).write_bytes(_model_bytes(seed, float(r_max), numbers, dtype))
+    return Path(path)

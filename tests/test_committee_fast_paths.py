@@ -29,6 +29,7 @@ from mace_helpers import cu_cell, random_mace  # noqa: E402
 
 from aiida_alml.engines import radial_table  # noqa: E402
 from aiida_alml.engines.committee import CommitteeCalculator  # noqa: E402
+from aiida_alml.engines.model_format import save_model  # noqa: E402
 from aiida_alml.engines.message_passing import FusedInteraction, FusionError, neighbour_layout  # noqa: E402
 from aiida_alml.engines.product_basis import PrecomputedContraction, ProductBasisError  # noqa: E402
 from aiida_alml.engines.radial_table import RadialTable, TabulationError, radial_weight_functions  # noqa: E402
@@ -47,8 +48,8 @@ def vector_model_paths(vector_models, tmp_path_factory):
     root = tmp_path_factory.mktemp('random_mace')
     paths = []
     for i, model in enumerate(vector_models):
-        paths.append(root / f'member_{i}.model')
-        torch.save(model, paths[-1])
+        paths.append(root / f'member_{i}.alml')
+        save_model(model, paths[-1])
     return paths
 
 
@@ -68,7 +69,9 @@ def _close(actual, expected, rtol=RTOL):
 def _stock(paths, atoms, dtype='float64'):
     from mace.calculators import MACECalculator
 
-    stock = MACECalculator(model_paths=[str(p) for p in paths], device='cpu', default_dtype=dtype)
+    from aiida_alml.engines.model_format import load_model
+
+    stock = MACECalculator(models=[load_model(p) for p in [str(p) for p in paths]], device='cpu', default_dtype=dtype)
     stock.calculate(atoms)
     return stock.results
 
@@ -223,8 +226,8 @@ def test_mace_own_evaluation_gives_the_same_committee(vector_models):
 
 def test_calculator_falls_back_to_mace_evaluation(tmp_path, caplog):
     model = random_mace(interaction='RealAgnosticDensityResidualInteractionBlock')
-    path = tmp_path / 'density.model'
-    torch.save(model, path)
+    path = tmp_path / 'density.alml'
+    save_model(model, path)
     with caplog.at_level(logging.INFO, logger='aiida_alml.engines.committee'):
         calc = CommitteeCalculator(model_paths=[path], strategy='sequential')
     # The density block's interactions are evaluated as MACE does; its product basis is standard.

@@ -45,7 +45,9 @@ def member_paths(tmp_path_factory) -> list[Path]:
 def stock(member_paths):
     from mace.calculators import MACECalculator
 
-    return MACECalculator(model_paths=[str(p) for p in member_paths], device='cpu', default_dtype='float64')
+    from aiida_alml.engines.model_format import load_model
+
+    return MACECalculator(models=[load_model(p) for p in member_paths], device='cpu', default_dtype='float64')
 
 
 @pytest.fixture(scope='module')
@@ -129,10 +131,12 @@ def test_force_sigma_is_rms_member_spread(members):
 def test_single_member_committee(members, member_paths):
     from mace.calculators import MACECalculator
 
+    from aiida_alml.engines.model_format import load_model
+
     atoms = _rattled()
     calc = CommitteeCalculator(models=members[:1])
     calc.calculate(atoms)
-    ref = MACECalculator(model_paths=[str(member_paths[0])], device='cpu', default_dtype='float64')
+    ref = MACECalculator(models=[load_model(member_paths[0])], device='cpu', default_dtype='float64')
     ref.calculate(atoms)
     _close(calc.results['energy'], ref.results['energy'])
     _close(calc.results['forces'], ref.results['forces'])
@@ -182,6 +186,8 @@ def test_sha256_is_checked_before_loading(member_paths):
 
 def _stock_of(models, atoms):
     from mace.calculators import MACECalculator
+
+    from aiida_alml.engines.model_format import load_model
 
     stock = MACECalculator(models=[copy.deepcopy(m) for m in models], device='cpu', default_dtype='float64')
     return _stock_results(stock, atoms)

@@ -95,15 +95,14 @@ def test_explore_grid(md_code, trained_committee):
 
 
 def test_explore_checks_every_condition(md_code, tmp_path):
-    from mace_helpers import cu_cell
+    from mace_helpers import cu_cell, model_file
 
     from aiida_alml.data import MlipModel
 
     models = {}
     for index in range(2):
-        path = tmp_path / f'm{index}'
-        path.write_bytes(bytes([index]))
-        models[f'member_{index}'] = MlipModel(file=path, architecture='MACE', elements=['Cu'], r_max=4.0, dtype='float64')
+        path = model_file(tmp_path / f'm{index}', seed=index)
+        models[f'member_{index}'] = MlipModel(file=path)
     with pytest.raises(ValueError, match=r'conditions\[1\]: temperature must be positive'):
         run_get_node(
             ExploreWorkChain,

@@ -78,31 +78,39 @@ def test_constructor_needs_configurations():
         ConfigurationSet([1, 2])
 
 
-def _model_file(tmp_path, content=b'pretend torch pickle'):
-    path = tmp_path / 'cu.model'
-    path.write_bytes(content)
-    return path
+def _model_file(tmp_path, **kwargs):
+    from mace_helpers import model_file
+
+    return model_file(tmp_path / 'cu.alml', **kwargs)
 
 
-def test_model_records_hash_and_attributes(tmp_path):
+def test_model_attributes_are_read_from_the_file(tmp_path):
     import hashlib
 
-    path = _model_file(tmp_path)
-    model = MlipModel(file=path, architecture='MACE', elements=['Cu', 'Ag'], r_max=4.0, dtype='float64', seed=3)
+    path = _model_file(tmp_path, elements=('Cu', 'Ag'), r_max=4.5, dtype='float32')
+    model = MlipModel(file=path, seed=3)
     model.store()
     loaded = orm.load_node(model.pk)
     assert loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert loaded.elements == ['Ag', 'Cu'] and loaded.r_max == 4.0 and loaded.dtype == 'float64' and loaded.seed == 3
+    assert loaded.elements == ['Ag', 'Cu'] and loaded.r_max == 4.5 and loaded.dtype == 'float32' and loaded.seed == 3
+    assert loaded.architecture == 'MACE'
     loaded.verify()
     with loaded.verified_path() as checked:
         assert checked.read_bytes() == path.read_bytes()
+    assert float(loaded.load().r_max) == 4.5
+
+
+def test_model_does_not_believe_the_caller(tmp_path):
+    """Elements, cutoff and dtype cannot be claimed: they come from the file."""
+    with pytest.raises(TypeError):
+        MlipModel(file=_model_file(tmp_path), elements=['Ag'])
 
 
 def test_model_refuses_tampered_bytes(tmp_path):
-    model = MlipModel(file=_model_file(tmp_path), architecture='MACE', elements=['Cu'], r_max=4.0, dtype='float32')
+    model = MlipModel(file=_model_file(tmp_path))
     # Swap the bytes behind the recorded hash (possible only before storing; a corrupted repository looks the same).
     model.base.repository.put_object_from_filelike(io.BytesIO(b'malicious pickle'), model.filename)
-    with pytest.raises(ModelIntegrityError, match='refusing to load it'):
+    with pytest.raises(ModelIntegrityError, match='refusing to use it'):
         model.verify()
     with pytest.raises(ModelIntegrityError, match='does not match its recorded SHA-256'):
         with model.verified_path():
@@ -111,18 +119,65 @@ def test_model_refuses_tampered_bytes(tmp_path):
         model.load()
 
 
-@pytest.mark.parametrize(
-    'kwargs, message',
-    [
-        ({'dtype': 'float16'}, 'dtype must be float32 or float64'),
-        ({'elements': []}, 'elements must name at least one'),
-        ({'r_max': 0.0}, 'r_max must be positive'),
-    ],
-)
-def test_model_bad_attributes(tmp_path, kwargs, message):
-    arguments = {'architecture': 'MACE', 'elements': ['Cu'], 'r_max': 4.0, 'dtype': 'float64', **kwargs}
-    with pytest.raises(ValueError, match=message):
-        MlipModel(file=_model_file(tmp_path), **arguments)
+class _Payload:
+    """Unpickling this runs ``os.system``: what a hostile "model file" would carry."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f'touch {self.marker}',))
+
+
+def test_pickled_payload_posing_as_a_model_does_not_run(tmp_path):
+    import torch
+
+    from aiida_alml.engines.committee import load_committee
+    from aiida_alml.engines.model_format import ModelFormatError, load_model
+
+    marker = tmp_path / 'payload_ran'
+    path = tmp_path / 'evil.alml'
+    torch.save({'format': 'alml.mace.v1', 'model_class': 'ScaleShiftMACE', 'config': '{}',
+                'state_dict': _Payload(marker)}, path)
+    import mace  # noqa: F401  (sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD; our reads must not depend on it)
+
+    for read in (lambda: MlipModel(file=path), lambda: load_model(path), lambda: load_committee([path])):
+        with pytest.raises(ModelFormatError, match='not an aiida-alml model file: it asks to rebuild Python objects'):
+            read()
+    assert not marker.exists(), 'the payload ran'
+
+
+def test_a_mace_pickle_is_refused_with_a_pointer(tmp_path):
+    import torch
+    from mace_helpers import random_mace
+
+    from aiida_alml.engines.model_format import ModelFormatError
+
+    path = tmp_path / 'mace.model'
+    torch.save(random_mace(max_L=0, channels=4), path)
+    with pytest.raises(ModelFormatError, match='pickled model or a payload'):
+        MlipModel(file=path)
+
+
+@pytest.mark.parametrize(('config', 'message'), [
+    ({'interaction_cls': 'os.system'}, r"`interaction_cls` 'os.system' is not a building block of mace.modules.blocks"),
+    ({'interaction_cls': 'torch'}, r"`interaction_cls` 'torch' is not a building block"),
+    ({'gate': 'eval'}, r"`gate` 'eval' is not one of"),
+])
+def test_model_config_names_only_allowed_classes(tmp_path, config, message):
+    import json
+
+    import torch
+
+    from aiida_alml.engines.model_format import ModelFormatError, load_model
+
+    payload = torch.load(_model_file(tmp_path), weights_only=True)
+    payload['config'] = json.dumps({**json.loads(payload['config']), **config})
+    torch.save(payload, tmp_path / 'edited.alml')
+    with pytest.raises(ModelFormatError, match=message):
+        load_model(tmp_path / 'edited.alml')
 
 
 def test_profile_uses_the_requested_storage(aiida_profile):

@@ -84,18 +84,19 @@ def test_e0s_must_cover_the_elements(tiny_mace_inputs):
 
 
 def test_parent_model_with_a_changed_file_is_refused(tiny_mace_inputs, tmp_path):
-    path = tmp_path / 'fake.model'
-    path.write_bytes(b'original bytes')
-    parent = MlipModel(file=path, architecture='MACE', elements=['Cu'], r_max=4.0, dtype='float64')
+    from mace_helpers import model_file
+
+    path = model_file(tmp_path / 'fake.alml', seed=1)
+    parent = MlipModel(file=path)
     path.write_bytes(b'tampered bytes')
     parent.base.repository.put_object_from_file(str(path), parent.filename)
     _refused({**tiny_mace_inputs(), 'parent_model': parent}, r'parent_model: .*does not match|parent_model: .*SHA-256')
 
 
 def test_parent_model_r_max_conflict(tiny_mace_inputs, tmp_path):
-    path = tmp_path / 'parent.model'
-    path.write_bytes(b'bytes')
-    parent = MlipModel(file=path, architecture='MACE', elements=['Cu'], r_max=5.0, dtype='float64')
+    from mace_helpers import model_file
+
+    parent = MlipModel(file=model_file(tmp_path / 'parent.alml', r_max=5.0))
     _refused({**tiny_mace_inputs(), 'parent_model': parent}, r'r_max 4.0 differs from the parent model r_max 5.0')
 
 

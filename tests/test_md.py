@@ -38,10 +38,13 @@ def _refused(inputs, match):
 
 
 def _fake_model(tmp_path, name, **attributes):
-    path = tmp_path / name
-    path.write_bytes(name.encode())
-    return MlipModel(file=path, **{'architecture': 'MACE', 'elements': ['Cu'], 'r_max': 4.0, 'dtype': 'float64',
-                                   **attributes})  # fmt: skip
+    """An untrained model file (the checks below read its header, not its quality)."""
+    from mace_helpers import model_file
+
+    attributes = {'elements': ['Cu'], 'r_max': 4.0, 'dtype': 'float64', **attributes}
+    path = model_file(tmp_path / name, seed=len(name), r_max=attributes['r_max'],
+                      elements=tuple(attributes['elements']), dtype=attributes['dtype'])
+    return MlipModel(file=path)
 
 
 # ---------------------------------------------------------------------- engine with a fake committee (fast)
@@ -178,8 +181,10 @@ def _independent_sigma(models, trajectory, frame):
     """Committee evaluated again outside the engine, from the hash-checked model files."""
     from mace.calculators import MACECalculator
 
+    from aiida_alml.engines.model_format import load_model
+
     with models[0].verified_path() as first, models[1].verified_path() as second:
-        calculator = MACECalculator(model_paths=[str(first), str(second)], device='cpu', default_dtype='float64')
+        calculator = MACECalculator(models=[load_model(first), load_model(second)], device='cpu', default_dtype='float64')
         atoms = trajectory.get_step_structure(frame).get_ase()
         atoms.calc = calculator
         atoms.get_potential_energy()
@@ -246,7 +251,7 @@ def test_md_through_the_daemon(md_code, trained_committee, submit_and_await):
 
 
 def test_engine_refuses_a_model_file_whose_hash_changed(tmp_path):
-    """Checked before the file is unpickled; the parser maps the error's name to exit code 310."""
+    """Checked before the file is read; the parser maps the error's name to exit code 310."""
     from aiida_alml.engines.committee import ModelHashError
     from aiida_alml.engines.md import load_calculator
 

@@ -7,6 +7,7 @@ unrelated branch (another labeller and model) that every answer must leave out.
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -66,9 +67,10 @@ def _return(workflow, label: str, data):
 
 
 def _model(tmp_path, name: str) -> MlipModel:
-    path = tmp_path / f'{name}.model'
-    path.write_bytes(f'weights of {name}'.encode())
-    return MlipModel(path, architecture='MACE', elements=['Cu'], r_max=4.0, dtype='float64', seed=1)
+    from mace_helpers import model_file
+
+    path = model_file(tmp_path / f'{name}.alml', seed=sum(map(ord, name)))
+    return MlipModel(path, seed=1)
 
 
 def _train(tmp_path, name, training_set, committee, member, **extra):
@@ -168,6 +170,7 @@ def graph(alml_localhost, tmp_path_factory):
     _return(loop, 'models__member_1', g['model_1b'])
     _return(loop, 'dataset', dataset_1)
     _return(loop, 'learning_curve', g['learning_curve'])
+    g['model_hashes'] = {node.sha256 for node in orm.QueryBuilder().append(MlipModel).all(flat=True)}
     return g
 
 
@@ -316,7 +319,8 @@ def test_export_command(graph, invoke, tmp_path):
     result = invoke(export, graph['loop'].pk, target)
     assert result.exit_code == 0, result.output
     for key, name in (('member_0', 'model_1a'), ('member_1', 'model_1b')):
-        assert (target / 'models' / key / f'{name}.model').read_bytes() == f'weights of {name}'.encode()
+        exported = target / 'models' / key / f'{name}.alml'
+        assert hashlib.sha256(exported.read_bytes()).hexdigest() in graph['model_hashes']
     dataset = read_extxyz(target / 'dataset.extxyz')
     assert len(dataset) == 7 and dataset.content_hash() == graph['dataset_1'].content_hash
     assert json.loads((target / 'learning_curve.json').read_text()) == graph['learning_curve'].get_dict()

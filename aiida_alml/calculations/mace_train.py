@@ -15,11 +15,12 @@ from aiida_alml.engines.mace_options import MaceOptionError, check_parameters, t
 
 __all__ = ('MaceTrainCalculation', 'isolated_atom_energies')
 
-MODEL_NAME = 'mace'  # mace_run_train --name: the model is written as mace.model
+MODEL_NAME = 'mace'  # mace_run_train --name: MACE writes mace.model, alml-train converts it to mace.alml
+MODEL_FILE = f'{MODEL_NAME}.alml'
 TRAIN_FILE = 'train.xyz'
 VALID_FILE = 'valid.xyz'
 TEST_FILE = 'test.xyz'
-PARENT_FILE = 'parent.model'
+PARENT_FILE = 'parent.alml'
 STDOUT_FILE = 'mace_run_train.out'
 ISOLATED_ATOM = 'IsolatedAtom'  # MACE's config_type for the configurations that give E0s
 # MACE defaults used by the input checks (they do not change between 0.3.x versions).
@@ -75,7 +76,8 @@ def _resolve_e0s(inputs, configurations) -> dict[str, float] | str:
         unknown = [key for key in e0s if key not in atomic_numbers]
         if unknown:
             raise ValueError(f'e0s: keys must be element symbols, got {unknown}')
-        bad = [key for key, energy in e0s.items() if not isinstance(energy, (int, float)) or not math.isfinite(energy)]
+        bad = [key for key, energy in e0s.items()
+               if isinstance(energy, bool) or not isinstance(energy, (int, float)) or not math.isfinite(energy)]
         if bad:
             raise ValueError(f'e0s: energies of {bad} are not finite numbers')
         missing = sorted(elements - set(e0s))
@@ -93,6 +95,17 @@ def _resolve_e0s(inputs, configurations) -> dict[str, float] | str:
     return 'average'
 
 
+def _e0s_problem(value) -> str | None:
+    """What is wrong with ``e0s`` on its own (the elements it must cover are checked once the training set is known)."""
+    from types import SimpleNamespace
+
+    try:
+        _resolve_e0s({'e0s': value}, SimpleNamespace(elements=()))
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 def _validate_inputs(inputs, _):
     """Every check that needs more than one input, run before anything is written or submitted."""
     parameters = inputs['parameters'].get_dict() if 'parameters' in inputs else {}
@@ -103,6 +116,8 @@ def _validate_inputs(inputs, _):
     for name in ('training_set', 'validation_set', 'test_set'):
         if name in inputs and (message := _check_labels(name, inputs[name])):
             return message
+    if 'e0s' in inputs and (message := _e0s_problem(inputs['e0s'])):
+        return message
     if 'training_set' not in inputs:
         return None  # exposed by a workflow that supplies the training set later (it is a required port here)
     training = inputs['training_set'].configurations
@@ -189,6 +204,8 @@ class MaceTrainCalculation(CalcJob):
         spec.output('training_curve', valid_type=orm.ArrayData, help='Validation errors per epoch.')
 
         spec.exit_code(300, 'ERROR_MISSING_OUTPUT', message='mace_run_train wrote no log: it did not run or crashed.')
+        spec.exit_code(302, 'ERROR_DISK_FULL', message='The working directory on the compute machine is full (no space '
+                       'left or over quota): {details}')
         spec.exit_code(310, 'ERROR_NO_MODEL', message='mace_run_train wrote no model file: {details}')
         spec.exit_code(320, 'ERROR_NAN_LOSS', message='The loss became NaN at epoch {epoch}.')
         spec.exit_code(400, 'ERROR_OUT_OF_WALLTIME',
@@ -237,7 +254,8 @@ class MaceTrainCalculation(CalcJob):
 
         calcinfo.codes_info = [codeinfo]
         # Checkpoints stay in the remote folder (they can be large): a restart copies them from there.
-        calcinfo.retrieve_list = [f'{MODEL_NAME}.model', 'logs', 'results', STDOUT_FILE]
+        # Only our model file comes back: MACE's own pickle stays on the compute node (loading a pickle runs code).
+        calcinfo.retrieve_list = [MODEL_FILE, 'logs', 'results', STDOUT_FILE]
         return calcinfo
 
 

@@ -27,36 +27,27 @@ def sha256_of_file(path: str | os.PathLike) -> str:
 
 
 class MlipModel(orm.SinglefileData):
-    """A trained MLIP file (e.g. a MACE ``.model``) with what is needed to use it safely.
+    """A trained MLIP file in aiida-alml's format (:mod:`aiida_alml.engines.model_format`): config + weights.
 
-    Attributes: ``architecture`` (e.g. ``'MACE'``), ``elements`` (sorted symbols), ``r_max`` (Å), ``dtype``
-    (``float32``/``float64``), ``seed`` and ``sha256``. Model files are pickles, so loading one runs code:
-    :meth:`verified_path` and :meth:`load` check the bytes against ``sha256`` first and refuse on mismatch.
+    Attributes: ``architecture`` (``'MACE'``), ``elements`` (sorted symbols), ``r_max`` (Å), ``dtype``
+    (``float32``/``float64``), ``seed`` and ``sha256``. All but ``seed`` are read from the file when the node is
+    made, never taken from the caller. The file is read without unpickling objects (``weights_only=True``), so a
+    pickled model or a payload posing as one is refused instead of run; the hash guards the stored bytes against
+    change: :meth:`verified_path` and :meth:`load` check it first.
     """
 
-    def __init__(
-        self,
-        file: str | os.PathLike,
-        architecture: str,
-        elements: list[str],
-        r_max: float,
-        dtype: str,
-        seed: int | None = None,
-        **kwargs,
-    ):
-        if dtype not in ('float32', 'float64'):
-            raise ValueError(f'dtype must be float32 or float64, got {dtype!r}')
-        if not elements:
-            raise ValueError('elements must name at least one element the model was trained on')
-        if not float(r_max) > 0:
-            raise ValueError(f'r_max must be positive, got {r_max!r}')
+    def __init__(self, file: str | os.PathLike, seed: int | None = None, **kwargs):
+        from aiida_alml.engines.model_format import read_header
+
+        header = read_header(file)  # raises ModelFormatError for anything but our format
         super().__init__(file=file, **kwargs)
         self.base.attributes.set_many(
             {
-                'architecture': architecture,
-                'elements': sorted(elements),
-                'r_max': float(r_max),
-                'dtype': dtype,
+                'architecture': 'MACE',
+                'model_class': header['model_class'],
+                'elements': header['elements'],
+                'r_max': header['r_max'],
+                'dtype': header['dtype'],
                 'seed': seed,
                 'sha256': sha256_of_file(file),
             }
@@ -95,7 +86,7 @@ class MlipModel(orm.SinglefileData):
         if digest.hexdigest() != self.sha256:
             raise ModelIntegrityError(
                 f'model file of node {self.pk or "(unstored)"} has SHA-256 {digest.hexdigest()} but {self.sha256} '
-                'was recorded: refusing to load it (a model file is a pickle and loading it runs code)'
+                'was recorded: refusing to use it (it is not the file that was stored)'
             )
 
     @contextlib.contextmanager
@@ -109,13 +100,13 @@ class MlipModel(orm.SinglefileData):
             if sha256_of_file(path) != self.sha256:
                 raise ModelIntegrityError(
                     f'model file of node {self.pk or "(unstored)"} does not match its recorded SHA-256 '
-                    f'{self.sha256}: refusing to load it (a model file is a pickle and loading it runs code)'
+                    f'{self.sha256}: refusing to use it (it is not the file that was stored)'
                 )
             yield path
 
     def load(self, device: str = 'cpu'):
-        """Load the torch model after checking its hash."""
-        import torch
+        """The torch model, rebuilt from the file's config and weights after checking its hash."""
+        from aiida_alml.engines.model_format import load_model
 
         with self.verified_path() as path:
-            return torch.load(path, map_location=device, weights_only=False)
+            return load_model(path, device=device)

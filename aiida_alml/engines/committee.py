@@ -159,12 +159,12 @@ def load_committee(
 ) -> list[torch.nn.Module]:
     """Load and validate MACE committee members from model files.
 
-    :param model_paths: paths of ``torch.save``-d MACE models (full modules).
+    :param model_paths: paths of model files in our format (:mod:`aiida_alml.engines.model_format`).
     :param device: torch device to load onto.
     :param default_dtype: ``'float64'`` or ``'float32'``; members are converted
         to it after checking that they all had the same dtype on disk.
     :param expected_sha256: optional hex digests, one per path; each file is
-        hashed *before* ``torch.load`` (which unpickles arbitrary code).
+        hashed before it is read.
     :raises ModelHashError: on a hash mismatch (a ``ValueError``).
     :raises ValueError: on an empty list or inconsistent members.
     """
@@ -180,8 +180,10 @@ def load_committee(
             actual = file_sha256(path)
             if actual != expected.lower():
                 raise ModelHashError(f'sha256 mismatch for model file {path}: expected {expected}, got {actual}.')
-    # weights_only=False: MACE model files are pickled nn.Modules, not state dicts.
-    models = [torch.load(path, map_location=device, weights_only=False) for path in paths]
+    from aiida_alml.engines.model_format import load_model
+
+    # Our format (config + weights, read with weights_only=True): a pickled model or payload is refused, not run.
+    models = [load_model(path, device=device) for path in paths]
     validate_committee(models, [str(p) for p in paths])  # dtype is checked before conversion
     for model in models:
         _prepare_for_inference(model.to(dtype=_DTYPES[default_dtype]))
@@ -528,7 +530,7 @@ class CommitteeCalculator(Calculator):
             models = list(models)
             validate_committee(models)
             for model in models:
-                _prepare_for_inference(model)
+                _prepare_for_inference(model.to(device))  # the graph tensors are made on `device`
         self.models = models
         self.num_models = len(models)
         self.device = torch.device(device)

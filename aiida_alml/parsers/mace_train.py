@@ -13,8 +13,10 @@ from aiida import orm
 from aiida.engine import ExitCode
 from aiida.parsers import Parser
 
-from aiida_alml.calculations.mace_train import MODEL_NAME, STDOUT_FILE
+from aiida_alml.calculations.mace_train import MODEL_FILE, MODEL_NAME, STDOUT_FILE
 from aiida_alml.data import MlipModel
+from aiida_alml.engines.model_format import ModelFormatError
+from aiida_alml.engines.disk import disk_full_line
 
 __all__ = ('MaceTrainParser', 'parse_error_tables', 'parse_results_lines')
 
@@ -93,6 +95,10 @@ class MaceTrainParser(Parser):
         last_epoch = max((r['epoch'] for r in records if r.get('epoch') is not None), default=None)
         if walltime:
             return self.exit_codes.ERROR_OUT_OF_WALLTIME.format(epoch=last_epoch)
+        # mace_run_train is not ours: a full disk shows as an OS error or torch.save's short write in its output.
+        stdout = retrieved.base.repository.get_object_content(STDOUT_FILE, mode='r') if STDOUT_FILE in names else ''
+        if MODEL_FILE not in names and (line := disk_full_line(stdout)):
+            return self.exit_codes.ERROR_DISK_FULL.format(details=line)
         if 'logs' not in names or log_name not in _list(retrieved, 'logs'):
             return self.exit_codes.ERROR_MISSING_OUTPUT
         log = retrieved.base.repository.get_object_content(log_name, mode='r')
@@ -104,11 +110,18 @@ class MaceTrainParser(Parser):
         if evals:
             self.out('training_curve', self._curve(evals))
 
-        model_name = f'{MODEL_NAME}.model'
-        if model_name not in names:
-            tail = '\n'.join(log.splitlines()[-5:])
-            return self.exit_codes.ERROR_NO_MODEL.format(details=f'last lines of the log:\n{tail}')
-        self.out('model', self._model(model_name, log))
+        if MODEL_FILE not in names:
+            if 'alml-train: wrote' not in stdout and 'Saving model to' in log:
+                return self.exit_codes.ERROR_NO_MODEL.format(
+                    details=f'the code {self.node.inputs.code.full_label} ran mace_run_train directly: it must run '
+                            'alml-train, which writes the model as config + weights instead of a pickle')
+            tail = '\n'.join((stdout or log).splitlines()[-5:])
+            return self.exit_codes.ERROR_NO_MODEL.format(details=f'last lines of the output:\n{tail}')
+        try:
+            model = self._model(MODEL_FILE)
+        except ModelFormatError as exception:
+            return self.exit_codes.ERROR_NO_MODEL.format(details=str(exception))
+        self.out('model', model)
         self.out('metrics', orm.Dict(self._metrics(log, evals)))
         return ExitCode(0)
 
@@ -129,25 +142,13 @@ class MaceTrainParser(Parser):
             curve.set_array(key, np.array([r.get(key, np.nan) for r in evals], dtype=np.float64))
         return curve
 
-    def _model(self, model_name: str, log: str) -> MlipModel:
-        from ase.data import chemical_symbols
-
-        numbers = _log_value(r'Atomic Numbers used: \[([^\]]*)\]', log) or ''
-        elements = [chemical_symbols[int(z)] for z in re.findall(r"\d+", re.sub(r"np\.\w+\(", "", numbers))]
-        r_max = _log_value(r'Radial cutoff: ([0-9.eE+-]+) A', log)
-        parameters = self.node.inputs.parameters.get_dict()
+    def _model(self, model_name: str) -> MlipModel:
+        # Elements, cutoff and dtype are read from the file itself (MlipModel does that), not from the log.
         with tempfile.TemporaryDirectory() as folder:
             path = pathlib.Path(folder) / model_name
             with self.retrieved.base.repository.open(model_name, mode='rb') as source:
                 path.write_bytes(source.read())
-            return MlipModel(
-                file=path,
-                architecture='MACE',
-                elements=elements,
-                r_max=float(r_max),
-                dtype=parameters.get('default_dtype', 'float64'),
-                seed=self.node.inputs.seed.value,
-            )
+            return MlipModel(file=path, seed=self.node.inputs.seed.value)
 
     def _metrics(self, log: str, evals: list[dict]) -> dict:
         metrics: dict = parse_error_tables(log)

@@ -1,0 +1,188 @@
+"""The model file format of aiida-alml: a MACE model as plain data (constructor config + weights), never a pickle.
+
+MACE writes its models as pickled ``nn.Module`` objects; loading one runs whatever code the file names (a model from
+an imported archive or another user could run anything). Our files instead hold
+
+- ``format``: :data:`FORMAT`;
+- ``config``: the constructor arguments of the model (JSON text; classes by name from an allow-list);
+- ``state_dict``: the weights and buffers (tensors only);
+
+and are read with ``torch.load(weights_only=True)``, whose unpickler builds nothing but tensors and plain containers.
+The model is then rebuilt from its config with MACE's own classes and its weights loaded strictly. Elements, cutoff
+and dtype are read from the file, not taken on trust.
+
+Runs on the compute node (``alml-train`` writes the file after ``mace_run_train``, ``alml-md`` reads it) and in the
+daemon (the parser reads the header). No AiiDA import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+__all__ = ('FORMAT', 'ModelFormatError', 'load_model', 'read_header', 'save_model', 'to_mace_pickle')
+
+FORMAT = 'alml.mace.v1'
+
+#: Classes a config may name: MACE's model and building blocks, looked up by name in these modules only.
+_MODEL_CLASSES = ('ScaleShiftMACE',)
+_BLOCK_MODULE = 'mace.modules.blocks'
+_CLASS_KEYS = ('interaction_cls', 'interaction_cls_first', 'readout_cls')
+#: Activation functions a config may name (``torch.nn.functional`` members).
+_GATES = ('silu', 'tanh', 'abs', 'sigmoid', 'relu')
+_IRREPS_KEYS = ('hidden_irreps', 'MLP_irreps', 'edge_irreps')
+_ARRAY_KEYS = ('atomic_energies', 'atomic_inter_scale', 'atomic_inter_shift')
+
+
+class ModelFormatError(ValueError):
+    """The file is not a model in our format, or names something the format does not allow."""
+
+
+# ----------------------------------------------------------------------------------------------------------- write
+def _plain_config(model) -> dict[str, Any]:
+    """MACE's constructor config of ``model`` as JSON-able data."""
+    import numpy as np
+    import torch
+    from mace.tools.scripts_utils import extract_config_mace_model
+
+    name = type(model).__name__
+    if name not in _MODEL_CLASSES:
+        raise ModelFormatError(f'cannot write a {name}: the format holds {", ".join(_MODEL_CLASSES)} models')
+    config = extract_config_mace_model(model)
+    plain: dict[str, Any] = {}
+    for key, value in config.items():
+        if key in _CLASS_KEYS:
+            plain[key] = value.__name__
+        elif key == 'gate':
+            plain[key] = None if value is None else value.__name__
+        elif key in _IRREPS_KEYS:
+            plain[key] = None if value is None else str(value)
+        elif isinstance(value, (np.ndarray, torch.Tensor)):
+            plain[key] = np.asarray(value.cpu() if isinstance(value, torch.Tensor) else value).tolist()
+        else:
+            plain[key] = value
+    if plain.get('cueq_config') is not None:
+        raise ModelFormatError('cannot write a model converted for cuEquivariance: write the e3nn model')
+    json.dumps(plain)  # raises TypeError if MACE added a key we do not know how to write
+    return plain
+
+
+def save_model(model, path: str | os.PathLike) -> None:
+    """Write ``model`` (a MACE ``ScaleShiftMACE``) in our format."""
+    import torch
+
+    payload = {
+        'format': FORMAT,
+        'model_class': type(model).__name__,
+        'config': json.dumps(_plain_config(model), sort_keys=True),
+        'state_dict': {key: tensor.detach().cpu() for key, tensor in model.state_dict().items()},
+    }
+    torch.save(payload, path)
+
+
+# ------------------------------------------------------------------------------------------------------------ read
+def _read(path: str | os.PathLike, device: str = 'cpu') -> dict:
+    import pickle
+
+    import torch
+
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exception:
+        # Raised for any global the restricted unpickler does not allow, e.g. a pickled nn.Module or a payload.
+        raise ModelFormatError(
+            f'{path} is not an aiida-alml model file: it asks to rebuild Python objects that a model file may not '
+            f'contain (a pickled model or a payload), so it was not loaded. ({str(exception).splitlines()[0]})'
+        ) from exception
+    except (RuntimeError, EOFError, OSError) as exception:
+        raise ModelFormatError(f'{path} cannot be read as a model file: {exception}') from exception
+    if not isinstance(payload, dict) or payload.get('format') != FORMAT:
+        found = payload.get('format') if isinstance(payload, dict) else type(payload).__name__
+        raise ModelFormatError(f'{path} is not an aiida-alml model file ({FORMAT}): found {found!r}')
+    missing = {'model_class', 'config', 'state_dict'} - set(payload)
+    if missing:
+        raise ModelFormatError(f'{path}: model file lacks {sorted(missing)}')
+    if payload['model_class'] not in _MODEL_CLASSES:
+        raise ModelFormatError(f'{path}: model class {payload["model_class"]!r} is not one of {_MODEL_CLASSES}')
+    try:
+        payload['config'] = json.loads(payload['config'])
+    except (TypeError, json.JSONDecodeError) as exception:
+        raise ModelFormatError(f'{path}: the model config is not JSON ({exception})') from exception
+    if not isinstance(payload['config'], dict):
+        raise ModelFormatError(f'{path}: the model config is not a mapping')
+    return payload
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """What the file says about the model: ``elements``, ``r_max``, ``dtype``, ``model_class``, ``config``."""
+    from ase.data import chemical_symbols
+
+    payload = _read(path)
+    config = payload['config']
+    try:
+        numbers = [int(z) for z in config['atomic_numbers']]
+        elements = sorted(chemical_symbols[z] for z in numbers)
+        r_max = float(config['r_max'])
+    except (KeyError, TypeError, ValueError, IndexError) as exception:
+        raise ModelFormatError(f'{path}: the model config has no valid atomic_numbers and r_max ({exception})')
+    weights = payload['state_dict'].get('atomic_energies_fn.atomic_energies')
+    if weights is None:
+        raise ModelFormatError(f'{path}: the weights lack atomic_energies_fn.atomic_energies')
+    return {'model_class': payload['model_class'], 'elements': elements, 'atomic_numbers': numbers,
+            'r_max': r_max, 'dtype': str(weights.dtype).removeprefix('torch.'), 'config': config}
+
+
+def _constructor_arguments(config: dict, path) -> dict[str, Any]:
+    import importlib
+
+    import numpy as np
+    import torch
+    from e3nn import o3
+
+    blocks = importlib.import_module(_BLOCK_MODULE)
+    arguments = dict(config)
+    for key in _CLASS_KEYS:
+        name = config.get(key)
+        cls = getattr(blocks, name, None) if isinstance(name, str) else None
+        # Only classes defined in mace.modules.blocks: a name cannot reach anything else.
+        if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module) and cls.__module__ == _BLOCK_MODULE):
+            raise ModelFormatError(f'{path}: `{key}` {name!r} is not a building block of {_BLOCK_MODULE}')
+        arguments[key] = cls
+    gate = config.get('gate')
+    if gate is not None and gate not in _GATES:
+        raise ModelFormatError(f'{path}: `gate` {gate!r} is not one of {_GATES}')
+    arguments['gate'] = None if gate is None else getattr(torch.nn.functional, gate)
+    for key in _IRREPS_KEYS:
+        if config.get(key) is not None:
+            arguments[key] = o3.Irreps(config[key])
+    for key in _ARRAY_KEYS:
+        arguments[key] = np.asarray(config[key], dtype=np.float64)
+    arguments['atomic_numbers'] = [int(z) for z in config['atomic_numbers']]
+    if config.get('cueq_config') is not None or config.get('embedding_specs') is not None:
+        raise ModelFormatError(f'{path}: cueq_config and embedding_specs are not supported')
+    return arguments
+
+
+def load_model(path: str | os.PathLike, device: str = 'cpu'):
+    """Rebuild the model from its config with MACE's classes and load its weights (strictly)."""
+    import torch
+    from mace import modules
+
+    payload = _read(path, device='cpu')
+    arguments = _constructor_arguments(payload['config'], path)
+    model = getattr(modules, payload['model_class'])(**arguments)
+    dtype = payload['state_dict']['atomic_energies_fn.atomic_energies'].dtype
+    model = model.to(dtype=dtype)
+    try:
+        model.load_state_dict(payload['state_dict'], strict=True)
+    except RuntimeError as exception:
+        raise ModelFormatError(f'{path}: the weights do not fit the model config ({exception})') from exception
+    return model.to(device)
+
+
+def to_mace_pickle(path: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Rebuild a model from our file and save it as MACE's own pickle (for ``mace_run_train --foundation_model``)."""
+    import torch
+
+    torch.save(load_model(path), target)

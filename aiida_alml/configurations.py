@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ('LABELS', 'Configurations', 'ConfigurationError', 'read_extxyz', 'write_extxyz')
+__all__ = ('CLOSE_CONTACT', 'LABELS', 'Configurations', 'ConfigurationError', 'close_contact', 'read_extxyz',
+           'write_extxyz')
 
 #: Labels a configuration can carry, in the order they are stored.
 LABELS = ('energy', 'forces', 'stress')
@@ -32,6 +33,9 @@ METADATA_KEY = 'alml_metadata'
 # The file layout version is part of the content hash: bump it when the meaning of the arrays changes.
 _FORMAT_VERSION = 1
 _MAX_Z = 118
+#: Å: two atoms closer than this are a broken structure (the shortest bond, H2, is 0.74 Å; EMT gives NaN forces for
+#: overlapping atoms and DFT codes fail or waste a job). The MD engine stops at the same distance by default.
+CLOSE_CONTACT = 0.5
 # |det(cell)| below this (in Å^3) is treated as singular for a periodic structure.
 _SINGULAR_VOLUME = 1e-8
 
@@ -365,6 +369,53 @@ class Configurations:
             metadata=[self.metadata[i] for i in indices],
             **labels,
         )
+
+
+def close_contact(configurations: Configurations, minimum: float = CLOSE_CONTACT) -> tuple[int, int, int, float] | None:
+    """The first pair of atoms closer than ``minimum`` Å: (configuration, atom i, atom j, distance), or None.
+
+    Periodic images count (minimum-image distances through the cell's periodic directions); ``i == j`` means an atom
+    and its own periodic image.
+    """
+    for index in range(len(configurations)):
+        found = _close_pair(configurations.positions[configurations.atom_slice(index)], configurations.cells[index],
+                            configurations.pbc[index], minimum)
+        if found is not None:
+            return (index, *found)
+    return None
+
+
+def _close_pair(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, minimum: float):
+    n = len(positions)
+    periodic = pbc.any()
+    if periodic:
+        # Perpendicular widths of the cell along its periodic directions (1 / |reciprocal vector|).
+        reciprocal = np.linalg.pinv(cell).T
+        widths = 1.0 / np.linalg.norm(reciprocal[pbc], axis=1)
+    if n > 400 or (periodic and widths.min() <= 2 * minimum):
+        # Big configurations (memory of all pairs) and cells thinner than two minimum distances (several images
+        # can be close): ASE's neighbour list, linear in the atoms and exact for any cell.
+        from ase.neighborlist import primitive_neighbor_list
+
+        first, second, distance = primitive_neighbor_list('ijd', pbc, cell, positions, minimum, self_interaction=False)
+        if not len(first):
+            return None
+        pair = int(np.argmin(distance))
+        i, j = sorted((int(first[pair]), int(second[pair])))
+        return i, j, float(distance[pair])
+    if n < 2:
+        return None
+    # All pairs at once. In a cell wider than 2 * minimum, a vector shorter than minimum has every fractional
+    # component below 1/2, so rounding the fractional differences finds it (the minimum image).
+    first, second = np.triu_indices(n, k=1)
+    delta = positions[second] - positions[first]
+    if periodic:
+        delta = delta - np.round(delta @ reciprocal[pbc].T) @ cell[pbc]
+    distance = np.sqrt(np.einsum('ij,ij->i', delta, delta))
+    pair = int(np.argmin(distance))
+    if distance[pair] >= minimum:
+        return None
+    return int(first[pair]), int(second[pair]), float(distance[pair])
 
 
 def _gram_determinant(vectors: np.ndarray) -> float:

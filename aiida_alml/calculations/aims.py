@@ -18,7 +18,7 @@ from aiida_alml.engines.aims_io import (
     write_geometry_in,
 )
 
-__all__ = ('AimsCalculation',)
+__all__ = ('AimsCalculation', 'unchecked_keywords')
 
 #: ``sha256sum`` of the species files taken from ``species_dir``, written by the job script (read by the parser).
 SPECIES_DIGEST_FILE = 'species.sha256'
@@ -45,6 +45,16 @@ def _numbers(structure: orm.StructureData) -> list[int]:
     return [atomic_numbers[kinds[site.kind_name]] for site in structure.sites]
 
 
+def unchecked_keywords(value) -> tuple[list[str], str | None]:
+    """The names of ``unchecked_keywords`` (a List of keyword names), or why they are not names."""
+    if value is None:
+        return [], None
+    names = value.get_list()
+    if not all(isinstance(name, str) for name in names):
+        return [], f'unchecked_keywords: give control.in keyword names (strings), got {names!r}'
+    return names, None
+
+
 def validate_inputs(inputs, namespace):
     """Check the whole input namespace before anything is written or submitted; the message names the input.
 
@@ -60,8 +70,11 @@ def validate_inputs(inputs, namespace):
         return problem
     periodic = all(structure.pbc)
     params = parameters.get_dict()
+    unchecked, problem = unchecked_keywords(inputs.get('unchecked_keywords'))
+    if problem:
+        return problem
     try:
-        validate_parameters(params, periodic)
+        validate_parameters(params, periodic, unchecked)
     except AimsInputError as exception:
         return str(exception)
 
@@ -127,6 +140,11 @@ class AimsCalculation(CalcJob):
             'the remote computer.',
         )
         spec.input(
+            'unchecked_keywords', valid_type=orm.List, required=False,
+            help='control.in keywords of `parameters` to write although the documented-keyword list '
+            '(aiida_alml.engines.aims_io.KNOWN_KEYWORDS) lacks them, e.g. those of a newer FHI-aims.',
+        )
+        spec.input(
             'parent_folder', valid_type=orm.RemoteData, required=False,
             help='Work directory of an earlier run whose ELSI restart files are copied in (walltime restarts).',
         )
@@ -182,7 +200,9 @@ class AimsCalculation(CalcJob):
                     f'else echo "ALML-MISSING-SPECIES: {species_filename(z)}" >> {self._ERROR_FILE}; exit 3; fi'
                 )
 
-        control = write_control_in(params, periodic, k_grid=k_grid, k_offset=k_offset, species_blocks=species_blocks)
+        unchecked = self.inputs.unchecked_keywords.get_list() if 'unchecked_keywords' in self.inputs else ()
+        control = write_control_in(params, periodic, k_grid=k_grid, k_offset=k_offset, species_blocks=species_blocks,
+                                   unchecked=unchecked)
         geometry = write_geometry_in(symbols, positions, structure.cell if periodic else None)
         folder.get_subfolder('.', create=True)
         with folder.open('control.in', 'w', encoding='utf8') as handle:

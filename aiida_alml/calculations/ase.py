@@ -82,6 +82,8 @@ class AseLabelCalculation(CalcJob):
 
         spec.exit_code(300, 'ERROR_MISSING_OUTPUT', message='The engine wrote no report: it did not run or crashed.')
         spec.exit_code(301, 'ERROR_READING_OUTPUT', message='The engine output could not be read: {error}')
+        spec.exit_code(302, 'ERROR_DISK_FULL', message='The working directory on the compute machine is full (no space '
+                       'left or over quota): {details}')
         spec.exit_code(310, 'ERROR_ALL_CONFIGURATIONS_FAILED', message='Not one configuration could be labelled.')
 
     def prepare_for_submission(self, folder):

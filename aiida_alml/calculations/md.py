@@ -90,6 +90,8 @@ class MdCalculation(CalcJob):
 
         spec.exit_code(300, 'ERROR_MISSING_OUTPUT', message='alml-md wrote no {filename}: it did not run or crashed. {details}')
         spec.exit_code(301, 'ERROR_READING_OUTPUT', message='The output of alml-md could not be read: {error}')
+        spec.exit_code(302, 'ERROR_DISK_FULL', message='The working directory on the compute machine is full (no space '
+                       'left or over quota): {details}')
         spec.exit_code(310, 'ERROR_MODEL_HASH', message='A model file on the compute node did not match its SHA-256.')
         spec.exit_code(320, 'ERROR_NO_FRAMES', message='alml-md kept no frame: {reason}')
 

@@ -25,9 +25,11 @@ def _load_campaign_node(pk):
 
 def show_status(node) -> None:
     from aiida_alml.campaign import current_stage, format_table, iteration_table
+    from aiida_alml.workflows.active_learning_inputs import budget_line, initial_label_count
 
     state = node.process_state.value if node.process_state else 'created'
     click.echo(f'{node.process_label}<{node.pk}>  state: {state}  stage: {current_stage(node)}')
+    click.echo(budget_line(node.inputs.max_labels.value, initial_label_count(node.inputs)))
     click.echo(format_table(iteration_table(node)))
     if node.is_terminated:
         if 'learning_curve' in node.outputs:
@@ -87,11 +89,16 @@ def launch(profile_name, config, wait, plot_path):
 
     from aiida_alml.campaign import CampaignError, load_campaign
     from aiida_alml.workflows.active_learning import ActiveLearningWorkChain
+    from aiida_alml.workflows.active_learning_inputs import budget_line, initial_label_count
 
+    # The file is converted and validated completely first: a bad input is the answer even when no daemon runs.
     try:
         inputs = load_campaign(config)
     except CampaignError as exception:
-        raise click.ClickException(str(exception))
+        raise click.ClickException(f'{config}: {exception}')
+    budget = inputs['max_labels'].value if 'max_labels' in inputs else ActiveLearningWorkChain.spec().inputs[
+        'max_labels'].default().value
+    click.echo(budget_line(budget, initial_label_count(inputs)))
     if not get_daemon_client().is_daemon_running:
         raise click.ClickException('the daemon is not running: start it with `verdi daemon start`')
     try:

@@ -11,10 +11,14 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
+from aiida_alml.suggest import did_you_mean
+
 __all__ = (
     'AimsInputError',
     'format_value',
+    'validate_keywords',
     'validate_parameters',
+    'KNOWN_KEYWORDS',
     'write_control_in',
     'write_geometry_in',
     'species_filename',
@@ -60,6 +64,57 @@ SCF_PATH_KEYWORDS = frozenset({
 })
 
 
+#: control.in keywords documented in the FHI-aims manual (lower case, as this plugin writes them; species-block
+#: keywords such as ``nucleus`` or ``hydro`` are not here: species blocks come from the species defaults). A keyword
+#: outside this list is refused with the closest names, because FHI-aims stops at an unknown keyword only once the job
+#: has queued and started. A keyword that a newer FHI-aims documents and this list lacks can be let through, by name,
+#: with the ``unchecked_keywords`` input of ``alml.aims`` (recorded in the provenance like every other input).
+KNOWN_KEYWORDS = frozenset({
+    # physical model
+    'xc', 'xc_pre', 'charge', 'spin', 'default_initial_moment', 'fixed_spin_moment', 'relativistic',
+    'override_relativity', 'include_spin_orbit', 'hybrid_xc_coeff', 'hse_unit', 'hf_version', 'ri_method',
+    'use_hf_kspace', 'exx_band_structure_version', 'screening_threshold', 'total_energy_method', 'frozen_core_scf',
+    'frozen_core_scf_cutoff', 'frozen_core_postscf', 'plus_u', 'plus_u_petukhov_mixing', 'plus_u_use_hydros',
+    'plus_u_matrix_control', 'plus_u_out_eigenvalues', 'plus_u_ramping_accuracy',
+    # dispersion
+    'vdw_correction_hirshfeld', 'vdw_correction_hirshfeld_sc', 'vdw_ts', 'vdw_pair_ignore', 'hirshfeld_param',
+    'vdw_convergence_threshold', 'many_body_dispersion', 'many_body_dispersion_nl', 'many_body_dispersion_dev',
+    'mbd_eigensolver', 'mbd_cfdm_dip_cutoff', 'mbd_scs_dip_cutoff', 'mbd_supercell_cutoff', 'mbd_scs_vacuum_axis',
+    'nlcorr_nrad', 'xdm', 'd3',
+    # basis, auxiliary basis, numerics
+    'basis_threshold', 'override_illconditioning', 'prodbas_threshold', 'auxil_basis', 'max_l_prodbas',
+    'default_prodbas_acc', 'use_logsbt', 'partition_type', 'hartree_partition_type', 'multipole_threshold',
+    'hartree_radius_threshold', 'ewald_radius', 'grid_partitioning_method', 'points_in_batch', 'batch_size_limit',
+    'normalize_initial_density', 'compensate_multipole_errors', 'override_initial_charge_check',
+    'use_dipole_correction', 'evaluate_work_function', 'set_vacuum_level', 'analytic_potential_average',
+    'distributed_spline_storage', 'use_local_index', 'load_balancing', 'use_alltoall', 'packed_matrix_format',
+    'packed_matrix_threshold', 'prune_basis_once', 'empty_states', 'calculate_all_eigenstates',
+    'check_cpu_consistency', 'cpu_consistency_threshold', 'check_stacksize',
+    # eigensolver and SCF
+    'ks_method', 'elsi_method', 'elsi_solver', 'elsi_restart', 'elsi_output', 'elsi_elpa_solver', 'elpa_settings',
+    'occupation_type', 'occupation_acc', 'occupation_thr', 'max_zeroin', 'fermi_acc', 'mu_determination_method',
+    'mixer', 'mixer_threshold', 'charge_mix_param', 'spin_mix_param', 'prec_mix_param', 'n_max_pulay',
+    'preconditioner', 'ini_linear_mixing', 'ini_linear_mix_param', 'sc_iter_limit', 'sc_init_iter',
+    'sc_init_factor', 'sc_accuracy_rho', 'sc_accuracy_eev', 'sc_accuracy_etot', 'sc_accuracy_forces',
+    'sc_accuracy_stress', 'sc_accuracy_potjump', 'adjust_scf', 'postscf_eigenvalues', 'use_density_matrix',
+    'density_update_method', 'collect_eigenvectors', 'force_potential',
+    # k-points, forces, stress
+    'k_grid', 'k_offset', 'k_points_external', 'symmetry_reduced_k_grid', 'use_symmetry_reduced_spg',
+    'compute_forces', 'compute_analytical_stress', 'compute_numerical_stress', 'compute_heat_flux',
+    'final_forces_cleaned', 'force_correction', 'external_pressure',
+    # restarts, time, output
+    'restart', 'restart_read_only', 'restart_write_only', 'restart_save_iterations', 'walltime', 'output',
+    'output_level', 'dos_kgrid_factors', 'exx_band_structure_version',
+    # many-body perturbation theory and response
+    'qpe_calc', 'frequency_points', 'anacon_type', 'n_anacon_par', 'dfpt', 'magnetic_response',
+    # geometry relaxation and molecular dynamics (alml.aims runs them; alml.label refuses them, see below)
+    'relax_geometry', 'relax_unit_cell', 'max_relaxation_steps', 'energy_tolerance', 'aggregated_energy_tolerance',
+    'harmonic_length_scale', 'init_hess', 'hessian_to_restart_geometry', 'write_restart_geometry',
+    'distributed_hessian', 'md_run', 'md_schedule', 'md_segment', 'md_time_step', 'md_maxsteps', 'md_restart',
+    'md_mb_init', 'md_clean_rotations', 'md_random_seed', 'md_thermostat_mass', 'use_pimd_wrapper',
+})
+
+
 class AimsInputError(ValueError):
     """Raised for control.in parameters or structures FHI-aims inputs cannot be written for."""
 
@@ -102,8 +157,14 @@ def _lines_for(keyword: str, value) -> list[str]:
     return [f'{keyword} {format_value(keyword, value)}']
 
 
-def validate_parameters(parameters: Mapping, periodic: bool) -> None:
-    """Raise :class:`AimsInputError` naming the first keyword that is malformed or conflicts with this plugin."""
+def validate_keywords(parameters: Mapping, unchecked: Sequence[str] = ()) -> None:
+    """The checks that need no structure: keyword names (allow-list), reserved keywords, values and their ranges.
+
+    ``unchecked``: keyword names let through although :data:`KNOWN_KEYWORDS` lacks them (the documented escape hatch
+    for keywords of a newer FHI-aims). Raises :class:`AimsInputError` naming the first bad keyword.
+    """
+    if not isinstance(parameters, Mapping):
+        raise AimsInputError(f'parameters: expected a mapping of control.in keywords to values, got {parameters!r}')
     for keyword, value in parameters.items():
         if not isinstance(keyword, str) or not _KEYWORD.match(keyword):
             raise AimsInputError(
@@ -111,15 +172,13 @@ def validate_parameters(parameters: Mapping, periodic: bool) -> None:
             )
         if keyword in RESERVED_KEYWORDS:
             raise AimsInputError(f'parameters[{keyword!r}] may not be set: {RESERVED_KEYWORDS[keyword]}')
+        if keyword not in KNOWN_KEYWORDS and keyword not in unchecked:
+            raise AimsInputError(
+                f'parameters[{keyword!r}] is not a documented FHI-aims control.in keyword'
+                f'{did_you_mean(keyword, KNOWN_KEYWORDS, n=3, joiner=", ")}; if your FHI-aims version documents it, '
+                'name it in the `unchecked_keywords` input (docs/fhi-aims.md)'
+            )
         _lines_for(keyword, value)  # raises on malformed values
-    if not periodic and 'compute_analytical_stress' in parameters:
-        raise AimsInputError('parameters[compute_analytical_stress]: stress is only defined for a periodic cell')
-    if periodic and parameters.get('compute_analytical_stress', True) is not True:
-        raise AimsInputError(
-            'parameters[compute_analytical_stress] must stay .true. for a periodic cell: the stress is a label'
-        )
-    if not periodic and 'k_grid' in parameters:
-        raise AimsInputError('parameters[k_grid]: k-points make no sense for a non-periodic structure')
     for keyword in POSITIVE_INTEGER_KEYWORDS:
         if keyword in parameters:
             value = parameters[keyword]
@@ -139,6 +198,19 @@ def validate_parameters(parameters: Mapping, periodic: bool) -> None:
         raise AimsInputError(f"parameters[spin] must be 'none' or 'collinear', got {spin!r}")
     if 'default_initial_moment' in parameters and spin != 'collinear':
         raise AimsInputError('parameters[default_initial_moment] needs spin collinear')
+
+
+def validate_parameters(parameters: Mapping, periodic: bool, unchecked: Sequence[str] = ()) -> None:
+    """Raise :class:`AimsInputError` naming the first keyword that is malformed or conflicts with this plugin."""
+    validate_keywords(parameters, unchecked)
+    if not periodic and 'compute_analytical_stress' in parameters:
+        raise AimsInputError('parameters[compute_analytical_stress]: stress is only defined for a periodic cell')
+    if periodic and parameters.get('compute_analytical_stress', True) is not True:
+        raise AimsInputError(
+            'parameters[compute_analytical_stress] must stay .true. for a periodic cell: the stress is a label'
+        )
+    if not periodic and 'k_grid' in parameters:
+        raise AimsInputError('parameters[k_grid]: k-points make no sense for a non-periodic structure')
 
 
 def run_changing_keywords(parameters: Mapping) -> list[str]:
@@ -181,13 +253,14 @@ def write_control_in(
     k_grid: Sequence[int] | None = None,
     k_offset: Sequence[float] | None = None,
     species_blocks: Sequence[str] = (),
+    unchecked: Sequence[str] = (),
 ) -> str:
     """The full control.in text: keywords sorted by name, then forces/stress requests, k-points, species blocks.
 
     ``species_blocks`` are the species default files' texts, already in the order wanted (the caller sorts by Z).
     When the species are concatenated on the remote computer instead, leave it empty.
     """
-    validate_parameters(parameters, periodic)
+    validate_parameters(parameters, periodic, unchecked)
     lines = ['# control.in written by aiida-alml (alml.aims); species defaults follow the keywords']
     for keyword in sorted(parameters):
         if keyword == 'compute_analytical_stress':

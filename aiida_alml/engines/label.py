@@ -17,6 +17,7 @@ import numpy as np
 
 from aiida_alml.configurations import Configurations
 from aiida_alml.engines.calculators import CalculatorSpecError, build_calculator
+from aiida_alml.engines.disk import exit_disk_full, is_disk_full
 
 __all__ = ('label_configurations', 'main')
 
@@ -93,9 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     except CalculatorSpecError as exception:
         print(f'alml-label: {exception}', file=sys.stderr)
         return 2
-    if labelled is not None:
-        with open(args.output, 'wb') as handle:
-            handle.write(labelled.to_npz_bytes())
     import ase
 
     report = {
@@ -109,8 +107,16 @@ def main(argv: list[str] | None = None) -> int:
         'ase_version': ase.__version__,
         'hostname': platform.node(),
     }
-    with open(args.report, 'w', encoding='utf-8') as handle:
-        json.dump(report, handle, indent=1)
+    try:
+        if labelled is not None:
+            with open(args.output, 'wb') as handle:
+                handle.write(labelled.to_npz_bytes())
+        with open(args.report, 'w', encoding='utf-8') as handle:
+            json.dump(report, handle, indent=1)
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        return exit_disk_full('alml-label', error, [args.output, args.report])
     print(f'alml-label: {report["num_succeeded"]} labelled, {report["num_failed"]} failed in {report["wall_time"]:.2f} s')
     return 0
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from aiida_alml.suggest import did_you_mean
 
-__all__ = ('RESERVED_OPTIONS', 'MaceOptionError', 'known_options', 'to_command_line')
+__all__ = ('RANGES', 'RESERVED_OPTIONS', 'MaceOptionError', 'check_parameters', 'known_options', 'to_command_line')
 
 #: Options the calculation sets itself (files, names, seeds, keys, warm start, restart) with the input that controls
 #: each one: giving them in ``parameters`` would silently break provenance or the parser's expectations.
@@ -42,6 +43,55 @@ RESERVED_OPTIONS = {
     'config': 'give every option in `parameters`, so that each one is recorded',
     'wandb': 'compute nodes have no network',
 }
+
+
+#: Ranges of numeric options (by argparse ``dest``): (lowest, lowest allowed?, highest, highest allowed?); None: open.
+#: mace_run_train checks only the type, so ``max_L: -1`` or ``r_max: 0`` would fail (or train nonsense) on the node.
+RANGES = {
+    'r_max': (0, False, None, False),  # Å: the cutoff radius
+    'num_channels': (1, True, None, False),
+    'max_L': (0, True, None, False),
+    'max_ell': (0, True, None, False),
+    'correlation': (1, True, None, False),
+    'num_interactions': (1, True, None, False),
+    'num_radial_basis': (1, True, None, False),
+    'num_cutoff_basis': (1, True, None, False),
+    'avg_num_neighbors': (0, False, None, False),
+    'batch_size': (1, True, None, False),
+    'valid_batch_size': (1, True, None, False),
+    'valid_fraction': (0, False, 1, False),
+    'max_num_epochs': (1, True, None, False),
+    'patience': (1, True, None, False),
+    'eval_interval': (1, True, None, False),
+    'num_workers': (0, True, None, False),
+    'lr': (0, False, None, False),
+    'swa_lr': (0, False, None, False),
+    'weight_decay': (0, True, None, False),
+    'lr_factor': (0, False, 1, False),
+    'lr_scheduler_gamma': (0, False, 1, True),
+    'scheduler_patience': (0, True, None, False),
+    'start_swa': (0, True, None, False),
+    'ema_decay': (0, False, 1, False),
+    'huber_delta': (0, False, None, False),
+    **{name: (0, True, None, False) for name in (
+        'energy_weight', 'forces_weight', 'stress_weight', 'virials_weight', 'dipole_weight', 'polarizability_weight',
+        'swa_energy_weight', 'swa_forces_weight', 'swa_stress_weight', 'swa_virials_weight', 'swa_dipole_weight',
+        'swa_polarizability_weight')},
+}
+
+
+def _out_of_range(dest: str, value: float) -> str | None:
+    """Why ``value`` is outside the range of option ``dest``, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f'{value!r} is not a finite number'
+    if dest not in RANGES:
+        return None
+    low, low_ok, high, high_ok = RANGES[dest]
+    if low is not None and (value < low or (value == low and not low_ok)):
+        return f'must be {">=" if low_ok else ">"} {low}, got {value!r}'
+    if high is not None and (value > high or (value == high and not high_ok)):
+        return f'must be {"<=" if high_ok else "<"} {high}, got {value!r}'
+    return None
 
 
 class MaceOptionError(ValueError):
@@ -106,9 +156,15 @@ def check_parameters(parameters: Mapping[str, Any]) -> None:
             continue
         if callable(action.type):
             try:
-                action.type(_as_text(value))
+                parsed = action.type(_as_text(value))
             except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
                 problems.append(f'`{key}`: mace_run_train cannot read {value!r} ({error})')
+                continue
+            if isinstance(value, bool) and action.type in (int, float):
+                problems.append(f'`{key}` takes a number, not {value!r}')
+                continue
+            if action.type in (int, float) and (reason := _out_of_range(action.dest, parsed)):
+                problems.append(f'`{key}`: {reason}')
     if problems:
         raise MaceOptionError('invalid `parameters` for mace_run_train:\n  ' + '\n  '.join(problems))
 

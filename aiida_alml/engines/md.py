@@ -15,11 +15,13 @@ import argparse
 import json
 import math
 import pathlib
+import re
 import sys
 import time
 
 import numpy as np
 
+from aiida_alml.engines.disk import exit_disk_full, is_disk_full
 from aiida_alml.suggest import did_you_mean
 
 __all__ = ('DEFAULTS', 'ENSEMBLES', 'MdParameterError', 'committee_uncertainty', 'main', 'run_md', 'validate_parameters')
@@ -107,6 +109,9 @@ def validate_parameters(given: dict) -> dict:
             parameters[key] = _positive(parameters, key)
     if not isinstance(parameters['store_committee_forces'], bool):
         raise MdParameterError('store_committee_forces must be true or false')
+    device = parameters['device']
+    if not isinstance(device, str) or not re.fullmatch(r'cpu|mps|cuda(:\d+)?', device):
+        raise MdParameterError(f"device must be 'cpu', 'cuda', 'cuda:N' (N a GPU index) or 'mps', got {device!r}")
     return parameters
 
 
@@ -315,8 +320,13 @@ def main(argv: list[str] | None = None) -> int:
     arrays, summary = run_md(atoms, calculator, parameters)
     arrays['numbers'] = atoms.numbers
     arrays['pbc'] = atoms.pbc
-    np.savez(TRAJECTORY_FILE, **arrays)
-    pathlib.Path(SUMMARY_FILE).write_text(json.dumps(summary, indent=1, sort_keys=True))
+    try:
+        np.savez(TRAJECTORY_FILE, **arrays)
+        pathlib.Path(SUMMARY_FILE).write_text(json.dumps(summary, indent=1, sort_keys=True))
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        return exit_disk_full('alml-md', error, [TRAJECTORY_FILE, SUMMARY_FILE])
     print(f'alml-md: {summary["steps_done"]} steps, {summary["frames"]} frames, {summary["stop_reason"]}')
     return 0
 

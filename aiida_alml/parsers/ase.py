@@ -12,9 +12,13 @@ from aiida_alml.calculations.ase import LABELLED_FILE, REPORT_FILE
 from aiida_alml.configurations import ConfigurationError, Configurations
 from aiida_alml.data import ConfigurationSet
 from aiida_alml.engines.calculators import resolve_calculator
+from aiida_alml.engines.disk import disk_full_line
 from aiida_alml.label_settings import with_label_settings
 
 __all__ = ('AseLabelParser', 'label_settings')
+
+STDOUT_FILE = 'alml-label.out'
+STDERR_FILE = '_scheduler-stderr.txt'  # the engine's stderr (not joined to its stdout)
 
 
 class AseLabelParser(Parser):
@@ -28,6 +32,10 @@ class AseLabelParser(Parser):
     def parse(self, **kwargs):
         retrieved = self.retrieved
         names = retrieved.base.repository.list_object_names()
+        outputs = [retrieved.base.repository.get_object_content(name, mode='r') for name in (STDOUT_FILE, STDERR_FILE)
+                   if name in names]
+        if (line := disk_full_line(*outputs)):
+            return self.exit_codes.ERROR_DISK_FULL.format(details=line)
         if REPORT_FILE not in names:
             return self.exit_codes.ERROR_MISSING_OUTPUT
         try:

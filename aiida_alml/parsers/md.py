@@ -11,6 +11,7 @@ from aiida.engine import ExitCode
 from aiida.parsers import Parser
 
 from aiida_alml.calculations.md import STDOUT_FILE
+from aiida_alml.engines.disk import disk_full_line
 from aiida_alml.engines.md import SUMMARY_FILE, TRAJECTORY_FILE
 
 __all__ = ('MdParser',)
@@ -31,6 +32,8 @@ class MdParser(Parser):
             output = self.retrieved.base.repository.get_object_content(STDOUT_FILE, mode='r')
             if 'ModelHashError' in output:
                 return self.exit_codes.ERROR_MODEL_HASH
+            if (line := disk_full_line(output)):
+                return self.exit_codes.ERROR_DISK_FULL.format(details=line)
         for filename in (SUMMARY_FILE, TRAJECTORY_FILE):
             if filename not in names:
                 # The last lines of the engine's output usually name the exception.

@@ -40,6 +40,7 @@ from aiida_alml.workflows.functions import (
 from aiida_alml.workflows.label import LabelWorkChain
 from aiida_alml.workflows.seeds import iteration_seeds
 from aiida_alml.workflows.stability import StabilityWorkChain
+from aiida_alml.workflows.submission import submit_once
 
 __all__ = ('ActiveLearningWorkChain',)
 
@@ -90,7 +91,9 @@ class ActiveLearningWorkChain(WorkChain):
                    help='... with no failed or missing frame and σ calibrated, for this many consecutive iterations.')
         spec.input('max_iterations', valid_type=orm.Int, default=lambda: orm.Int(6), help='Iteration limit.')
         spec.input('max_labels', valid_type=orm.Int, default=lambda: orm.Int(500),
-                   help='Budget of reference calculations (initial structures and failed calculations included).')
+                   help='Budget of reference calculations in all: the initial labelling (one per initial structure, '
+                        'or per perturbed copy) and failed calculations count too, so the loop buys at most '
+                        'max_labels minus the initial ones; that must be at least selection.labels_per_iteration.')
         spec.input('warm_start', valid_type=orm.Bool, default=lambda: orm.Bool(False),
                    help='From the second iteration on, member i continues from member i of the previous committee.')
         spec.input('warm_start_parameters', valid_type=orm.Dict, required=False,
@@ -242,7 +245,7 @@ class ActiveLearningWorkChain(WorkChain):
         inputs['md']['models'] = self.ctx.models
         inputs['conditions'] = orm.List(self.ctx.conditions)
         inputs['metadata'] = {'call_link_label': f'explore_{self.ctx.iteration}'}
-        return ToContext(exploration=self.submit(ExploreWorkChain, **inputs))
+        return ToContext(exploration=submit_once(self, ExploreWorkChain, **inputs))
 
     def inspect_exploration(self):
         exploration = self.ctx.exploration
@@ -425,7 +428,7 @@ class ActiveLearningWorkChain(WorkChain):
         }
         self.report(f'validating the final committee: {settings["ensembles"]} at {parameters["temperature"]:.0f} K '
                     f'for {parameters["steps"]} steps')
-        return ToContext(validation=self.submit(StabilityWorkChain, **inputs))
+        return ToContext(validation=submit_once(self, StabilityWorkChain, **inputs))
 
     def inspect_validation(self):
         node = self.ctx.validation
@@ -487,7 +490,7 @@ class ActiveLearningWorkChain(WorkChain):
         if parameters:
             inputs['train']['parameters'] = orm.Dict(parameters)
         inputs['metadata'] = {'call_link_label': link_label}
-        return self.submit(CommitteeWorkChain, **inputs)
+        return submit_once(self, CommitteeWorkChain, **inputs)
 
     def _score(self, link_label: str) -> dict:
         """The current committee's errors on the held-out test set (empty without one)."""
@@ -510,4 +513,4 @@ class ActiveLearningWorkChain(WorkChain):
             reference = self.inputs.get('exploration_structures') or self.inputs.get('initial_structures')
             inputs['aims'] = {**aims, 'kpoints_reference': reference}
         inputs['metadata'] = {'call_link_label': link_label}
-        return self.submit(LabelWorkChain, **inputs)
+        return submit_once(self, LabelWorkChain, **inputs)

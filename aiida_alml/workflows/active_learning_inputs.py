@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 from aiida_alml.selection.select import MODES
 from aiida_alml.suggest import did_you_mean
 
-__all__ = ('SELECTION_DEFAULTS', 'PERTURBATION_KEYS', 'VALIDATION_DEFAULTS', 'validate_selection',
-           'validate_perturbation', 'validate_validation', 'validate_active_learning_inputs')
+__all__ = ('SELECTION_DEFAULTS', 'PERTURBATION_KEYS', 'VALIDATION_DEFAULTS', 'MAX_STRAIN_BOUND', 'validate_selection',
+           'validate_perturbation', 'validate_validation', 'validate_active_learning_inputs', 'initial_label_count',
+           'budget_line')
 
 #: Defaults of the ``selection`` input (trust window in eV/Å after calibration).
 SELECTION_DEFAULTS = {
@@ -34,12 +37,27 @@ VALIDATION_DEFAULTS = {
 }
 
 
+#: initial_perturbation.max_strain must stay below this. Each strain component is drawn in ±max_strain and the
+#: symmetric strain tensor E has eigenvalues within ±3·max_strain (Gershgorin), so the deformed cell (I + E)·cell keeps
+#: a positive volume for every draw only while 3·max_strain < 1.
+MAX_STRAIN_BOUND = 1 / 3
+
+
 def _unknown(given, known, name: str) -> str | None:
     unknown = sorted(set(given) - set(known))
     if not unknown:
         return None
     hints = [f'{key}{did_you_mean(key, known)}' for key in unknown]
     return f'{name}: unknown keys {", ".join(hints)}; known: {", ".join(known)}'
+
+
+def _is_number(value) -> bool:
+    """A finite int or float; booleans are not numbers here (YAML's ``true`` would otherwise count as 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def validate_selection(value, _=None) -> str | None:
@@ -50,21 +68,25 @@ def validate_selection(value, _=None) -> str | None:
         return message
     settings = {**SELECTION_DEFAULTS, **settings}
     lo, hi = settings['trust_lo'], settings['trust_hi']
-    if not isinstance(lo, (int, float)) or not isinstance(hi, (int, float)) or lo <= 0:
+    if not _is_number(lo) or lo <= 0:
         return f'selection: trust_lo must be a positive number (eV/Å), got {lo!r}'
+    if not _is_number(hi):
+        return f'selection: trust_hi must be a number (eV/Å), got {hi!r}'
     if lo >= hi:
         return f'selection: trust_lo ({lo}) must be smaller than trust_hi ({hi})'
     count = settings['labels_per_iteration']
-    if not isinstance(count, int) or count < 1:
+    if not _is_whole(count) or count < 1:
         return f'selection: labels_per_iteration must be a positive integer, got {count!r}'
     if settings['mode'] not in MODES:
         return f"selection: mode must be one of {', '.join(MODES)}, got {settings['mode']!r}"
     if not isinstance(settings['rescue_failed'], bool):
         return f'selection: rescue_failed must be true or false, got {settings["rescue_failed"]!r}'
+    if not _is_whole(settings['seed']) or settings['seed'] < 0:
+        return f'selection: seed must be a non-negative integer, got {settings["seed"]!r}'
     for key in ('min_distance', 'descriptor_r_cut'):
-        if isinstance(settings[key], bool) or not isinstance(settings[key], (int, float)):
+        if not _is_number(settings[key]):
             return f'selection: {key} must be a number, got {settings[key]!r}'
-    if isinstance(settings['descriptor_bins'], bool) or not isinstance(settings['descriptor_bins'], int):
+    if not _is_whole(settings['descriptor_bins']):
         return f'selection: descriptor_bins must be a whole number, got {settings["descriptor_bins"]!r}'
     if settings['min_distance'] < 0:
         return f'selection: min_distance must be non-negative, got {settings["min_distance"]}'
@@ -81,11 +103,16 @@ def validate_perturbation(value, _=None) -> str | None:
     settings = value.get_dict()
     if (message := _unknown(settings, PERTURBATION_KEYS, 'initial_perturbation')):
         return message
-    if not isinstance(settings.get('count'), int) or settings['count'] < 1:
+    if not _is_whole(settings.get('count')) or settings['count'] < 1:
         return f'initial_perturbation: count must be a positive integer, got {settings.get("count")!r}'
     for key in ('rattle_std', 'max_strain'):
-        if key in settings and settings[key] < 0:
-            return f'initial_perturbation: {key} must be non-negative, got {settings[key]}'
+        if key in settings and (not _is_number(settings[key]) or settings[key] < 0):
+            return f'initial_perturbation: {key} must be a non-negative number, got {settings[key]!r}'
+    if settings.get('max_strain', 0) >= MAX_STRAIN_BOUND:
+        return (f'initial_perturbation: max_strain must be below 1/3, got {settings["max_strain"]}: strain components '
+                'drawn in ±max_strain can then invert a cell (negative volume); a few percent (0.02-0.05) is usual')
+    if 'seed' in settings and (not _is_whole(settings['seed']) or settings['seed'] < 0):
+        return f'initial_perturbation: seed must be a non-negative integer, got {settings["seed"]!r}'
     return None
 
 
@@ -98,7 +125,7 @@ def validate_validation(value, _=None) -> str | None:
     settings = {**VALIDATION_DEFAULTS, **settings}
     for key in ('temperature_factor', 'steps_factor', 'max_excursion_fraction', 'max_nve_drift'):
         value = settings[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        if not _is_number(value) or value < 0:
             return f'validation: {key} must be a non-negative number, got {value!r}'
     if settings['temperature_factor'] <= 0 or settings['steps_factor'] <= 0:
         return 'validation: temperature_factor and steps_factor must be positive'
@@ -108,8 +135,8 @@ def validate_validation(value, _=None) -> str | None:
     from aiida_alml.engines.md import ENSEMBLES
 
     ensembles = settings['ensembles']
-    if not isinstance(ensembles, list) or not ensembles or not set(ensembles) <= set(ENSEMBLES) \
-            or any(e.startswith('npt') for e in ensembles):
+    if not isinstance(ensembles, list) or not ensembles or not all(isinstance(e, str) for e in ensembles) \
+            or not set(ensembles) <= set(ENSEMBLES) or any(e.startswith('npt') for e in ensembles):
         return f'validation: ensembles must be a list of {[e for e in ENSEMBLES if not e.startswith("npt")]}'
     return None
 
@@ -118,10 +145,103 @@ def _labeller_elements(label_inputs) -> set[str] | None:
     """Elements the configured labeller can handle, where we can know it (EMT's parameter table); else None."""
     labeller = label_inputs['labeller'].value if 'labeller' in label_inputs else None
     if labeller == 'ase' and 'calculator' in label_inputs.get('ase', {}):
-        if label_inputs['ase']['calculator'].get_dict().get('name', '').lower() == 'emt':
+        if str(label_inputs['ase']['calculator'].get_dict().get('name', '')).lower() == 'emt':
             from ase.calculators.emt import parameters
 
             return set(parameters)
+    return None
+
+
+def initial_label_count(inputs) -> int:
+    """How many reference calculations the initial labelling makes (the perturbed copies, else the structures)."""
+    if 'initial_structures' not in inputs:
+        return 0
+    if 'initial_perturbation' in inputs:
+        return int(inputs['initial_perturbation'].get_dict().get('count', 0))
+    return len(inputs['initial_structures'])
+
+
+def budget_line(max_labels: int, initial: int) -> str:
+    """``max_labels`` spelt out: how much of it the initial labelling takes and how much the loop may buy."""
+    return (f'budget: max_labels = {max_labels} reference calculations in all: {initial} for the initial structures, '
+            f'up to {max_labels - initial} new labels bought by the loop (failed calculations count too)')
+
+
+def _budget_problem(inputs) -> str | None:
+    budget = inputs['max_labels'].value  # the port has a default: always there
+    per_iteration = {**SELECTION_DEFAULTS, **(inputs['selection'].get_dict() if 'selection' in inputs else {})}[
+        'labels_per_iteration']
+    initial = initial_label_count(inputs)
+    if budget <= initial:
+        return (f'max_labels: {budget} reference calculations in all, but the initial labelling alone makes {initial} '
+                '(max_labels counts every reference calculation, the initial ones included); raise max_labels to at '
+                f'least {initial + per_iteration} (those plus one iteration of selection.labels_per_iteration)')
+    if budget - initial < per_iteration:
+        return (f'max_labels: {budget} counts every reference calculation, the {initial} of the initial labelling '
+                f'included, which leaves {budget - initial} for the loop, fewer than selection.labels_per_iteration '
+                f'({per_iteration}); raise max_labels to at least {initial + per_iteration} or lower '
+                'labels_per_iteration')
+    return None
+
+
+def _schedule_problem(inputs) -> str | None:
+    """Every explore_schedule entry laid over every exploration condition must be valid MD parameters."""
+    if 'explore_schedule' not in inputs:
+        return None
+    from aiida_alml.engines.md import MdParameterError, validate_parameters
+
+    schedule = inputs['explore_schedule'].get_list()
+    if not schedule:
+        return 'explore_schedule: empty; give one entry per iteration (the last holds for later ones) or leave it out'
+    explore = inputs.get('explore', {})
+    base = explore['parameters'].get_dict() if 'parameters' in explore else {}
+    conditions = explore['conditions'].get_list() if 'conditions' in explore else [{}]
+    for index, entry in enumerate(schedule):
+        if not isinstance(entry, dict) or not entry:
+            return (f'explore_schedule[{index}]: every entry must be a non-empty mapping of MD parameters laid over '
+                    f'the conditions (e.g. {{temperature: 600}}), got {entry!r}')
+        for number, condition in enumerate(conditions):
+            try:
+                validate_parameters({**base, **(condition if isinstance(condition, dict) else {}), **entry})
+            except MdParameterError as error:
+                where = f' (laid over explore.conditions[{number}])' if len(conditions) > 1 else ''
+                return f'explore_schedule[{index}]{where}: {error}'
+    return None
+
+
+def _structure_problem(inputs) -> str | None:
+    """Atoms closer than CLOSE_CONTACT in any given set, or in the perturbed copies the loop will label first."""
+    from aiida_alml.configurations import CLOSE_CONTACT, Configurations, close_contact
+    from aiida_alml.perturb import perturbed_copies
+
+    for name in ('initial_structures', 'exploration_structures', 'initial_dataset', 'test_set'):
+        if name in inputs and (found := close_contact(inputs[name].configurations)):
+            index, i, j, distance = found
+            return (f'{name}: structure {index} has atoms {i} and {j} {distance:.3f} Å apart (closer than '
+                    f'{CLOSE_CONTACT} Å): overlapping atoms give meaningless labels')
+    if 'initial_structures' in inputs and 'initial_perturbation' in inputs:
+        # The same deterministic draw the loop makes (perturb_structures), done here so that a rattle too large for
+        # the structures is refused before anything runs.
+        images = inputs['initial_structures'].to_ase()
+        copies = perturbed_copies(images, **inputs['initial_perturbation'].get_dict())
+        if (found := close_contact(Configurations.from_ase(copies, include_info=False))):
+            index, i, j, distance = found
+            return (f'initial_perturbation: perturbed copy {index} (of initial structure {index % len(images)}) has '
+                    f'atoms {i} and {j} {distance:.3f} Å apart (closer than {CLOSE_CONTACT} Å): lower rattle_std')
+    return None
+
+
+def _label_property_problem(inputs, structures: set) -> str | None:
+    label = inputs.get('label', {})
+    if 'labeller' not in label or label['labeller'].value != 'ase' or 'properties' not in label.get('ase', {}):
+        return None
+    if 'stress' not in label['ase']['properties'].get_list():
+        return None
+    for name in sorted(structures):
+        nonperiodic = [index for index, pbc in enumerate(inputs[name].configurations.pbc) if not pbc.all()]
+        if nonperiodic:
+            return (f'label.ase.properties: stress is asked for but {name} {nonperiodic[:10]} are not periodic in '
+                    'all three directions')
     return None
 
 
@@ -164,6 +284,11 @@ def validate_active_learning_inputs(inputs, _=None) -> str | None:
 
     if 'seed' in inputs and inputs['seed'].value < 0:
         return f'seed: must be a non-negative integer, got {inputs["seed"].value}'
+    for check in (_budget_problem, _schedule_problem, _structure_problem):
+        if (message := check(inputs)):
+            return message
+    if (message := _label_property_problem(inputs, {'initial_structures', 'exploration_structures'} & set(inputs))):
+        return message
     for name in ('warm_start_parameters', 'final_train_parameters'):
         if name in inputs:
             from aiida_alml.engines.mace_options import MaceOptionError, check_parameters

@@ -8,6 +8,7 @@ from aiida.engine import ToContext, WorkChain, calcfunction
 
 from aiida_alml.calculations.mace_train import MaceTrainCalculation, is_isolated_atom
 from aiida_alml.data import ConfigurationSet, MlipModel
+from aiida_alml.workflows.submission import submit_once
 
 __all__ = ('CommitteeWorkChain', 'bootstrap_resample')
 
@@ -82,7 +83,7 @@ class CommitteeWorkChain(WorkChain):
             if parent is not None:
                 inputs['parent_model'] = parent
             inputs.setdefault('metadata', {})['call_link_label'] = f'member_{index}'
-            futures[f'member_{index}'] = self.submit(MaceTrainCalculation, **inputs)
+            futures[f'member_{index}'] = submit_once(self, MaceTrainCalculation, **inputs)
             self.report(f'member_{index}: training launched as <{futures[f"member_{index}"].pk}> with seed {seed}')
         return ToContext(**futures)
 

@@ -7,6 +7,7 @@ from aiida.engine import ToContext, WorkChain
 
 from aiida_alml.calculations.md import MdCalculation, check_md_grid
 from aiida_alml.engines.md import MdParameterError, validate_parameters
+from aiida_alml.workflows.submission import submit_once
 
 __all__ = ('ExploreWorkChain',)
 
@@ -66,7 +67,7 @@ class ExploreWorkChain(WorkChain):
             inputs = self.exposed_inputs(MdCalculation, namespace='md')
             inputs.update(structure=self.inputs.structures[key], parameters=orm.Dict(condition))
             inputs.setdefault('metadata', {})['call_link_label'] = label
-            futures[label] = self.submit(MdCalculation, **inputs)
+            futures[label] = submit_once(self, MdCalculation, **inputs)
         self.report(f'launched {len(futures)} MD runs')
         return ToContext(**futures)
 

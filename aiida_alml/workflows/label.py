@@ -26,10 +26,13 @@ from aiida import orm
 from aiida.engine import ToContext, WorkChain, append_, calcfunction, if_, while_
 from aiida.plugins import CalculationFactory
 
+from aiida_alml.calculations.aims import unchecked_keywords
 from aiida_alml.data.configurations import ConfigurationSet
-from aiida_alml.engines.aims_io import run_changing_keywords
+from aiida_alml.engines.aims_io import AimsInputError, run_changing_keywords, validate_keywords
 from aiida_alml.label_settings import SETTINGS_KEY, inconsistent_settings, labels_mismatch, with_label_settings
+from aiida_alml.suggest import did_you_mean
 from aiida_alml.workflows.aims_base import AimsBaseWorkChain, kpoints_mesh
+from aiida_alml.workflows.submission import submit_once
 
 __all__ = (
     'LabelWorkChain', 'merge_labelled', 'parse_shell_labels', 'declare_label_settings', 'inconsistent_settings',
@@ -182,6 +185,8 @@ def validate_label_inputs(inputs, _):
             return problem
     if labeller == 'ase' and ('code' not in inputs.get('ase', {}) or 'calculator' not in inputs.get('ase', {})):
         return 'ase.code, ase.calculator: both are needed for labeller ase'
+    if labeller == 'ase' and (problem := _ase_label_problem(inputs['ase'])):
+        return problem
     if labeller == 'shell':
         shell = inputs.get('shell', {})
         for name in ('code', 'arguments', 'output_filename'):
@@ -189,11 +194,48 @@ def validate_label_inputs(inputs, _):
                 return f'shell.{name}: needed for labeller shell'
         if not any(GEOMETRY_PLACEHOLDER in arg for arg in shell['arguments'].get_list()):
             return f'shell.arguments: none contains the placeholder {GEOMETRY_PLACEHOLDER} for the geometry file'
+        if 'options' in shell:
+            from aiida_shell import ShellJob
+
+            if (problem := _options_problem(ShellJob, shell['options'], 'shell.options')):
+                return problem
     fraction = inputs['max_failed_fraction'].value
     if not 0.0 <= fraction < 1.0:
         return f'max_failed_fraction: must be in [0, 1), got {fraction}'
     if inputs['max_concurrent'].value < 1:
         return f'max_concurrent: must be at least 1, got {inputs["max_concurrent"].value}'
+    return None
+
+
+def _options_problem(process_class, options: orm.Dict, name: str) -> str | None:
+    """Why ``options`` cannot be the ``metadata.options`` of a ``process_class`` job (unknown key, wrong type)."""
+    namespace = process_class.spec().inputs['metadata']['options']
+    given = options.get_dict()
+    unknown = sorted(set(given) - set(namespace))
+    if unknown:
+        return f'{name}.{unknown[0]}: not a job option{did_you_mean(unknown[0], namespace)}'
+    error = namespace.validate(namespace.pre_process(given))
+    if error is None:
+        return None
+    key = error.port.split('.', 1)[1] if '.' in error.port else ''
+    return f'{name}{"." + key if key else ""}: {error.message}'
+
+
+def _ase_label_problem(ase) -> str | None:
+    """The checks alml.ase makes on its inputs, made here so that a campaign fails at launch, not in the daemon."""
+    from aiida_alml.engines.calculators import validate_spec
+
+    spec = ase['calculator'].get_dict()
+    properties = ase['properties'].get_list() if 'properties' in ase else ['energy', 'forces']
+    # The calculator alone first (energy is always computed), then what it is asked to compute.
+    for name, wanted in (('ase.calculator', ['energy']), ('ase.properties', properties)):
+        try:
+            validate_spec(spec, wanted)
+        except (ValueError, TypeError, ImportError) as error:
+            # CalculatorSpecError is a ValueError; TypeError and ImportError: what an odd name makes importlib raise.
+            return f'{name}: {error}'
+    if 'options' in ase:
+        return _options_problem(CalculationFactory('alml.ase'), ase['options'], 'ase.options')
     return None
 
 
@@ -208,6 +250,18 @@ def _aims_label_problem(aims) -> str | None:
             f'aims.aims.parameters: {", ".join(refused)} would make FHI-aims move the atoms (relaxation, molecular '
             'dynamics or a socket driver); labelling is a single point at the given geometry'
         )
+    unchecked, problem = unchecked_keywords(aims['aims'].get('unchecked_keywords'))
+    if problem:
+        return f'aims.aims.{problem}'
+    try:
+        validate_keywords(parameters, unchecked)
+    except AimsInputError as error:
+        return f'aims.aims.{error}'
+    species, species_dir = aims['aims'].get('species'), aims['aims'].get('species_dir')
+    if (species is None) == (species_dir is None):
+        return 'aims.aims.species, aims.aims.species_dir: give exactly one source of species defaults'
+    if species_dir is not None and not species_dir.value.startswith('/'):
+        return f'aims.aims.species_dir: {species_dir.value!r} must be an absolute path on the remote computer'
     if 'kpoints' in aims and 'kpoints_distance' in aims:
         return 'aims.kpoints, aims.kpoints_distance: give one (a fixed mesh, or the distance the mesh is derived from)'
     if 'kpoints_distance' in aims and 'k_grid' in parameters:
@@ -323,7 +377,7 @@ class LabelWorkChain(WorkChain):
         }
         if 'properties' in self.inputs.ase:
             inputs['properties'] = self.inputs.ase.properties
-        node = self.submit(CalculationFactory('alml.ase'), **inputs)
+        node = submit_once(self, CalculationFactory('alml.ase'), **inputs)
         self.report(f'labelling {self.ctx.total} configurations in one alml.ase job <{node.pk}>')
         return ToContext(children=append_(node))
 
@@ -350,7 +404,7 @@ class LabelWorkChain(WorkChain):
                 if self.ctx.kpoints[index] is not None:
                     inputs['kpoints'] = orm.load_node(self.ctx.kpoints[index])
             inputs['metadata'] = {'call_link_label': f'aims_{index}'}
-            return self.submit(AimsBaseWorkChain, **inputs)
+            return submit_once(self, AimsBaseWorkChain, **inputs)
         return self._submit_shell(index)
 
     def _submit_shell(self, index: int):
@@ -379,7 +433,7 @@ class LabelWorkChain(WorkChain):
             'outputs': orm.List([shell.output_filename.value]),
             'metadata': {'options': options, 'call_link_label': f'shell_{index}'},
         }
-        return self.submit(ShellJob, **inputs)
+        return submit_once(self, ShellJob, **inputs)
 
     def gather(self):
         successes, failures = self._collect()

@@ -17,6 +17,7 @@ from aiida.engine import ToContext, WorkChain, calcfunction
 from aiida_alml.calculations.md import MdCalculation, check_md_grid
 from aiida_alml.engines.md import MdParameterError, validate_parameters
 from aiida_alml.selection.stability import STABILITY_DEFAULTS, assess_run
+from aiida_alml.workflows.submission import submit_once
 
 __all__ = ('StabilityWorkChain', 'assess_stability')
 
@@ -102,7 +103,7 @@ class StabilityWorkChain(WorkChain):
             inputs = self.exposed_inputs(MdCalculation, namespace='md')
             inputs.update(structure=self.inputs.structures[key], parameters=orm.Dict({**base, 'ensemble': ensemble}))
             inputs.setdefault('metadata', {})['call_link_label'] = label
-            futures[label] = self.submit(MdCalculation, **inputs)
+            futures[label] = submit_once(self, MdCalculation, **inputs)
         self.report(f'validation: {len(futures)} MD runs')
         return ToContext(**futures)
 

@@ -1,0 +1,275 @@
+"""A campaign through a real SLURM cluster over SSH (scripts/cluster.sh): sbatch, partitions, GRES, provenance.
+
+Runs only with ``ALML_TEST_CLUSTER=1`` (scripts/test.sh sets it, as root, after scripts/cluster.sh); otherwise
+skipped. The daemon of the test profile submits every job with sbatch over SSH as the unprivileged cluster user:
+labelling on ``slurm-cpu`` (partition cpu), training and MD on ``slurm-gpu`` (partition gpu, ``gpus: 1`` in the
+campaign file, device cpu: the GPUs are stand-ins). The same campaign file, pointed at localhost codes, is the
+reference for the provenance.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+import pwd
+import re
+import shutil
+import subprocess
+
+import pytest
+
+pytestmark = [pytest.mark.cluster, pytest.mark.daemon, pytest.mark.slow]
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+CLUSTER_USER = os.environ.get('ALML_CLUSTER_USER', 'alml')
+WALLTIME = {'cpu': 600, 'gpu': 900}  # seconds, i.e. --time=00:10:00 and 00:15:00
+
+if os.environ.get('ALML_TEST_CLUSTER') != '1':
+    pytestmark.append(pytest.mark.skip(
+        reason='needs the local SLURM cluster: run scripts/cluster.sh as root, then ALML_TEST_CLUSTER=1 '
+               '(scripts/test.sh does both when run as root)'))
+
+
+def _cluster_module():
+    spec = importlib.util.spec_from_file_location('cluster_aiida', REPO / 'scripts' / 'cluster_aiida.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _sacct(job_ids) -> dict:
+    """{job id: (partition, user, state)} from SLURM's job-completion log (no slurmdbd: ``sacct --completion``)."""
+    result = subprocess.run(
+        ['sacct', '--completion', '--parsable2', '--noheader', '-o', 'JobID,Partition,User,State',
+         '-j', ','.join(job_ids)], capture_output=True, text=True, timeout=60, check=True,
+    )
+    rows = {}
+    for line in result.stdout.splitlines():
+        job_id, partition, user, state = line.split('|')
+        rows[job_id] = (partition, user.split('(')[0], state)  # the last line wins if slurmctld reused an id
+    return rows
+
+
+@pytest.fixture(scope='module')
+def cluster(aiida_profile):
+    """The cluster's computers and codes in the test profile; fails (not skips) if asked for while SLURM is down."""
+    if shutil.which('sinfo') is None:
+        pytest.fail('ALML_TEST_CLUSTER=1 but sinfo is not installed: run scripts/cluster.sh as root')
+    answer = subprocess.run(['sinfo', '-h', '-o', '%P %a'], capture_output=True, text=True, timeout=30)
+    if answer.returncode != 0 or 'gpu up' not in answer.stdout:
+        pytest.fail(f'ALML_TEST_CLUSTER=1 but SLURM does not answer with partitions cpu and gpu up: '
+                    f'{answer.stdout or answer.stderr}')
+    module = _cluster_module()
+    home = pathlib.Path(pwd.getpwnam(CLUSTER_USER).pw_dir)
+    codes = module.setup_cluster(username=CLUSTER_USER, workdir=str(home / 'aiida_run'))
+    return module, codes
+
+
+def _structures(folder: pathlib.Path):
+    import ase.io
+    from ase.build import bulk
+
+    cubic = bulk('Cu', 'fcc', a=3.61, cubic=True)
+    vacancy = cubic.repeat((2, 1, 1))
+    del vacancy[3]
+    ase.io.write(folder / 'initial.xyz', [cubic, cubic.repeat((2, 1, 1)), vacancy])
+    ase.io.write(folder / 'vacancy.xyz', [vacancy])
+
+
+def _campaign(label_code: str, train_code: str, md_code: str, cluster: bool) -> dict:
+    """A tiny campaign: one iteration, then a final training. On the cluster each stage names its partition."""
+    from conftest import TINY_MACE
+
+    def options(partition):
+        options = {'resources': {'num_machines': 1}, 'withmpi': False, 'max_wallclock_seconds': WALLTIME[partition],
+                   'environment_variables': {'OMP_NUM_THREADS': '1'}}
+        if cluster:
+            options['queue_name'] = partition
+            if partition == 'gpu':
+                options['gpus'] = 1  # the campaign key that becomes `#SBATCH --gres=gpu:1`
+        return options
+
+    return {
+        'initial_structures': 'initial.xyz',
+        'initial_perturbation': {'count': 8, 'rattle_std': 0.06, 'max_strain': 0.03, 'seed': 1},
+        'exploration_structures': 'vacancy.xyz',
+        'label': {'labeller': 'ase', 'ase': {'code': label_code, 'calculator': {'name': 'emt'},
+                                             'properties': ['energy', 'forces'], 'options': options('cpu')}},
+        'train': {'num_members': 2, 'train': {
+            'code': train_code, 'e0s': 'average', 'parameters': {**TINY_MACE, 'batch_size': 4},
+            'metadata': {'options': options('gpu')}}},
+        'explore': {'md': {'code': md_code, 'metadata': {'options': options('gpu')}},
+                    'conditions': [{'ensemble': 'nvt_langevin', 'temperature': 600.0, 'steps': 40,
+                                    'sample_interval': 5, 'timestep': 2.0, 'seed': 3}]},
+        # Every frame a candidate and none failed: the selection takes exactly the cap, on both machines.
+        'selection': {'trust_lo': 1e-6, 'trust_hi': 50.0, 'labels_per_iteration': 3},
+        'max_iterations': 1,
+        'max_labels': 100,
+    }
+
+
+def _load(folder: pathlib.Path, name: str, campaign: dict) -> dict:
+    import yaml
+
+    from aiida_alml.campaign import load_campaign
+
+    path = folder / name
+    path.write_text(yaml.safe_dump(campaign, sort_keys=False), encoding='utf-8')
+    return load_campaign(path)
+
+
+def _shape(node, prefix=()) -> list:
+    """Every descendant process: (call-link path, process type, exit status, output link labels), sorted."""
+    from aiida.common.links import LinkType
+
+    rows = []
+    for link in node.base.links.get_outgoing(link_type=(LinkType.CALL_CALC, LinkType.CALL_WORK)).all():
+        child, path = link.node, prefix + (link.link_label,)
+        outputs = child.base.links.get_outgoing(link_type=(LinkType.CREATE, LinkType.RETURN)).all_link_labels()
+        rows.append((path, child.process_type, child.exit_status, tuple(sorted(outputs))))
+        rows.extend(_shape(child, path))
+    return sorted(rows)
+
+
+def _diagnosis(node) -> str:
+    """What went wrong where: every process's exit status and message, and the campaign's report."""
+    from aiida.cmdline.utils.common import get_workchain_report
+
+    lines = [f'{node.process_label}<{node.pk}> {node.exit_status}: {node.exit_message}']
+    for child in node.called_descendants:
+        lines.append(f'  {child.process_label}<{child.pk}> {child.process_state.value} {child.exit_status}: '
+                     f'{child.exit_message or ""}')
+    return '\n'.join(lines + [get_workchain_report(node, 'REPORT')])
+
+
+def _outputs(node) -> list:
+    from aiida.common.links import LinkType
+
+    return sorted(node.base.links.get_outgoing(link_type=LinkType.RETURN).all_link_labels())
+
+
+def _calcjobs(node) -> list:
+    from aiida import orm
+
+    return [child for child in node.called_descendants if isinstance(child, orm.CalcJobNode)]
+
+
+def test_campaign_through_slurm_over_ssh(cluster, submit_and_await, label_code, mace_train_code, md_code, tmp_path):
+    from aiida.engine import submit
+
+    from aiida_alml.workflows.active_learning import ActiveLearningWorkChain
+
+    module, codes = cluster
+    _structures(tmp_path)
+    on_cluster = _load(tmp_path, 'cluster.yaml', _campaign(
+        codes['slurm-cpu']['alml-label'].full_label, codes['slurm-gpu']['mace-train'].full_label,
+        codes['slurm-gpu']['alml-md'].full_label, cluster=True))
+    local = _load(tmp_path, 'local.yaml', _campaign(label_code.full_label, mace_train_code.full_label,
+                                                    md_code.full_label, cluster=False))
+    # the campaign key, not a hand-written directive, asks for the GPU
+    assert on_cluster['train']['train']['metadata']['options']['custom_scheduler_commands'] == '#SBATCH --gres=gpu:1'
+
+    reference = submit(ActiveLearningWorkChain, **local)
+    node = submit_and_await(ActiveLearningWorkChain, timeout=1800, **on_cluster)
+    reference = submit_and_await(reference, timeout=900)
+    expected = ActiveLearningWorkChain.exit_codes.ERROR_MAX_ITERATIONS.status  # one iteration, as asked
+    assert node.exit_status == expected, _diagnosis(node)
+    assert reference.exit_status == expected, _diagnosis(reference)
+
+    jobs = _calcjobs(node)
+    kinds = sorted(job.process_type for job in jobs)
+    # initial + iteration labelling, 2 members x (iteration 0 + final training), one MD run
+    assert kinds.count('aiida.calculations:alml.ase') == 2, kinds
+    assert kinds.count('aiida.calculations:alml.mace.train') == 4, kinds
+    assert kinds.count('aiida.calculations:alml.md') == 1, kinds
+    cluster_uid = pwd.getpwnam(CLUSTER_USER).pw_uid
+    for job in jobs:
+        partition = 'cpu' if job.process_type.endswith('alml.ase') else 'gpu'
+        where = f'{job.process_label} <{job.pk}>'
+        assert job.computer.label == f'slurm-{partition}' and job.computer.scheduler_type == 'core.slurm', where
+        assert job.computer.transport_type in module.TRANSPORTS, where
+        assert job.is_finished_ok, f'{where}: {job.exit_status} {job.exit_message}'
+        assert re.fullmatch(r'\d+', job.get_job_id() or ''), f'{where}: job id {job.get_job_id()!r}'
+        # the job ran as the cluster user: it owns the working directory the transport made
+        assert pathlib.Path(job.get_remote_workdir()).stat().st_uid == cluster_uid, where
+        script = job.base.repository.get_object_content('_aiidasubmit.sh')
+        assert f'#SBATCH --partition={partition}' in script, f'{where}:\n{script}'
+        minutes = WALLTIME[partition] // 60
+        assert f'#SBATCH --time=00:{minutes:02d}:00' in script, f'{where}:\n{script}'
+        assert module.COMPUTER_PREPEND in script, where
+        assert (module.GPU_CODE_PREPEND in script) == (partition == 'gpu'), where
+        assert ('#SBATCH --gres=gpu:1' in script) == (partition == 'gpu'), f'{where}:\n{script}'
+        # what the job itself printed (retrieved scheduler stdout): SLURM placed it as asked
+        stdout = job.outputs.retrieved.base.repository.get_object_content('_scheduler-stdout.txt')
+        gpus = r'\d' if partition == 'gpu' else 'none'
+        pattern = rf'alml-cluster: job {job.get_job_id()} partition {partition} gpus {gpus} user {CLUSTER_USER}'
+        assert re.search(pattern, stdout), f'{where}: {stdout!r}'
+
+    seen = _sacct([job.get_job_id() for job in jobs])
+    for job in jobs:
+        partition = 'cpu' if job.process_type.endswith('alml.ase') else 'gpu'
+        assert seen.get(job.get_job_id()) == (partition, CLUSTER_USER, 'COMPLETED'), (job.pk, seen)
+
+    # the same processes, call links and outputs as the local run of the same campaign file
+    assert _shape(node) == _shape(reference)
+    assert _outputs(node) == _outputs(reference)
+    assert len(node.outputs.dataset) == len(reference.outputs.dataset)
+
+
+def _squeue_state(job_id: str) -> str:
+    result = subprocess.run(['squeue', '-h', '-j', job_id, '-o', '%T'], capture_output=True, text=True, timeout=30)
+    return result.stdout.strip()
+
+
+def test_scancel_of_a_member_fails_the_committee_clearly(cluster, submit_and_await, tiny_mace_inputs):
+    # What happens today when an administrator (or a preemption) cancels a running job: AiiDA sees the job leave
+    # squeue, retrieves what is there and our parser names the failure; the committee has no restart handler for it,
+    # so it fails with ERROR_MEMBER_FAILED (and a campaign with ERROR_TRAINING_FAILED). Nothing hangs or excepts.
+    # When a restart handler absorbs cancellations, the last assertions change.
+    import time
+
+    from aiida import orm
+    from aiida.engine import submit
+
+    from aiida_alml.calculations.mace_train import MaceTrainCalculation
+    from aiida_alml.workflows.committee import CommitteeWorkChain
+
+    _, codes = cluster
+    train = tiny_mace_inputs(max_num_epochs=40)
+    train['code'] = codes['slurm-gpu']['mace-train']
+    train['metadata']['options'].update(queue_name='gpu', max_wallclock_seconds=WALLTIME['gpu'],
+                                        custom_scheduler_commands='#SBATCH --gres=gpu:1')
+    node = submit(CommitteeWorkChain, num_members=orm.Int(2), train=train)
+
+    deadline = time.monotonic() + 600
+    member = None
+    def training(member) -> bool:
+        # RUNNING in squeue is not enough: a job cancelled in its first second has not even written its output
+        # files. Wait until mace writes its log, i.e. the training is under way.
+        if member is None or _squeue_state(member.get_job_id()) != 'RUNNING':
+            return False
+        logs = pathlib.Path(member.get_remote_workdir()) / 'logs'
+        return logs.is_dir() and any(path.stat().st_size for path in logs.iterdir())
+
+    while not training(member):
+        assert time.monotonic() < deadline, 'member_0 never started training under SLURM'
+        assert not node.is_terminated, node.exit_message
+        members = {link.link_label: link.node for link in node.base.links.get_outgoing().all()}
+        member = members.get('member_0')
+        if member is not None and member.get_job_id() is None:
+            member = None  # stored, not yet submitted to SLURM
+        time.sleep(0.5)
+    job_id = member.get_job_id()
+    subprocess.run(['scancel', job_id], check=True, timeout=30)
+
+    node = submit_and_await(node, timeout=900)
+    member = orm.load_node(member.pk)
+    assert member.is_finished and not member.is_finished_ok
+    # mace had written its log, not a model: the parser says so (with the output's last lines)
+    assert member.exit_status == MaceTrainCalculation.exit_codes.ERROR_NO_MODEL.status, member.exit_message
+    stderr = member.outputs.retrieved.base.repository.get_object_content('_scheduler-stderr.txt')
+    assert f'JOB {job_id} ON' in stderr and 'CANCELLED AT' in stderr, stderr
+    assert _sacct([job_id])[job_id][2].startswith('CANCELLED')
+    assert node.exit_status == CommitteeWorkChain.exit_codes.ERROR_MEMBER_FAILED.status, _diagnosis(node)
+    assert 'member_0' in node.exit_message

@@ -456,11 +456,20 @@ def test_catalogue_is_large_and_documented():
     assert not missing, f'rows missing from the table in docs/reliability.md: {missing}'
 
 
-def test_launch_reports_the_bad_input_before_looking_for_a_daemon(codes, folder):
-    """No daemon runs in the tests: the answer must still be the real error (and the budget of a good file)."""
+def test_launch_reports_the_bad_input_before_looking_for_a_daemon(codes, folder, monkeypatch):
+    """With no daemon the answer must still be the real error (and the budget of a good file).
+
+    Another test may have left a daemon of the test profile running, so its absence is arranged here.
+    """
+    from aiida.engine.daemon import client as daemon_client
     from click.testing import CliRunner
 
     from aiida_alml.cli.campaign import launch
+
+    class _NoDaemon:
+        is_daemon_running = False
+
+    monkeypatch.setattr(daemon_client, 'get_daemon_client', lambda *args, **kwargs: _NoDaemon())
 
     bad = _write(folder, setting('selection.labels_per_iteration', True)(_demo(), folder))
     before = _node_count()

@@ -17,6 +17,7 @@ from aiida_alml.engines.aims_io import (
     write_control_in,
     write_geometry_in,
 )
+from aiida_alml.parsers.interruption import define_interruption_exit_code
 
 __all__ = ('AimsCalculation', 'unchecked_keywords')
 
@@ -158,6 +159,8 @@ class AimsCalculation(CalcJob):
         spec.output('labelled', valid_type=ConfigurationSet, required=False, help='ConfigurationSet of one labelled config.')
         spec.output('output_structure', valid_type=orm.StructureData, required=False, help='Relaxed geometry.')
         spec.default_output_node = 'output_parameters'
+
+        define_interruption_exit_code(spec)
 
         spec.exit_code(300, 'ERROR_OUTPUT_MISSING', message='The FHI-aims output file aims.out was not retrieved.')
         spec.exit_code(301, 'ERROR_OUTPUT_INCOMPLETE', message='aims.out does not end with "Have a nice day.".')

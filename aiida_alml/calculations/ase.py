@@ -11,6 +11,7 @@ from aiida.engine import CalcJob
 
 from aiida_alml.data import ConfigurationSet
 from aiida_alml.engines.calculators import CalculatorSpecError, validate_spec
+from aiida_alml.parsers.interruption import define_interruption_exit_code
 
 __all__ = ('AseLabelCalculation',)
 
@@ -79,6 +80,8 @@ class AseLabelCalculation(CalcJob):
 
         spec.output('labelled', valid_type=ConfigurationSet, required=False, help='The configurations that succeeded.')
         spec.output('output_parameters', valid_type=orm.Dict, help='Per-configuration status and timings.')
+
+        define_interruption_exit_code(spec)
 
         spec.exit_code(300, 'ERROR_MISSING_OUTPUT', message='The engine wrote no report: it did not run or crashed.')
         spec.exit_code(301, 'ERROR_READING_OUTPUT', message='The engine output could not be read: {error}')

@@ -12,6 +12,7 @@ from aiida.engine import CalcJob
 
 from aiida_alml.data import ConfigurationSet, MlipModel, ModelIntegrityError
 from aiida_alml.engines.mace_options import MaceOptionError, check_parameters, to_command_line
+from aiida_alml.parsers.interruption import define_interruption_exit_code
 
 __all__ = ('MaceTrainCalculation', 'isolated_atom_energies')
 
@@ -202,6 +203,8 @@ class MaceTrainCalculation(CalcJob):
         spec.output('model', valid_type=MlipModel, help='The trained model (hash-pinned).')
         spec.output('metrics', valid_type=orm.Dict, help='Final RMSE/MAE of energy per atom and forces per set.')
         spec.output('training_curve', valid_type=orm.ArrayData, help='Validation errors per epoch.')
+
+        define_interruption_exit_code(spec)
 
         spec.exit_code(300, 'ERROR_MISSING_OUTPUT', message='mace_run_train wrote no log: it did not run or crashed.')
         spec.exit_code(302, 'ERROR_DISK_FULL', message='The working directory on the compute machine is full (no space '

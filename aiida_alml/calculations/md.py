@@ -12,6 +12,7 @@ from aiida.engine import CalcJob
 
 from aiida_alml.data import MlipModel, ModelIntegrityError
 from aiida_alml.engines.md import SUMMARY_FILE, TRAJECTORY_FILE, MdParameterError, validate_parameters
+from aiida_alml.parsers.interruption import define_interruption_exit_code
 
 __all__ = ('MdCalculation', 'check_committee', 'check_md_grid')
 
@@ -87,6 +88,8 @@ class MdCalculation(CalcJob):
 
         spec.output('trajectory', valid_type=orm.TrajectoryData, help='Sampled frames with uncertainty arrays.')
         spec.output('summary', valid_type=orm.Dict, help='Steps done, frames, stop reason, steps per second.')
+
+        define_interruption_exit_code(spec)
 
         spec.exit_code(300, 'ERROR_MISSING_OUTPUT', message='alml-md wrote no {filename}: it did not run or crashed. {details}')
         spec.exit_code(301, 'ERROR_READING_OUTPUT', message='The output of alml-md could not be read: {error}')

@@ -6,10 +6,10 @@ import re
 
 import numpy as np
 from aiida import orm
-from aiida.parsers import Parser
 
 from aiida_alml.calculations.aims import SPECIES_DIGEST_FILE
 from aiida_alml.engines.aims_output import AimsOutput, parse_aims_output
+from aiida_alml.parsers.interruption import InterruptionAwareParser
 
 __all__ = ('AimsParser',)
 
@@ -29,14 +29,14 @@ SCHEDULER_OUT_OF_WALLTIME = 120
 SCHEDULER_OUT_OF_MEMORY = 110
 
 
-class AimsParser(Parser):
+class AimsParser(InterruptionAwareParser):
     """Turn aims.out into ``output_parameters``, ``forces``, ``stress``, ``labelled`` and ``output_structure``.
 
     The label energy is FHI-aims' "Electronic free energy": with occupation smearing it is the energy the printed
     forces (and stress) are derivatives of, so energy and forces of one configuration are consistent.
     """
 
-    def parse(self, **kwargs):
+    def parse_job(self, **kwargs):
         retrieved = self.retrieved
         names = set(retrieved.base.repository.list_object_names())
         stderr = self._read(retrieved, 'aims.err', names)

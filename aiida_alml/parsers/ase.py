@@ -6,7 +6,6 @@ import io
 import json
 
 from aiida import orm
-from aiida.parsers import Parser
 
 from aiida_alml.calculations.ase import LABELLED_FILE, REPORT_FILE
 from aiida_alml.configurations import ConfigurationError, Configurations
@@ -14,6 +13,7 @@ from aiida_alml.data import ConfigurationSet
 from aiida_alml.engines.calculators import resolve_calculator
 from aiida_alml.engines.disk import disk_full_line
 from aiida_alml.label_settings import with_label_settings
+from aiida_alml.parsers.interruption import InterruptionAwareParser
 
 __all__ = ('AseLabelParser', 'label_settings')
 
@@ -21,7 +21,7 @@ STDOUT_FILE = 'alml-label.out'
 STDERR_FILE = '_scheduler-stderr.txt'  # the engine's stderr (not joined to its stdout)
 
 
-class AseLabelParser(Parser):
+class AseLabelParser(InterruptionAwareParser):
     """Attach ``output_parameters`` and, when any configuration succeeded, ``labelled``.
 
     Each labelled configuration keeps the metadata of its input configuration plus ``source_index`` (its position in
@@ -29,7 +29,7 @@ class AseLabelParser(Parser):
     ``label_settings`` / ``label_fingerprint`` (:func:`label_settings`).
     """
 
-    def parse(self, **kwargs):
+    def parse_job(self, **kwargs):
         retrieved = self.retrieved
         names = retrieved.base.repository.list_object_names()
         outputs = [retrieved.base.repository.get_object_content(name, mode='r') for name in (STDOUT_FILE, STDERR_FILE)

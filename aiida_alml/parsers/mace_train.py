@@ -11,12 +11,12 @@ import tempfile
 import numpy as np
 from aiida import orm
 from aiida.engine import ExitCode
-from aiida.parsers import Parser
 
 from aiida_alml.calculations.mace_train import MODEL_FILE, MODEL_NAME, STDOUT_FILE
 from aiida_alml.data import MlipModel
 from aiida_alml.engines.model_format import ModelFormatError
 from aiida_alml.engines.disk import disk_full_line
+from aiida_alml.parsers.interruption import InterruptionAwareParser
 
 __all__ = ('MaceTrainParser', 'parse_error_tables', 'parse_results_lines')
 
@@ -77,10 +77,10 @@ def _log_value(pattern: str, log: str) -> str | None:
     return match.group(1) if match else None
 
 
-class MaceTrainParser(Parser):
+class MaceTrainParser(InterruptionAwareParser):
     """Store the model as an :class:`MlipModel`, the final metrics and the validation curve per epoch."""
 
-    def parse(self, **kwargs):
+    def parse_job(self, **kwargs):
         retrieved = self.retrieved
         names = retrieved.base.repository.list_object_names()
         seed = self.node.inputs.seed.value

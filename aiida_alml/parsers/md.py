@@ -8,11 +8,11 @@ import json
 import numpy as np
 from aiida import orm
 from aiida.engine import ExitCode
-from aiida.parsers import Parser
 
 from aiida_alml.calculations.md import STDOUT_FILE
 from aiida_alml.engines.disk import disk_full_line
 from aiida_alml.engines.md import SUMMARY_FILE, TRAJECTORY_FILE
+from aiida_alml.parsers.interruption import InterruptionAwareParser
 
 __all__ = ('MdParser',)
 
@@ -20,12 +20,12 @@ __all__ = ('MdParser',)
 _TRAJECTORY_KEYS = {'step', 'time', 'positions', 'cell', 'numbers', 'pbc'}
 
 
-class MdParser(Parser):
+class MdParser(InterruptionAwareParser):
     """``trajectory``: positions, cells, steps, times (fs), pbc and per frame ``energy``, ``forces``,
     ``temperature``, ``target_temperature``, ``force_sigma`` (frames, atoms), ``max_force_sigma``,
     ``mean_force_sigma``, ``energy_sigma_per_atom``, ``stress_sigma`` (frames, 6) and, if asked, ``forces_comm``."""
 
-    def parse(self, **kwargs):
+    def parse_job(self, **kwargs):
         names = self.retrieved.base.repository.list_object_names()
         output = ''
         if STDOUT_FILE in names:

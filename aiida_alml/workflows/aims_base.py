@@ -29,8 +29,9 @@ class AimsBaseWorkChain(BaseRestartWorkChain):
     off by default because a smearing that differs between configurations makes their labels inconsistent).
     Walltime: more time, and the ELSI density-matrix restart files or the relaxation's last geometry when the run left
     them. Missing species files and running out of memory twice are not recoverable: the work chain stops with a
-    named exit code. Every change is reported (``verdi process report``) and each attempt's parameters are a new
-    ``Dict`` input of that attempt, so the recovery is in the provenance graph.
+    named exit code. A job the scheduler cancelled or lost (node failure) is run again unchanged. Every change is
+    reported (``verdi process report``) and each attempt's parameters are a new ``Dict`` input of that attempt, so the
+    recovery is in the provenance graph.
     """
 
     _process_class = AimsCalculation
@@ -134,6 +135,14 @@ class AimsBaseWorkChain(BaseRestartWorkChain):
         self.report(f'{why}: restarting with {", ".join(f"{k} = {v}" for k, v in sorted(changes.items()))}')
 
     # ------------------------------------------------------------------ handlers
+    @process_handler(priority=610, exit_codes=[AimsCalculation.exit_codes.ERROR_JOB_INTERRUPTED,
+                                               AimsCalculation.exit_codes.ERROR_SCHEDULER_NODE_FAILURE])
+    def handle_interrupted_job(self, node):
+        """The scheduler ended the job from outside (``scancel``, preemption, node failure): run it again unchanged."""
+        self.report(f'{node.process_label}<{node.pk}> was ended by the scheduler ({node.exit_message}): '
+                    'running it again with the same inputs')
+        return ProcessHandlerReport(True)
+
     @process_handler(priority=600, exit_codes=[AimsCalculation.exit_codes.ERROR_MISSING_SPECIES])
     def handle_missing_species(self, node):
         """No species default, no calculation: a setup problem a restart cannot fix."""

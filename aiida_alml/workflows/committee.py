@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 from aiida import orm
-from aiida.engine import ToContext, WorkChain, calcfunction
+from aiida.engine import ToContext, WorkChain, calcfunction, while_
 
 from aiida_alml.calculations.mace_train import MaceTrainCalculation, is_isolated_atom
 from aiida_alml.data import ConfigurationSet, MlipModel
+from aiida_alml.workflows.relaunch import RelaunchesInterruptedJobs, define_relaunch_input
 from aiida_alml.workflows.submission import submit_once
 
 __all__ = ('CommitteeWorkChain', 'bootstrap_resample')
@@ -44,11 +45,12 @@ def _validate_inputs(inputs, _):
     return None
 
 
-class CommitteeWorkChain(WorkChain):
+class CommitteeWorkChain(RelaunchesInterruptedJobs, WorkChain):
     """Train ``num_members`` MACE models concurrently; member ``i`` gets ``seeds[i]`` (default ``i + 1``).
 
     The training inputs are those of ``alml.mace.train`` (namespace ``train``) except ``seed``. With ``bootstrap``
-    each member trains on its own resample of the training set, drawn by :func:`bootstrap_resample`.
+    each member trains on its own resample of the training set, drawn by :func:`bootstrap_resample`. A member whose
+    job the scheduler cancelled or lost is trained again (``max_relaunches``).
     """
 
     @classmethod
@@ -61,8 +63,13 @@ class CommitteeWorkChain(WorkChain):
                    help='Train each member on a bootstrap resample of the training set.')
         spec.input_namespace('parent_models', valid_type=MlipModel, dynamic=True, required=False,
                              help='Warm start member_i from parent_models.member_i (e.g. the previous committee).')
+        define_relaunch_input(spec)
         spec.inputs.validator = _validate_inputs
-        spec.outline(cls.train_members, cls.gather)
+        spec.outline(
+            cls.train_members,
+            while_(cls.has_interrupted_jobs)(cls.relaunch_interrupted_jobs),
+            cls.gather,
+        )
         spec.output_namespace('models', valid_type=orm.Data, dynamic=True, help='member_0, member_1, ...')
         spec.output('summary', valid_type=orm.Dict, help='Seed and final metrics of every member.')
         spec.exit_code(410, 'ERROR_MEMBER_FAILED', message='Training of members {members} failed.')
@@ -71,6 +78,9 @@ class CommitteeWorkChain(WorkChain):
         if 'seeds' in self.inputs:
             return list(self.inputs.seeds.get_list())
         return list(range(1, self.inputs.num_members.value + 1))
+
+    def relaunchable_jobs(self) -> list[str]:
+        return [f'member_{index}' for index in range(len(self._seeds()))]
 
     def train_members(self):
         futures = {}

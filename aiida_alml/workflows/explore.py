@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from aiida import orm
-from aiida.engine import ToContext, WorkChain
+from aiida.engine import ToContext, WorkChain, while_
 
 from aiida_alml.calculations.md import MdCalculation, check_md_grid
 from aiida_alml.engines.md import MdParameterError, validate_parameters
+from aiida_alml.workflows.relaunch import RelaunchesInterruptedJobs, define_relaunch_input
 from aiida_alml.workflows.submission import submit_once
 
 __all__ = ('ExploreWorkChain',)
@@ -33,12 +34,13 @@ def _validate_inputs(inputs, ctx):
     return check_md_grid(inputs)
 
 
-class ExploreWorkChain(WorkChain):
+class ExploreWorkChain(RelaunchesInterruptedJobs, WorkChain):
     """Run ``alml.md`` for every structure in ``structures`` under every entry of ``conditions``.
 
     Each condition is a dict of MD parameters laid over ``parameters`` (e.g. ``{'ensemble': 'npt_berendsen',
     'temperature': 600, 'pressure': 1.0, 'steps': 2000}``). Run ``<structure>_c<i>`` gives
-    ``trajectories.<structure>_c<i>`` and ``summaries.<structure>_c<i>``; ``overview`` lists them all.
+    ``trajectories.<structure>_c<i>`` and ``summaries.<structure>_c<i>``; ``overview`` lists them all. A run whose job
+    the scheduler cancelled or lost is run again (``max_relaunches``).
     """
 
     @classmethod
@@ -48,8 +50,13 @@ class ExploreWorkChain(WorkChain):
         spec.input_namespace('structures', valid_type=orm.StructureData, dynamic=True, help='Starting structures.')
         spec.input('conditions', valid_type=orm.List, help='List of MD parameter dicts, one per condition.')
         spec.input('parameters', valid_type=orm.Dict, required=False, help='MD parameters shared by all conditions.')
+        define_relaunch_input(spec)
         spec.inputs.validator = _validate_inputs
-        spec.outline(cls.launch_runs, cls.gather)
+        spec.outline(
+            cls.launch_runs,
+            while_(cls.has_interrupted_jobs)(cls.relaunch_interrupted_jobs),
+            cls.gather,
+        )
         spec.output_namespace('trajectories', valid_type=orm.TrajectoryData, dynamic=True)
         spec.output_namespace('summaries', valid_type=orm.Dict, dynamic=True)
         spec.output('overview', valid_type=orm.Dict, help='Per run: structure, condition, stop reason, max sigma.')
@@ -60,6 +67,9 @@ class ExploreWorkChain(WorkChain):
         for key in sorted(self.inputs.structures):
             for index, condition in enumerate(conditions):
                 yield f'{key}_c{index}', key, index, condition
+
+    def relaunchable_jobs(self) -> list[str]:
+        return [label for label, *_ in self._grid()]
 
     def launch_runs(self):
         futures = {}

@@ -23,7 +23,7 @@ import json
 
 import numpy as np
 from aiida import orm
-from aiida.engine import ToContext, WorkChain, append_, calcfunction, if_, while_
+from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
 from aiida.plugins import CalculationFactory
 
 from aiida_alml.calculations.aims import unchecked_keywords
@@ -32,6 +32,7 @@ from aiida_alml.engines.aims_io import AimsInputError, run_changing_keywords, va
 from aiida_alml.label_settings import SETTINGS_KEY, inconsistent_settings, labels_mismatch, with_label_settings
 from aiida_alml.suggest import did_you_mean
 from aiida_alml.workflows.aims_base import AimsBaseWorkChain, kpoints_mesh
+from aiida_alml.workflows.relaunch import RelaunchesInterruptedJobs, define_relaunch_input
 from aiida_alml.workflows.submission import submit_once
 
 __all__ = (
@@ -271,7 +272,7 @@ def _aims_label_problem(aims) -> str | None:
     return None
 
 
-class LabelWorkChain(WorkChain):
+class LabelWorkChain(RelaunchesInterruptedJobs, WorkChain):
     """Label every configuration of ``structures`` with the chosen labeller and gather the labels in one set."""
 
     @classmethod
@@ -311,6 +312,7 @@ class LabelWorkChain(WorkChain):
         spec.input('shell.output_format', valid_type=orm.Str, default=lambda: orm.Str(''),
                    help='ASE format of the output file; empty: guessed from the name.')
         spec.input('shell.options', valid_type=orm.Dict, required=False, help='metadata.options of the jobs.')
+        define_relaunch_input(spec)
         spec.inputs.validator = validate_label_inputs
 
         spec.outline(
@@ -318,6 +320,7 @@ class LabelWorkChain(WorkChain):
             if_(cls.is_batched)(cls.run_ase).else_(
                 while_(cls.has_unsubmitted)(cls.submit_wave),
             ),
+            while_(cls.has_interrupted_jobs)(cls.relaunch_interrupted_jobs),
             cls.gather,
         )
         spec.output('labelled', valid_type=ConfigurationSet, required=False)
@@ -331,7 +334,6 @@ class LabelWorkChain(WorkChain):
         self.ctx.labeller = self.inputs.labeller.value
         self.ctx.total = self.inputs.structures.num_configurations
         self.ctx.next_index = 0
-        self.ctx.children = []
         self.ctx.kpoints = None
         if self.ctx.labeller == 'aims' and 'kpoints_distance' in self.inputs.aims:
             self.ctx.kpoints = self._fix_kpoints(self.inputs.aims.kpoints_distance.value)
@@ -364,6 +366,12 @@ class LabelWorkChain(WorkChain):
     def is_batched(self):
         return self.ctx.labeller == 'ase'
 
+    def relaunchable_jobs(self) -> list[str]:
+        # FHI-aims jobs are relaunched by their AimsBaseWorkChain; the others are CalcJobs of this work chain.
+        if self.ctx.labeller == 'ase':
+            return ['ase_job']
+        return [] if self.ctx.labeller == 'aims' else [f'child_{index}' for index in range(self.ctx.total)]
+
     def has_unsubmitted(self):
         return self.ctx.next_index < self.ctx.total
 
@@ -379,7 +387,7 @@ class LabelWorkChain(WorkChain):
             inputs['properties'] = self.inputs.ase.properties
         node = submit_once(self, CalculationFactory('alml.ase'), **inputs)
         self.report(f'labelling {self.ctx.total} configurations in one alml.ase job <{node.pk}>')
-        return ToContext(children=append_(node))
+        return ToContext(ase_job=node)
 
     def submit_wave(self):
         """Submit the next ``max_concurrent`` configurations and wait for them (a wave-based throttle)."""
@@ -470,7 +478,7 @@ class LabelWorkChain(WorkChain):
         """(labelled set, input indices it covers) per success; input index -> failure description."""
         successes, failures = [], {}
         if self.ctx.labeller == 'ase':
-            node = self.ctx.children[-1]
+            node = self.ctx.ase_job
             if not node.is_finished_ok:
                 return [], {i: _failure(node) for i in range(self.ctx.total)}
             labelled = node.outputs.labelled

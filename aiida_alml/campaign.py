@@ -14,6 +14,7 @@ from typing import Any
 
 from aiida_alml.job_options import JobOptionError, campaign_metadata, campaign_options
 from aiida_alml.suggest import did_you_mean
+from aiida_alml.workflows.links import iteration_label
 
 __all__ = ('CampaignError', 'load_campaign', 'inputs_from_config', 'validation_problem', 'iteration_table',
            'current_stage')
@@ -283,25 +284,29 @@ def iteration_table(node) -> list[dict]:
     calls = called_by_label(node)
     rows = []
     iteration = 0
-    while (train := calls.get(f'train_{iteration}')) is not None:
+
+    def step(name: str):  # the process that ran step `name` of `iteration`, or None
+        return calls.get(iteration_label(name, iteration))
+
+    while (train := step('train')) is not None:
         row: dict[str, Any] = {'iteration': iteration, 'wall_time_s': {}}
         if train.is_terminated:
             row['wall_time_s']['train'] = elapsed_seconds(train)
-        if (explore := calls.get(f'explore_{iteration}')) is not None and explore.is_terminated:
+        if (explore := step('explore')) is not None and explore.is_terminated:
             row['wall_time_s']['explore'] = elapsed_seconds(explore)
-        if (select := calls.get(f'select_{iteration}')) is not None and select.is_finished_ok:
+        if (select := step('select')) is not None and select.is_finished_ok:
             summary = select.outputs.summary.get_dict()
             row.update({key: summary.get(key) for key in ('frames', 'frames_counted', 'accurate_fraction',
                                                             'candidate_fraction', 'failed_fraction', 'max_uncertainty')})
-        if (score := calls.get(f'score_{iteration}')) is not None and score.is_finished_ok:
+        if (score := step('score')) is not None and score.is_finished_ok:
             row['test_force_rmse'] = score.outputs.result.get_dict()['force_rmse']
-        if (label := calls.get(f'label_{iteration}')) is not None and label.is_terminated:
+        if (label := step('label')) is not None and label.is_terminated:
             row['wall_time_s']['label'] = elapsed_seconds(label)
             if 'labelled' in label.outputs:
                 row['labels_new'] = len(label.outputs.labelled)
-        if (evaluate := calls.get(f'evaluate_{iteration}')) is not None and evaluate.is_finished_ok:
+        if (evaluate := step('evaluate')) is not None and evaluate.is_finished_ok:
             row['oos_force_rmse'] = evaluate.outputs.metrics.get_dict()['force_rmse']
-        if (calibrate := calls.get(f'calibrate_{iteration}')) is not None and calibrate.is_finished_ok:
+        if (calibrate := step('calibrate')) is not None and calibrate.is_finished_ok:
             row['fitted_calibration_factor'] = calibrate.outputs.result.get_dict()['factor']
         rows.append(row)
         iteration += 1

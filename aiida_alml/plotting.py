@@ -11,19 +11,19 @@ __all__ = ('plot_campaign',)
 
 def plot_campaign(node, path: str | pathlib.Path) -> pathlib.Path:
     """Write a three-panel PNG for a (finished or running) campaign and return its path."""
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    # A Figure of its own (no pyplot): drawing here never switches the backend of the caller's session (Jupyter).
+    from matplotlib.figure import Figure
 
     from aiida_alml.campaign import called_by_label, iteration_table
     from aiida_alml.workflows.active_learning_inputs import SELECTION_DEFAULTS
+    from aiida_alml.workflows.links import iteration_label
 
     rows = iteration_table(node)
     calls = called_by_label(node)
     settings = {**SELECTION_DEFAULTS, **node.inputs.selection.get_dict()}
     trust_lo, trust_hi = settings['trust_lo'], settings['trust_hi']
-    figure, (curve, calibration, histogram) = plt.subplots(1, 3, figsize=(15, 4.5))
+    figure = Figure(figsize=(15, 4.5))
+    curve, calibration, histogram = figure.subplots(1, 3)
 
     iterations = [row['iteration'] for row in rows]
     accurate = [row.get('accurate_fraction', np.nan) for row in rows]
@@ -43,7 +43,7 @@ def plot_campaign(node, path: str | pathlib.Path) -> pathlib.Path:
     curve.set_title('learning curve')
 
     for row in rows:
-        evaluate = calls.get(f'evaluate_{row["iteration"]}')
+        evaluate = calls.get(iteration_label('evaluate', row['iteration']))
         if evaluate is None or not evaluate.is_finished_ok:
             continue
         pairs = evaluate.outputs.error_sigma_pairs
@@ -62,7 +62,7 @@ def plot_campaign(node, path: str | pathlib.Path) -> pathlib.Path:
         key = f'iteration_{row["iteration"]}'
         if 'selection_records' in node.outputs and key in node.outputs.selection_records:
             values = node.outputs.selection_records[key].get_array('uncertainty')
-        elif (select := calls.get(f'select_{row["iteration"]}')) is not None and select.is_finished_ok:
+        elif (select := calls.get(iteration_label('select', row['iteration']))) is not None and select.is_finished_ok:
             values = select.outputs.record.get_array('uncertainty')
         else:
             continue
@@ -82,5 +82,4 @@ def plot_campaign(node, path: str | pathlib.Path) -> pathlib.Path:
     figure.tight_layout()
     path = pathlib.Path(path)
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return path

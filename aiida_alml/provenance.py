@@ -27,6 +27,8 @@ from collections import Counter, defaultdict
 from aiida import orm
 from aiida.common.links import LinkType
 
+from aiida_alml.workflows.links import ACTIVE_LEARNING, LABEL_INITIAL, iteration_label, parse_iteration_label
+
 __all__ = (
     'LABELLING_PROCESS_TYPES',
     'labelling_calculations',
@@ -43,9 +45,9 @@ LABELLING_PROCESS_TYPES = {
 }
 #: Inputs of a labelling calculation that fix the reference method (what makes two labels comparable).
 SETTING_INPUTS = ('calculator', 'properties', 'parameters', 'species_dir', 'kpoints', 'arguments')
-ACTIVE_LEARNING = 'aiida.workflows:alml.active_learning'
 LABEL_WORKFLOW = 'aiida.workflows:alml.label'
-#: Call link labels of alml.active_learning: its labelling and training sub-workflows.
+#: ``iteration`` of :func:`labels_of_iteration` for the initial labels (call link ``LABEL_INITIAL``); the call link
+#: labels themselves are written and parsed in :mod:`aiida_alml.workflows.links`.
 INITIAL = 'initial'
 INITIAL_ITERATION = -1
 _PROVENANCE_LINKS = (LinkType.CREATE.value, LinkType.INPUT_CALC.value)
@@ -138,10 +140,10 @@ def _iteration_of_link(label: str, process_type: str | None, caller: int) -> dic
     info = {'call_link_label': label, 'workflow': caller if process_type == ACTIVE_LEARNING else None}
     if process_type != ACTIVE_LEARNING:
         return info
-    if label == 'label_initial':
+    if label == LABEL_INITIAL:
         info['iteration'] = INITIAL_ITERATION
-    elif label.startswith('label_') and label[len('label_'):].isdigit():
-        info['iteration'] = int(label[len('label_'):])
+    elif (parsed := parse_iteration_label(label)) is not None and parsed[0] == 'label':
+        info['iteration'] = parsed[1]
     return info
 
 
@@ -327,8 +329,8 @@ def model_lineage(model) -> dict:
         above = _callers([committee]).get(committee)
         if above and above[1] == ACTIVE_LEARNING:
             training['workflow'] = above[0]
-            suffix = above[2][len('train_'):] if above[2].startswith('train_') else ''
-            training['iteration'] = int(suffix) if suffix.isdigit() else None
+            parsed = parse_iteration_label(above[2])
+            training['iteration'] = parsed[1] if parsed is not None and parsed[0] == 'train' else None
     lineage['training'] = training
 
     if 'training_set' in inputs:
@@ -350,10 +352,10 @@ def model_lineage(model) -> dict:
 def _parse_iteration(iteration) -> str:
     """The call link label of the labelling of ``iteration`` inside alml.active_learning."""
     if iteration in (INITIAL, INITIAL_ITERATION):
-        return 'label_initial'
+        return LABEL_INITIAL
     if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
         raise ValueError(f"iteration: must be a non-negative integer, -1 or 'initial', got {iteration!r}")
-    return f'label_{iteration}'
+    return iteration_label('label', iteration)
 
 
 def labels_of_iteration(workflow_node, iteration):

@@ -7,6 +7,8 @@ import time
 import click
 
 from aiida_alml.cli.options import PROFILE, load_profile
+from aiida_alml.cli.progress import follow
+from aiida_alml.workflows.links import ACTIVE_LEARNING
 
 
 def _load_campaign_node(pk):
@@ -17,7 +19,7 @@ def _load_campaign_node(pk):
         node = orm.load_node(pk)
     except NotExistent:
         raise click.ClickException(f'no node with PK/UUID {pk}')
-    if node.process_type != 'aiida.workflows:alml.active_learning':
+    if node.process_type != ACTIVE_LEARNING:
         raise click.ClickException(f'node {pk} is a {type(node).__name__} ({node.process_type}), not an '
                                    'alml.active_learning run')
     return node
@@ -62,17 +64,8 @@ def follow_campaign(node, interval: float = 5.0, timeout: float | None = None) -
     """Print a progress line whenever the stage changes, until the campaign ends."""
     from aiida_alml.campaign import current_stage
 
-    start, last = time.monotonic(), None
-    while not node.is_terminated:
-        stage = current_stage(node)
-        if stage != last:
-            click.echo(f'  [{time.monotonic() - start:7.1f} s] {stage}')
-            last = stage
-        if timeout is not None and time.monotonic() - start > timeout:
-            raise click.ClickException(f'campaign {node.pk} still running after {timeout:.0f} s; '
-                                       f'follow it with `aiida-alml status {node.pk}`')
-        time.sleep(interval)
-    click.echo(f'  [{time.monotonic() - start:7.1f} s] finished')
+    follow(node, current_stage, lambda _: 'finished', interval=interval, timeout=timeout, noun='campaign',
+           watch_with='aiida-alml status')
 
 
 @click.command()

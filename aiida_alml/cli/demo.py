@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import click
 import numpy as np
 
 from aiida_alml.cli.options import PROFILE, load_profile
+from aiida_alml.cli.progress import follow
 
 
 def copper_cells(count: int, seed: int) -> list:
@@ -23,22 +22,15 @@ def copper_cells(count: int, seed: int) -> list:
     return perturbed_copies(templates, count, rattle_std=0.08, max_strain=0.04, seed=seed)
 
 
-def follow(node, timeout: float, interval: float = 1.0) -> None:
-    """Print each change of the process state until it terminates (or ``timeout`` seconds pass)."""
-    start, last = time.monotonic(), None
-    while not node.is_terminated:
-        state = node.process_state.value if node.process_state else 'created'
-        job_state = node.get_scheduler_state() if hasattr(node, 'get_scheduler_state') else None
-        shown = f'{state}' + (f' / scheduler: {job_state.value}' if job_state else '')
-        if shown != last:
-            click.echo(f'  [{time.monotonic() - start:6.1f} s] {node.process_label}<{node.pk}>: {shown}')
-            last = shown
-        if time.monotonic() - start > timeout:
-            raise click.ClickException(
-                f'process {node.pk} did not finish within {timeout:.0f} s; follow it with `verdi process show {node.pk}`'
-            )
-        time.sleep(interval)
-    click.echo(f'  [{time.monotonic() - start:6.1f} s] {node.process_label}<{node.pk}>: {node.process_state.value}')
+def _process_state(node) -> str:
+    """``<label><pk>: <state>``, with the scheduler's state of a job while it has one."""
+    state = node.process_state.value if node.process_state else 'created'
+    job_state = node.get_scheduler_state() if hasattr(node, 'get_scheduler_state') else None
+    return f'{node.process_label}<{node.pk}>: {state}' + (f' / scheduler: {job_state.value}' if job_state else '')
+
+
+def _final_state(node) -> str:
+    return f'{node.process_label}<{node.pk}>: {node.process_state.value}'
 
 
 def _summary_table(labelled, report: dict) -> str:
@@ -174,7 +166,8 @@ def _label_demo(count, seed, wait, timeout):
     if not wait:
         click.echo(f'Follow it with: verdi process show {node.pk}')
         return
-    follow(node, timeout)
+    follow(node, _process_state, _final_state, interval=1.0, timeout=timeout, noun='process',
+           watch_with='verdi process show')
     if not node.is_finished_ok:
         raise click.ClickException(
             f'{node.process_label}<{node.pk}> ended with exit status {node.exit_status}: {node.exit_message}. '

@@ -9,8 +9,7 @@ import shutil
 import click
 
 from aiida_alml.cli.options import PROFILE, load_profile
-
-ACTIVE_LEARNING = 'aiida.workflows:alml.active_learning'
+from aiida_alml.workflows.links import ACTIVE_LEARNING
 
 
 def _load(identifier: str):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import pathlib
 import tempfile
@@ -11,19 +10,13 @@ from collections.abc import Iterator
 
 from aiida import orm
 
+from aiida_alml.engines.model_format import sha256_of_file, sha256_of_stream
+
 __all__ = ('MlipModel', 'ModelIntegrityError', 'sha256_of_file')
 
 
 class ModelIntegrityError(RuntimeError):
     """The stored model file no longer matches the SHA-256 recorded when the node was created."""
-
-
-def sha256_of_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class MlipModel(orm.SinglefileData):
@@ -79,13 +72,11 @@ class MlipModel(orm.SinglefileData):
 
     def verify(self) -> None:
         """Raise :class:`ModelIntegrityError` unless the stored bytes still hash to ``sha256``."""
-        digest = hashlib.sha256()
         with self.open(mode='rb') as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b''):
-                digest.update(chunk)
-        if digest.hexdigest() != self.sha256:
+            digest = sha256_of_stream(handle)
+        if digest != self.sha256:
             raise ModelIntegrityError(
-                f'model file of node {self.pk or "(unstored)"} has SHA-256 {digest.hexdigest()} but {self.sha256} '
+                f'model file of node {self.pk or "(unstored)"} has SHA-256 {digest} but {self.sha256} '
                 'was recorded: refusing to use it (it is not the file that was stored)'
             )
 

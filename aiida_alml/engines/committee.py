@@ -53,7 +53,6 @@ from __future__ import annotations
 import copy
 import ctypes
 import ctypes.util
-import hashlib
 import logging
 import math
 import numbers
@@ -73,10 +72,11 @@ from torch.func import functional_call, stack_module_state
 from torch.overrides import TorchFunctionMode
 
 from aiida_alml.engines.message_passing import FusedInteraction, FusionError, neighbour_layout
+from aiida_alml.engines.model_format import load_model, sha256_of_file
 from aiida_alml.engines.product_basis import PrecomputedContraction, ProductBasisError
 from aiida_alml.engines.radial_table import RadialTable, TabulationError
 
-__all__ = ['CommitteeCalculator', 'ModelHashError', 'file_sha256', 'keep_large_allocations', 'load_committee', 'validate_committee']
+__all__ = ['CommitteeCalculator', 'ModelHashError', 'keep_large_allocations', 'load_committee', 'validate_committee']
 
 LOGGER = logging.getLogger(__name__)
 
@@ -98,15 +98,6 @@ AUTO_VMAP_MAX_EDGE_MEMBERS = 1 << 17
 
 class ModelHashError(ValueError):
     """A model file does not have the SHA-256 it was sent with (``alml.md`` parses this name: exit 310)."""
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 digest of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _model_dtype(model: torch.nn.Module) -> torch.dtype:
@@ -177,10 +168,9 @@ def load_committee(
         if len(expected_sha256) != len(paths):
             raise ValueError(f'Got {len(expected_sha256)} sha256 digests for {len(paths)} model files.')
         for path, expected in zip(paths, expected_sha256):
-            actual = file_sha256(path)
+            actual = sha256_of_file(path)
             if actual != expected.lower():
                 raise ModelHashError(f'sha256 mismatch for model file {path}: expected {expected}, got {actual}.')
-    from aiida_alml.engines.model_format import load_model
 
     # Our format (config + weights, read with weights_only=True): a pickled model or payload is refused, not run.
     models = [load_model(path, device=device) for path in paths]

@@ -5,8 +5,8 @@ model files with their SHA-256 (checked before any model is loaded: a model file
 Output: ``trajectory.npz`` (the sampled frames and their uncertainty arrays) and ``summary.json``.
 
 Uncertainty definitions (population variance across the N members, ddof=0, as MACE's calculator uses):
-``force_sigma[i] = sqrt(sum_c var_m F[m, i, c])`` (eV/Å), ``energy_sigma_per_atom = std_m E[m] / n_atoms`` (eV),
-``stress_sigma[k] = std_m S[m, k]`` (eV/Å³, Voigt).
+``force_sigma[i] = sqrt(sum_c var_m F[m, i, c])`` (eV/Å, :func:`aiida_alml.selection.uncertainty.force_sigma`),
+``energy_sigma_per_atom = std_m E[m] / n_atoms`` (eV), ``stress_sigma[k] = std_m S[m, k]`` (eV/Å³, Voigt).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from aiida_alml.engines.disk import exit_disk_full, is_disk_full
+from aiida_alml.selection.uncertainty import force_sigma as atom_force_sigma
 from aiida_alml.suggest import did_you_mean
 
 __all__ = ('DEFAULTS', 'ENSEMBLES', 'MdParameterError', 'committee_uncertainty', 'main', 'run_md', 'validate_parameters')
@@ -136,7 +137,7 @@ def committee_uncertainty(results: dict, n_atoms: int) -> dict:
     """Uncertainty of one frame from the members' predictions (see the module docstring for the definitions)."""
     forces_comm = np.asarray(results['forces_comm'], dtype=np.float64)  # (N, n, 3)
     energies = np.asarray(results['energy_comm'], dtype=np.float64)  # (N,) total energy of each member
-    force_sigma = np.sqrt(forces_comm.var(axis=0).sum(axis=1))
+    force_sigma = atom_force_sigma(forces_comm, allow_single_member=True)  # (n,)
     frame = {
         'force_sigma': force_sigma,
         'max_force_sigma': float(force_sigma.max()),

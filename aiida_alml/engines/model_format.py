@@ -17,11 +17,15 @@ daemon (the parser reads the header). No AiiDA import.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from typing import Any
+from typing import Any, BinaryIO
 
-__all__ = ('FORMAT', 'ModelFormatError', 'load_model', 'read_header', 'save_model', 'to_mace_pickle')
+__all__ = (
+    'FORMAT', 'ModelFormatError', 'load_model', 'read_header', 'save_model', 'sha256_of_file', 'sha256_of_stream',
+    'to_mace_pickle',
+)
 
 FORMAT = 'alml.mace.v1'
 
@@ -37,6 +41,20 @@ _ARRAY_KEYS = ('atomic_energies', 'atomic_inter_scale', 'atomic_inter_shift')
 
 class ModelFormatError(ValueError):
     """The file is not a model in our format, or names something the format does not allow."""
+
+
+def sha256_of_stream(handle: BinaryIO) -> str:
+    """Hex SHA-256 digest of what is left to read in a binary file object, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: handle.read(1 << 20), b''):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_of_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 digest of a file: the hash that pins a model file (``MlipModel.sha256``, checked by ``alml-md``)."""
+    with open(path, 'rb') as handle:
+        return sha256_of_stream(handle)
 
 
 # ----------------------------------------------------------------------------------------------------------- write

@@ -38,6 +38,9 @@ from aiida_alml.workflows.functions import (
     split_structures,
 )
 from aiida_alml.workflows.label import LabelWorkChain
+from aiida_alml.workflows.links import (
+    LABEL_INITIAL, MERGE_INITIAL, PERTURB_INITIAL, STARTING_POINTS, TRAIN_FINAL, VALIDATE, iteration_label,
+)
 from aiida_alml.workflows.seeds import iteration_seeds
 from aiida_alml.workflows.stability import StabilityWorkChain
 from aiida_alml.workflows.submission import submit_once
@@ -170,7 +173,7 @@ class ActiveLearningWorkChain(WorkChain):
         self.ctx.final = None
         self.ctx.validation_report = None
         exploration = self.inputs.get('exploration_structures') or self.inputs.get('initial_structures')
-        self.ctx.starting_points = split_structures(exploration, metadata={'call_link_label': 'starting_points'})
+        self.ctx.starting_points = split_structures(exploration, metadata={'call_link_label': STARTING_POINTS})
 
     def has_initial_structures(self):
         return 'initial_structures' in self.inputs
@@ -179,10 +182,10 @@ class ActiveLearningWorkChain(WorkChain):
         structures = self.inputs.initial_structures
         if 'initial_perturbation' in self.inputs:
             structures = perturb_structures(structures, self.inputs.initial_perturbation,
-                                            metadata={'call_link_label': 'perturb_initial'})
+                                            metadata={'call_link_label': PERTURB_INITIAL})
         self.ctx.initial_count = len(structures)
         self.report(f'labelling {len(structures)} initial structures')
-        return ToContext(initial_labels=self._submit_labelling(structures, 'label_initial'))
+        return ToContext(initial_labels=self._submit_labelling(structures, LABEL_INITIAL))
 
     def inspect_initial_labelling(self):
         node = self.ctx.initial_labels
@@ -199,7 +202,7 @@ class ActiveLearningWorkChain(WorkChain):
             if (problem := self._mismatch(labelled)):
                 return self.exit_codes.ERROR_INCONSISTENT_LABELS.format(detail=problem)
             self.ctx.dataset = merge_training_sets(
-                a_initial=self.ctx.dataset, b_labelled=labelled, metadata={'call_link_label': 'merge_initial'}
+                a_initial=self.ctx.dataset, b_labelled=labelled, metadata={'call_link_label': MERGE_INITIAL}
             )
         self.report(f'initial training set: {len(self.ctx.dataset)} configurations')
         return None
@@ -226,7 +229,8 @@ class ActiveLearningWorkChain(WorkChain):
             'member_seeds': seeds['members'], 'md_seeds': seeds['md'],
         }
         self.report(f'iteration {self.ctx.iteration}: training the committee on {len(self.ctx.dataset)} configurations')
-        return ToContext(committee=self._submit_training(seeds['members'], f'train_{self.ctx.iteration}'))
+        link = iteration_label('train', self.ctx.iteration)
+        return ToContext(committee=self._submit_training(seeds['members'], link))
 
     def inspect_training(self):
         committee = self.ctx.committee
@@ -236,7 +240,7 @@ class ActiveLearningWorkChain(WorkChain):
         self.ctx.models = dict(committee.outputs.models.items())
         self.ctx.models_trained_on = self.ctx.dataset.uuid
         self.ctx.entry['train_metrics'] = committee.outputs.summary.get_dict()
-        self.ctx.entry.update(self._score(f'score_{self.ctx.iteration}'))
+        self.ctx.entry.update(self._score(iteration_label('score', self.ctx.iteration)))
         return None
 
     def run_exploration(self):
@@ -244,7 +248,7 @@ class ActiveLearningWorkChain(WorkChain):
         inputs['structures'] = dict(self.ctx.starting_points)
         inputs['md']['models'] = self.ctx.models
         inputs['conditions'] = orm.List(self.ctx.conditions)
-        inputs['metadata'] = {'call_link_label': f'explore_{self.ctx.iteration}'}
+        inputs['metadata'] = {'call_link_label': iteration_label('explore', self.ctx.iteration)}
         return ToContext(exploration=submit_once(self, ExploreWorkChain, **inputs))
 
     def inspect_exploration(self):
@@ -267,7 +271,7 @@ class ActiveLearningWorkChain(WorkChain):
         outputs = select_for_labelling(
             orm.Dict(settings), orm.Float(self.ctx.calibration), orm.Int(self.ctx.iteration), self.ctx.dataset,
             orm.Bool(sigma_checked), exploration.outputs.overview,
-            metadata={'call_link_label': f'select_{self.ctx.iteration}'},
+            metadata={'call_link_label': iteration_label('select', self.ctx.iteration)},
             **dict(exploration.outputs.trajectories.items()),
         )
         self.ctx.entry['wall_time_s']['select'] = time.perf_counter() - start
@@ -311,7 +315,8 @@ class ActiveLearningWorkChain(WorkChain):
         return self.ctx.selected is not None
 
     def run_labelling(self):
-        return ToContext(labelling=self._submit_labelling(self.ctx.selected, f'label_{self.ctx.iteration}'))
+        link = iteration_label('label', self.ctx.iteration)
+        return ToContext(labelling=self._submit_labelling(self.ctx.selected, link))
 
     def inspect_labelling(self):
         """Keep what was labelled (failures are charged to the budget and recorded), then evaluate and merge."""
@@ -337,12 +342,12 @@ class ActiveLearningWorkChain(WorkChain):
         if (problem := self._mismatch(labelled)):
             return self.exit_codes.ERROR_INCONSISTENT_LABELS.format(detail=problem)
         evaluation = evaluate_predictions(labelled, self.ctx.selected, self.ctx.predictions,
-                                          metadata={'call_link_label': f'evaluate_{iteration}'})
+                                          metadata={'call_link_label': iteration_label('evaluate', iteration)})
         metrics = evaluation['metrics'].get_dict()
         self.ctx.oos_pairs.append((iteration, evaluation['error_sigma_pairs']))
         window = self.ctx.oos_pairs[-self.inputs.calibration_window.value:]
         calibration = calibrate_committee(
-            orm.Int(len(self.ctx.models)), metadata={'call_link_label': f'calibrate_{iteration}'},
+            orm.Int(len(self.ctx.models)), metadata={'call_link_label': iteration_label('calibrate', iteration)},
             **{f'iteration_{number}': pairs for number, pairs in window},
         ).get_dict()
         self.ctx.calibration_record = calibration
@@ -358,7 +363,8 @@ class ActiveLearningWorkChain(WorkChain):
             self.ctx.calibration = calibration['factor']
             self.ctx.calibrated = True
         self.ctx.dataset = merge_training_sets(
-            a_previous=self.ctx.dataset, b_new=labelled, metadata={'call_link_label': f'merge_{iteration}'}
+            a_previous=self.ctx.dataset, b_new=labelled,
+            metadata={'call_link_label': iteration_label('merge', iteration)},
         )
         low, high = calibration['interval']
         self.report(
@@ -386,7 +392,7 @@ class ActiveLearningWorkChain(WorkChain):
         self.report(f'final training on the whole dataset ({len(self.ctx.dataset)} configurations)')
         extra = self.inputs.final_train_parameters.get_dict() if 'final_train_parameters' in self.inputs else {}
         self.ctx.final = {'labels_total': len(self.ctx.dataset), 'member_seeds': seeds['members']}
-        return ToContext(final_committee=self._submit_training(seeds['members'], 'train_final', extra))
+        return ToContext(final_committee=self._submit_training(seeds['members'], TRAIN_FINAL, extra))
 
     def inspect_final_training(self):
         committee = self.ctx.final_committee
@@ -424,7 +430,7 @@ class ActiveLearningWorkChain(WorkChain):
             'parameters': orm.Dict(parameters),
             'ensembles': orm.List(settings['ensembles']),
             'criteria': orm.Dict(criteria),
-            'metadata': {'call_link_label': 'validate'},
+            'metadata': {'call_link_label': VALIDATE},
         }
         self.report(f'validating the final committee: {settings["ensembles"]} at {parameters["temperature"]:.0f} K '
                     f'for {parameters["steps"]} steps')

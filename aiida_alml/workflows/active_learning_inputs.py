@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from aiida_alml.selection.select import MODES
+from aiida_alml.selection.trust import validate_trust_window
 from aiida_alml.suggest import did_you_mean
 
 __all__ = ('SELECTION_DEFAULTS', 'PERTURBATION_KEYS', 'VALIDATION_DEFAULTS', 'MAX_STRAIN_BOUND', 'validate_selection',
@@ -68,12 +69,14 @@ def validate_selection(value, _=None) -> str | None:
         return message
     settings = {**SELECTION_DEFAULTS, **settings}
     lo, hi = settings['trust_lo'], settings['trust_hi']
-    if not _is_number(lo) or lo <= 0:
+    if not _is_number(lo):
         return f'selection: trust_lo must be a positive number (eV/Å), got {lo!r}'
     if not _is_number(hi):
         return f'selection: trust_hi must be a number (eV/Å), got {hi!r}'
-    if lo >= hi:
-        return f'selection: trust_lo ({lo}) must be smaller than trust_hi ({hi})'
+    try:
+        validate_trust_window(lo, hi)  # the check select_frames makes again (positive, ordered)
+    except ValueError as error:
+        return f'selection: {error}'
     count = settings['labels_per_iteration']
     if not _is_whole(count) or count < 1:
         return f'selection: labels_per_iteration must be a positive integer, got {count!r}'

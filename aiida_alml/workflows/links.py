@@ -1,0 +1,52 @@
+"""The call link labels of ``alml.active_learning``: written here, read back by campaign, plotting and provenance.
+
+Every process the loop calls gets a call link label naming its step: ``<step>_<i>`` for the steps of loop iteration
+``i`` (``train_0``, ``explore_0``, ``select_0``, ``label_0``, ...), ``<step>_initial`` before the loop
+(``label_initial``, ...), ``train_final`` and ``validate`` after it. docs/provenance.md lists them for users.
+
+No AiiDA import: this is plain string grammar.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = (
+    'ACTIVE_LEARNING', 'ITERATION_STEPS', 'LABEL_INITIAL', 'MERGE_INITIAL', 'PERTURB_INITIAL', 'STARTING_POINTS',
+    'TRAIN_FINAL', 'VALIDATE', 'iteration_label', 'parse_iteration_label',
+)
+
+#: ``process_type`` of an ``alml.active_learning`` run (its workflow entry point).
+ACTIVE_LEARNING = 'aiida.workflows:alml.active_learning'
+
+#: The steps of one loop iteration, in the order they run; each is called as ``<step>_<iteration>``.
+ITERATION_STEPS = ('train', 'score', 'explore', 'select', 'label', 'evaluate', 'calibrate', 'merge')
+
+#: Before the loop: exploration structures split into starting points, initial structures perturbed, labelled and
+#: merged into the first training set.
+STARTING_POINTS = 'starting_points'
+PERTURB_INITIAL = 'perturb_initial'
+LABEL_INITIAL = 'label_initial'
+MERGE_INITIAL = 'merge_initial'
+#: After the loop: the last training on the whole dataset, and the validation MD of the final committee.
+TRAIN_FINAL = 'train_final'
+VALIDATE = 'validate'
+
+_ITERATION_LABEL = re.compile(r'([a-z]+)_([0-9]+)')
+
+
+def iteration_label(step: str, iteration: int) -> str:
+    """The call link label of ``step`` (one of :data:`ITERATION_STEPS`) in loop iteration ``iteration``."""
+    if step not in ITERATION_STEPS:
+        raise ValueError(f'step: must be one of {", ".join(ITERATION_STEPS)}, got {step!r}')
+    if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
+        raise ValueError(f'iteration: must be a non-negative integer, got {iteration!r}')
+    return f'{step}_{iteration}'
+
+
+def parse_iteration_label(label: str) -> tuple[str, int] | None:
+    """``(step, iteration)`` of a label made by :func:`iteration_label`; None for any other label."""
+    match = _ITERATION_LABEL.fullmatch(label)
+    if match is None or match[1] not in ITERATION_STEPS:
+        return None
+    return match[1], int(match[2])

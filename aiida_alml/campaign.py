@@ -13,11 +13,11 @@ import re
 from typing import Any
 
 from aiida_alml.job_options import JobOptionError, campaign_metadata, campaign_options
-from aiida_alml.suggest import did_you_mean
-from aiida_alml.workflows.links import iteration_label
+from aiida_alml.atoms.suggest import did_you_mean
+from aiida_alml.workflows.links import iteration_label, parse_iteration_label
 
 __all__ = ('CampaignError', 'load_campaign', 'inputs_from_config', 'validation_problem', 'iteration_table',
-           'current_stage')
+           'recorded_rows', 'current_stage')
 
 
 class CampaignError(ValueError):
@@ -221,11 +221,11 @@ def _configuration_set(value, base: pathlib.Path, name: str = 'structures'):
 
     A file is refused, with ``name`` (the campaign key) in the message, when ASE cannot read it, when it holds no
     structure, when a number is NaN or infinite, or when two atoms overlap (closer than
-    :data:`aiida_alml.configurations.CLOSE_CONTACT`).
+    :data:`aiida_alml.atoms.configurations.CLOSE_CONTACT`).
     """
     from aiida import orm
 
-    from aiida_alml.configurations import CLOSE_CONTACT, ConfigurationError, close_contact
+    from aiida_alml.atoms.configurations import CLOSE_CONTACT, ConfigurationError, close_contact
     from aiida_alml.data import ConfigurationSet
 
     if isinstance(value, bool) or not isinstance(value, (int, str)):
@@ -275,12 +275,33 @@ def called_by_label(node) -> dict:
     return {entry.link_label: entry.node for entry in _call_links(node)}
 
 
+def recorded_rows(node) -> dict[int, dict]:
+    """The rows the run has recorded so far, by iteration: its ``iterations`` outputs, and the results of its
+    ``record_<i>`` calcfunctions (found by call link label) not attached yet."""
+    rows = {}
+    if 'iterations' in node.outputs:
+        for key, row in node.outputs.iterations.items():
+            rows[int(key.rsplit('_', 1)[1])] = row.get_dict()
+    for entry in _call_links(node):
+        parsed = parse_iteration_label(entry.link_label)
+        if parsed is None or parsed[0] != 'record' or parsed[1] in rows or not entry.node.is_finished_ok:
+            continue
+        rows[parsed[1]] = entry.node.outputs.result.get_dict()
+    return rows
+
+
 def iteration_table(node) -> list[dict]:
-    """Per-iteration figures of an ``alml.active_learning`` run, finished or still running."""
+    """Per-iteration figures of an ``alml.active_learning`` run, finished or still running.
+
+    The stored rows: ``learning_curve`` once the run has ended with one, else the iterations recorded so far
+    (:func:`recorded_rows`). Only the iteration still under way (or one that failed before it was recorded) is
+    pieced together from the state of its steps.
+    """
     from aiida_alml.workflows.active_learning import elapsed_seconds
 
     if 'learning_curve' in node.outputs:
         return node.outputs.learning_curve.get_dict()['iterations']
+    recorded = recorded_rows(node)
     calls = called_by_label(node)
     rows = []
     iteration = 0
@@ -288,7 +309,11 @@ def iteration_table(node) -> list[dict]:
     def step(name: str):  # the process that ran step `name` of `iteration`, or None
         return calls.get(iteration_label(name, iteration))
 
-    while (train := step('train')) is not None:
+    while iteration in recorded or (train := step('train')) is not None:
+        if iteration in recorded:
+            rows.append(recorded[iteration])
+            iteration += 1
+            continue
         row: dict[str, Any] = {'iteration': iteration, 'wall_time_s': {}}
         if train.is_terminated:
             row['wall_time_s']['train'] = elapsed_seconds(train)

@@ -21,6 +21,8 @@ alike; the median over rounds is reported.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import os
 import platform
 import statistics
@@ -44,7 +46,7 @@ from mace.calculators import MACECalculator  # noqa: E402
 from aiida_alml.engines.model_format import load_model  # noqa: E402
 from mace_helpers import SMALL, TINY, cu_cell, train_committee  # noqa: E402
 
-from aiida_alml.engines.committee import CommitteeCalculator, keep_large_allocations  # noqa: E402
+from aiida_alml.engines.committee import CommitteeCalculator  # noqa: E402
 
 SIZES = {'tiny': TINY, 'small': SMALL}
 CELLS = {32: (2, 2, 2), 108: (3, 3, 3), 500: (5, 5, 5)}
@@ -115,6 +117,26 @@ def committee_row(paths: list[Path], natoms: int, n: int, rounds: int, clock) ->
     )
 
 
+def keep_large_allocations(max_bytes: int = 1 << 30) -> bool:
+    """Let glibc malloc serve (and keep) blocks up to ``max_bytes`` from the heap.
+
+    By default glibc ``mmap``s every block above 32 MiB and unmaps it on free,
+    so each MD step page-faults its large activations in again (system time).
+    The member-batched tensors of the vmap strategy cross that limit much
+    earlier than single-model ones.  This is process-wide (the heap then keeps
+    its peak size), hence opt-in: call it once in a dedicated MD process.
+    Returns False where it does not apply (not glibc).
+    """
+    libc_name = ctypes.util.find_library('c')
+    if libc_name is None:
+        return False
+    libc = ctypes.CDLL(libc_name)
+    if not hasattr(libc, 'mallopt'):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, max_bytes)) and bool(libc.mallopt(m_trim_threshold, 2 * max_bytes))
+
+
 def run(args) -> str:
     cache = Path(args.cache_dir)
     sizes = ['tiny'] if args.quick else args.sizes
@@ -167,7 +189,7 @@ def main(argv=None):
     parser.add_argument('--members', type=int, nargs='+', help='override the committee sizes N')
     parser.add_argument('--threads', type=int, default=0, help='torch intra-op threads (default: torch default)')
     parser.add_argument('--keep-large-allocations', action='store_true',
-                        help='raise the glibc mmap threshold first (see committee.keep_large_allocations)')  # fmt: skip
+                        help='raise the glibc mmap threshold first (see keep_large_allocations)')  # fmt: skip
     parser.add_argument('--clock', choices=sorted(CLOCKS), default='wall', help='wall-clock or process CPU time')
     args = parser.parse_args(argv)
     table = run(args)

@@ -308,7 +308,7 @@ def campaign_inputs(codes: dict, args) -> dict:
     from ase.calculators.singlepoint import SinglePointCalculator
 
     from aiida_alml.data import ConfigurationSet
-    from aiida_alml.perturb import perturbed_copies
+    from aiida_alml.atoms.perturb import perturbed_copies
 
     cubic = bulk('Cu', 'fcc', a=3.61, cubic=True)
     vacancy = cubic.repeat((2, 1, 1))

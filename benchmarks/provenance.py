@@ -31,7 +31,7 @@ ATOMS = 8  # atoms per configuration
 
 
 def _configuration_set(count: int, metadata: list[dict], rng, labelled: bool = True):
-    from aiida_alml.configurations import Configurations
+    from aiida_alml.atoms.configurations import Configurations
     from aiida_alml.data import ConfigurationSet
 
     arrays = {

@@ -158,6 +158,28 @@ def test_realistic_window_hot_exploration_learns_without_converging(al_inputs):
         assert set(record.get_array('reason')[record.get_array('step') == 0]) == {'start'}
     assert 'rescue' in reasons or all(row['failed_fraction'] == 0 for row in iterations)
     assert sum(row['failed_fraction'] for row in iterations) > 0  # the hot exploration does fail somewhere
+    # One owned record per iteration: iterations.iteration_<i> is the row record_<i> returned; learning_curve is
+    # assembled from those rows, and the progress table reads them back.
+    from aiida.common.links import LinkType
+
+    from aiida_alml.campaign import iteration_table, recorded_rows
+
+    rows = results['iterations']
+    assert [rows[f'iteration_{i}'].get_dict() for i in range(2)] == iterations
+    assert [rows[f'iteration_{i}'].creator.base.links.get_incoming(link_type=LinkType.CALL_CALC).one().link_label
+            for i in range(2)] == ['record_0', 'record_1']
+    assert results['learning_curve'].creator.process_label == 'assemble_learning_curve'
+    assert iteration_table(node) == iterations and recorded_rows(node) == dict(enumerate(iterations))
+    # Work chains return data, calculations create it: every Data node the campaign or any workflow under it
+    # returned has a creator (a calcfunction, or a CalcJob's parser).
+    workflows = [node, *(child for child in node.called_descendants if isinstance(child, orm.WorkflowNode))]
+    returned = [(workflow, link.link_label, link.node) for workflow in workflows
+                for link in workflow.base.links.get_outgoing(link_type=LinkType.RETURN).all()]
+    orphans = [f'{workflow.process_label}<{workflow.pk}>.{label}' for workflow, label, data in returned
+               if not isinstance(data.creator, orm.CalculationNode)]
+    assert not orphans, orphans
+    assert {'learning_curve', 'iterations__iteration_0', 'iterations__iteration_1', 'overview', 'summary',
+            'failures'} <= {label for _, label, _ in returned}
     # the final committee was trained on the output dataset, which holds every label
     assert len(results['dataset']) == 12 + 10
     assert all(_trained_on(model).uuid == results['dataset'].uuid for model in results['models'].values())

@@ -153,6 +153,26 @@ def test_walltime_handler_gives_more_time_and_reads_the_restart(aiida_localhost)
     assert process.ctx.inputs.parameters.get_dict()['elsi_restart'] == 'read_and_write 5'
 
 
+def test_walltime_handler_continues_a_relaxation_from_the_restart_structure(aiida_localhost):
+    from aiida.engine.utils import instantiate_process
+    from aiida.manage import get_manager
+
+    parameters = {'xc': 'pbe', 'relax_geometry': 'bfgs 1e-2'}
+    process = instantiate_process(
+        get_manager().get_runner(), AimsBaseWorkChain,
+        aims=aims_inputs(orm.InstalledCode(computer=aiida_localhost, filepath_executable='/bin/true').store(),
+                         water_structure(), parameters),
+    )
+    process.setup()
+    calc = _FakeKilledCalc(parameters, orm.RemoteData(computer=aiida_localhost, remote_path='/tmp/killed-run'),
+                           orm.FolderData())
+    restart = water_structure(shift=0.05)
+    calc.outputs['restart_structure'] = restart  # what the parser made of geometry.in.next_step
+    report = AimsBaseWorkChain.handle_out_of_walltime.__wrapped__(process, calc)
+    assert report.do_break and not report.exit_code.status
+    assert process.ctx.inputs.structure is restart
+
+
 def test_geometry_mismatch_is_not_retried(aiida_code_installed):
     # An MD keyword makes FHI-aims (the mock replays a real water MD) label another geometry: a rerun would too.
     inputs = aims_inputs(mock_aims_code(aiida_code_installed), water_structure(),

@@ -6,7 +6,7 @@ from aiida.engine import run_get_node
 from aims_helpers import DATA, aims_inputs, mock_aims_code, silicon_structure, species_folder, water_structure
 
 from aiida_alml.calculations.aims import AimsCalculation
-from aiida_alml.engines.aims_io import AimsInputError, read_geometry_in, write_control_in
+from aiida_alml.formats.aims_input import AimsInputError, read_geometry_in, write_control_in
 
 SI_PARAMETERS = {
     'xc': 'pbe',

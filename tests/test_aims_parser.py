@@ -6,7 +6,7 @@ from aiida import orm
 from aiida.common import LinkType
 from aims_helpers import DATA, silicon_structure, water_structure
 
-from aiida_alml.engines.aims_output import parse_aims_output
+from aiida_alml.formats.aims_output import parse_aims_output
 from aiida_alml.parsers.aims import AimsParser
 
 SLURM_TIMEOUT = 'slurmstepd: error: *** JOB 4242 ON node07 CANCELLED AT 2024-05-03T10:24:41 DUE TO TIME LIMIT ***\n'
@@ -167,6 +167,23 @@ def test_parser_exit_codes(aiida_localhost, files, exit_status, expected):
     node = _calc_node(aiida_localhost, water_structure(), files, exit_status=exit_status)
     _, status = _parse(node)
     assert status == AimsCalculation.exit_codes[expected].status
+
+
+def test_walltime_stopped_relaxation_gives_the_restart_structure(aiida_localhost):
+    # The relaxation was stopped at the walltime: the parser makes the geometry to continue from out of the last
+    # geometry.in.next_step FHI-aims wrote (alml.aims.base restarts from it); a single point gets none.
+    from aiida_alml.calculations.aims import AimsCalculation
+
+    next_step = ('# written by FHI-aims\natom 0.0 0.0 0.1 O\natom 0.76 0.59 0.0 H\natom -0.76 0.59 0.0 H\n')
+    files = {'aims.out': _truncated(), '_scheduler-stderr.txt': SLURM_TIMEOUT, 'geometry.in.next_step': next_step}
+    relaxing = {'xc': 'pbe', 'relativistic': 'atomic_zora scalar', 'relax_geometry': 'bfgs 1e-2'}
+    results, status = _parse(_calc_node(aiida_localhost, water_structure(), files, relaxing))
+    assert status == AimsCalculation.exit_codes.ERROR_OUT_OF_WALLTIME.status
+    restart = results['restart_structure'].get_ase()
+    assert restart.get_chemical_symbols() == ['O', 'H', 'H'] and not restart.pbc.any()
+    np.testing.assert_allclose(restart.positions[0], [0.0, 0.0, 0.1])
+    results, _ = _parse(_calc_node(aiida_localhost, water_structure(), files))
+    assert 'restart_structure' not in results
 
 
 def test_parser_refuses_forces_for_another_structure(aiida_localhost):

@@ -126,7 +126,7 @@ def stored_set(key: str, text: str) -> Edit:
     campaign loader are bypassed, so the row exercises the workflow's own validation (what Python users get)."""
 
     def edit(campaign, folder):
-        from aiida_alml.configurations import read_extxyz
+        from aiida_alml.atoms.configurations import read_extxyz
         from aiida_alml.data import ConfigurationSet
 
         path = folder / 'stored.xyz'
@@ -487,7 +487,7 @@ def test_launch_reports_the_bad_input_before_looking_for_a_daemon(codes, folder,
 
 def test_unchecked_keywords_let_a_keyword_the_list_lacks_through(codes, folder):
     """The documented escape hatch: a keyword of a newer FHI-aims, named in `unchecked_keywords`, is written."""
-    from aiida_alml.engines.aims_io import KNOWN_KEYWORDS, write_control_in
+    from aiida_alml.formats.aims_input import KNOWN_KEYWORDS, write_control_in
 
     assert 'brand_new_keyword' not in KNOWN_KEYWORDS
     edit = with_aims(setting('label.aims.aims.parameters.brand_new_keyword', 2),
@@ -504,7 +504,7 @@ def test_close_contact_matches_ase_neighbour_list_in_skewed_cells():
     from ase import Atoms
     from ase.neighborlist import neighbor_list
 
-    from aiida_alml.configurations import Configurations, close_contact
+    from aiida_alml.atoms.configurations import Configurations, close_contact
 
     rng = np.random.default_rng(3)
     for _ in range(200):

@@ -68,3 +68,36 @@ def test_wrong_values_are_named(tmp_path, demo_codes):
         load_campaign(_write(tmp_path, '- a\n- b\n'))
     with pytest.raises(CampaignError, match='does not exist'):
         load_campaign(tmp_path / 'missing.yaml')
+
+
+def test_progress_table_reads_the_recorded_rows_of_a_running_campaign():
+    # A running campaign: iteration 0 is closed (record_0 returned its row), iteration 1 is training. The table
+    # shows the stored row as it is, and only the iteration under way is pieced together from its steps.
+    from aiida.common.links import LinkType
+
+    from aiida_alml.campaign import format_table, iteration_table, recorded_rows
+    from aiida_alml.workflows.links import ACTIVE_LEARNING
+
+    campaign = orm.WorkflowNode(process_type=ACTIVE_LEARNING)
+    campaign.set_process_state('running')
+    campaign.store()
+    row = {'iteration': 0, 'frames': 13, 'frames_counted': 12, 'accurate_fraction': 0.5, 'candidate_fraction': 0.25,
+           'failed_fraction': 0.25, 'labels_new': 4, 'oos_force_rmse': 0.12, 'fitted_calibration_factor': 1.5,
+           'wall_time_s': {'train': 10.0, 'explore': 5.0, 'label': 3.0}}
+    record = orm.CalcFunctionNode()
+    record.base.links.add_incoming(campaign, LinkType.CALL_CALC, 'record_0')
+    record.set_process_state('finished')
+    record.set_exit_status(0)
+    record.store()
+    result = orm.Dict(row)
+    result.base.links.add_incoming(record, LinkType.CREATE, 'result')
+    result.store()
+    training = orm.WorkflowNode()
+    training.base.links.add_incoming(campaign, LinkType.CALL_WORK, 'train_1')
+    training.set_process_state('running')
+    training.store()
+    assert recorded_rows(campaign) == {0: row}
+    assert iteration_table(campaign) == [row, {'iteration': 1, 'wall_time_s': {}}]
+    lines = format_table(iteration_table(campaign)).splitlines()
+    assert lines[1].split() == ['0', '12', '50.0%', '25.0%', '25.0%', '4', '0.120', '-', '1.50', '10.0', '5.0', '3.0']
+    assert lines[2].split()[:2] == ['1', '-']

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from ase.build import bulk, molecule
 
-from aiida_alml.configurations import Configurations, ConfigurationError, read_extxyz, write_extxyz
+from aiida_alml.atoms.configurations import Configurations, ConfigurationError, read_extxyz, write_extxyz
 
 
 def _assert_identical(a: Configurations, b: Configurations):

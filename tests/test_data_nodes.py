@@ -74,7 +74,7 @@ def test_get_structure_and_extxyz(emt_labelled, tmp_path):
 def test_constructor_needs_configurations():
     with pytest.raises(TypeError, match='needs its configurations'):
         ConfigurationSet()
-    with pytest.raises(TypeError, match='expected aiida_alml.configurations.Configurations'):
+    with pytest.raises(TypeError, match='expected aiida_alml.atoms.configurations.Configurations'):
         ConfigurationSet([1, 2])
 
 

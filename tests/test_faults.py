@@ -108,7 +108,7 @@ def _remote_files(node) -> list[str]:
 
 
 def test_label_engine_exits_with_the_disk_full_code(full_disk):
-    from aiida_alml.configurations import Configurations
+    from aiida_alml.atoms.configurations import Configurations
 
     work = full_disk / 'engine'
     work.mkdir()

@@ -10,7 +10,7 @@ import numpy as np
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from aiida_alml.configurations import Configurations
+from aiida_alml.atoms.configurations import Configurations
 
 ENGINE = str(pathlib.Path(sys.executable).parent / 'alml-label')
 

@@ -9,7 +9,7 @@ from aiida.engine import run_get_node
 
 from aiida_alml.calculations.mace_train import MaceTrainCalculation
 from aiida_alml.data import ConfigurationSet, MlipModel
-from aiida_alml.engines.mace_options import MaceOptionError, check_parameters, to_command_line
+from aiida_alml.formats.mace_options import MaceOptionError, check_parameters, to_command_line
 from aiida_alml.parsers.mace_train import parse_error_tables
 
 

@@ -313,7 +313,7 @@ def test_lineage_command(graph, invoke):
 
 def test_export_command(graph, invoke, tmp_path):
     from aiida_alml.cli.inspect import export
-    from aiida_alml.configurations import read_extxyz
+    from aiida_alml.atoms.configurations import read_extxyz
 
     target = tmp_path / 'export'
     result = invoke(export, graph['loop'].pk, target)

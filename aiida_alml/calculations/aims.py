@@ -9,7 +9,7 @@ from aiida.common.datastructures import CalcInfo, CodeInfo
 from aiida.engine import CalcJob
 
 from aiida_alml.data.configurations import ConfigurationSet
-from aiida_alml.engines.aims_io import (
+from aiida_alml.formats.aims_input import (
     AimsInputError,
     electron_count,
     species_filename,
@@ -143,7 +143,7 @@ class AimsCalculation(CalcJob):
         spec.input(
             'unchecked_keywords', valid_type=orm.List, required=False,
             help='control.in keywords of `parameters` to write although the documented-keyword list '
-            '(aiida_alml.engines.aims_io.KNOWN_KEYWORDS) lacks them, e.g. those of a newer FHI-aims.',
+            '(aiida_alml.formats.aims_input.KNOWN_KEYWORDS) lacks them, e.g. those of a newer FHI-aims.',
         )
         spec.input(
             'parent_folder', valid_type=orm.RemoteData, required=False,
@@ -158,6 +158,9 @@ class AimsCalculation(CalcJob):
         spec.output('stress', valid_type=orm.ArrayData, required=False, help='Array `stress` (3, 3) in eV/Å^3.')
         spec.output('labelled', valid_type=ConfigurationSet, required=False, help='ConfigurationSet of one labelled config.')
         spec.output('output_structure', valid_type=orm.StructureData, required=False, help='Relaxed geometry.')
+        spec.output('restart_structure', valid_type=orm.StructureData, required=False,
+                    help='A relaxation stopped before its end (walltime): the last geometry FHI-aims wrote '
+                         '(geometry.in.next_step), to continue from.')
         spec.default_output_node = 'output_parameters'
 
         define_interruption_exit_code(spec)

@@ -11,7 +11,7 @@ from aiida.common import datastructures
 from aiida.engine import CalcJob
 
 from aiida_alml.data import ConfigurationSet, MlipModel, ModelIntegrityError
-from aiida_alml.engines.mace_options import MaceOptionError, check_parameters, to_command_line
+from aiida_alml.formats.mace_options import MaceOptionError, check_parameters, to_command_line
 from aiida_alml.parsers.interruption import define_interruption_exit_code
 
 __all__ = ('MaceTrainCalculation', 'isolated_atom_energies')
@@ -220,7 +220,7 @@ class MaceTrainCalculation(CalcJob):
         e0s = _resolve_e0s(self.inputs, training)
         # Isolated atoms give the E0s; MACE would drop them from training anyway (keep_isolated_atoms=False).
         keep = _split_isolated(training)
-        from aiida_alml.configurations import write_extxyz
+        from aiida_alml.atoms.configurations import write_extxyz
 
         write_extxyz(training.select(keep), folder.get_abs_path(TRAIN_FILE))
         arguments = ['--name', MODEL_NAME, '--seed', str(self.inputs.seed.value), '--train_file', TRAIN_FILE]

@@ -99,7 +99,7 @@ class MdCalculation(CalcJob):
         spec.exit_code(320, 'ERROR_NO_FRAMES', message='alml-md kept no frame: {reason}')
 
     def prepare_for_submission(self, folder):
-        from aiida_alml.configurations import Configurations, write_extxyz
+        from aiida_alml.atoms.configurations import Configurations, write_extxyz
 
         members = [self.inputs.models[key] for key in sorted(self.inputs.models)]
         # Our writer keeps every bit of the positions (ASE's rounds to 8 decimals): the run starts where recorded.

@@ -13,7 +13,7 @@ def copper_cells(count: int, seed: int) -> list:
     """Bulk copper cells of 4 to 32 atoms, one with a vacancy, perturbed at random."""
     from ase.build import bulk
 
-    from aiida_alml.perturb import perturbed_copies
+    from aiida_alml.atoms.perturb import perturbed_copies
 
     cubic = bulk('Cu', 'fcc', a=3.61, cubic=True)
     vacancy = cubic.repeat((2, 2, 1))

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 
 from aiida import orm
 
-from aiida_alml.configurations import Configurations, read_extxyz, write_extxyz
+from aiida_alml.atoms.configurations import Configurations, read_extxyz, write_extxyz
 from aiida_alml.label_settings import FINGERPRINT_KEY
 
 __all__ = ('ConfigurationSet',)
@@ -25,7 +25,7 @@ class ConfigurationSet(orm.Data):
     ``label_fingerprints`` (the distinct ``label_fingerprint`` values of the configurations' metadata: the settings
     their labels were computed with, see :mod:`aiida_alml.label_settings`; empty when none is recorded).
 
-    Build one with :meth:`from_ase`, :meth:`from_extxyz` or from a :class:`aiida_alml.configurations.Configurations`.
+    Build one with :meth:`from_ase`, :meth:`from_extxyz` or from a :class:`aiida_alml.atoms.configurations.Configurations`.
     """
 
     def __init__(self, configurations: Configurations | None = None, **kwargs):
@@ -33,7 +33,7 @@ class ConfigurationSet(orm.Data):
         if configurations is None:
             raise TypeError('ConfigurationSet needs its configurations: use from_ase(), from_extxyz() or pass one')
         if not isinstance(configurations, Configurations):
-            raise TypeError(f'expected aiida_alml.configurations.Configurations, got {type(configurations).__name__}')
+            raise TypeError(f'expected aiida_alml.atoms.configurations.Configurations, got {type(configurations).__name__}')
         self.base.repository.put_object_from_filelike(io.BytesIO(configurations.to_npz_bytes()), _ARRAYS_FILE)
         self.base.attributes.set_many(
             {

@@ -12,35 +12,11 @@ MACE models on one structure while doing the model-independent work once:
   strain/displacement), so the gradient of the summed member energies w.r.t.
   those copies is exactly the stack of per-member forces (and virials).
 
-Three exact re-formulations cut each member's own cost, for the standard
-blocks (others are evaluated as MACE does, with a log message):
-
-* ``radial='table'``: the radial weight networks are replaced by quintic
-  Hermite tables checked against them (``radial_table.RadialTable``);
-* ``convolution='fused'``: each atom's messages are summed by one batched
-  matrix product per tensor-product path, without per-edge message tensors
-  (``message_passing.FusedInteraction``);
-* ``product_basis='precomputed'``: the symmetric contractions' weights are
-  folded into their coupling tensors once (``product_basis.PrecomputedContraction``).
-
-Two evaluation strategies give identical results (to round-off):
-
-``"vmap"``
-    The members' parameters are stacked with ``torch.func.stack_module_state``
-    and one member forward is run under ``torch.vmap`` + ``functional_call``.
-    Each tensor op is dispatched once for all members, which pays off when the
-    cost is dominated by per-op overhead (small cells / small models).
-``"sequential"``
-    The members' forward passes run back to back on the shared graph, followed
-    by the single backward.  Cheaper once the cost is dominated by arithmetic
-    (larger cells / models), because batched kernels under vmap are less
-    efficient than plain ones on CPU.
-
-Which one is faster depends on model size, structure size, thread count and
-hardware (on a 2-core CPU vmap only wins for very small models and cells), so
-``"auto"`` times both on the first real calls of each structure-size class and
-keeps the faster (see ``_StrategyTimer``); it uses ``"sequential"`` whenever
-the members cannot be stacked.
+Loading the members and the three exact re-formulations that cut each member's
+own cost (tabulated radial weights, fused convolution, precomputed product
+basis) are in :mod:`aiida_alml.engines.committee_loading`; the two evaluation
+strategies (``"vmap"``, ``"sequential"``) and how ``"auto"`` times them to pick
+one are in :mod:`aiida_alml.engines.committee_strategy`.
 
 The energy expression replicates ``MACE.forward`` / ``ScaleShiftMACE.forward``
 of mace-torch 0.3.x for the standard (non-LAMMPS, no extra embeddings) case.
@@ -50,12 +26,6 @@ interfaces; equality with the stock ``MACECalculator`` is covered by tests.
 
 from __future__ import annotations
 
-import copy
-import ctypes
-import ctypes.util
-import logging
-import math
-import numbers
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,240 +37,28 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 from mace.data.neighborhood import get_neighborhood
-from mace.modules.models import MACE, ScaleShiftMACE
-from torch.func import functional_call, stack_module_state
-from torch.overrides import TorchFunctionMode
+from mace.modules.models import ScaleShiftMACE
+from torch.func import functional_call
 
-from aiida_alml.engines.message_passing import FusedInteraction, FusionError, neighbour_layout
-from aiida_alml.engines.model_format import load_model, sha256_of_file
-from aiida_alml.engines.product_basis import PrecomputedContraction, ProductBasisError
-from aiida_alml.engines.radial_table import RadialTable, TabulationError
+from aiida_alml.engines.committee_loading import (
+    ModelHashError,
+    load_committee,
+    model_dtype,
+    prepare_for_inference,
+    prepare_members,
+    validate_committee,
+    z_table,
+)
+from aiida_alml.engines.committee_strategy import (
+    StrategyTimer,
+    VmapFriendlyScatter,
+    choose_strategy,
+    stack_members,
+    structure_signature,
+)
+from aiida_alml.engines.message_passing import FusedInteraction, neighbour_layout
 
-__all__ = ['CommitteeCalculator', 'ModelHashError', 'keep_large_allocations', 'load_committee', 'validate_committee']
-
-LOGGER = logging.getLogger(__name__)
-
-#: Model classes whose ``forward`` is replicated by ``_MemberEnergy``.  Exact
-#: types only: a subclass may override ``forward`` with different physics.
-SUPPORTED_MODEL_TYPES = (MACE, ScaleShiftMACE)
-
-_DTYPES = {'float64': torch.float64, 'float32': torch.float32}
-
-#: ``strategy='auto'`` does not even try vmap above this many edges x members:
-#: vmap materialises every edge tensor for all members at once (GBs for big
-#: cells and models).  With the fused convolution no per-edge message tensors
-#: exist, and on 2 CPU threads vmap was still the faster at 9,000 edges x 4.
-AUTO_VMAP_MAX_EDGE_MEMBERS = 1 << 17
-
-
-# --------------------------------------------------------------------------- loading
-
-
-class ModelHashError(ValueError):
-    """A model file does not have the SHA-256 it was sent with (``alml.md`` parses this name: exit 310)."""
-
-
-def _model_dtype(model: torch.nn.Module) -> torch.dtype:
-    return next(model.parameters()).dtype
-
-
-def _z_table(model: torch.nn.Module) -> list[int]:
-    return [int(z) for z in model.atomic_numbers]
-
-
-def validate_committee(models: Sequence[torch.nn.Module], names: Sequence[str] | None = None) -> None:
-    """Check that the members can form one committee; raise ``ValueError`` if not.
-
-    Members must be supported MACE models that agree on the element table,
-    cutoff, dtype and heads, since the graph (neighbour list, one-hot node
-    attributes) is shared between them.
-    """
-    if len(models) < 1:
-        raise ValueError('A committee needs at least one model.')
-    names = list(names) if names is not None else [f'member {i}' for i in range(len(models))]
-    ref, ref_name = models[0], names[0]
-    for model, name in zip(models, names):
-        if type(model) not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(
-                f'{name}: unsupported model type {type(model).__name__}; '
-                f'supported: {", ".join(t.__name__ for t in SUPPORTED_MODEL_TYPES)}.'
-            )
-        if hasattr(model, 'joint_embedding') or hasattr(model, 'embedding_readout'):
-            raise ValueError(f'{name}: models with extra (charge/spin) embeddings are not supported.')
-    for model, name in zip(models[1:], names[1:]):
-        checks = (
-            ('atomic numbers (z table)', _z_table),
-            ('r_max', lambda m: float(m.r_max)),
-            ('dtype', _model_dtype),
-            ('heads', lambda m: list(getattr(m, 'heads', ['Default']))),
-        )
-        for what, get in checks:
-            if get(model) != get(ref):
-                raise ValueError(
-                    f'Committee members disagree on {what}: {name} has {get(model)} '
-                    f'but {ref_name} has {get(ref)}.'
-                )
-
-
-def load_committee(
-    model_paths: Sequence[str | Path],
-    device: str = 'cpu',
-    default_dtype: str = 'float64',
-    expected_sha256: Sequence[str] | None = None,
-) -> list[torch.nn.Module]:
-    """Load and validate MACE committee members from model files.
-
-    :param model_paths: paths of model files in our format (:mod:`aiida_alml.engines.model_format`).
-    :param device: torch device to load onto.
-    :param default_dtype: ``'float64'`` or ``'float32'``; members are converted
-        to it after checking that they all had the same dtype on disk.
-    :param expected_sha256: optional hex digests, one per path; each file is
-        hashed before it is read.
-    :raises ModelHashError: on a hash mismatch (a ``ValueError``).
-    :raises ValueError: on an empty list or inconsistent members.
-    """
-    paths = [Path(p) for p in model_paths]
-    if len(paths) < 1:
-        raise ValueError('A committee needs at least one model file.')
-    if default_dtype not in _DTYPES:
-        raise ValueError(f'default_dtype must be one of {sorted(_DTYPES)}, got {default_dtype!r}.')
-    if expected_sha256 is not None:
-        if len(expected_sha256) != len(paths):
-            raise ValueError(f'Got {len(expected_sha256)} sha256 digests for {len(paths)} model files.')
-        for path, expected in zip(paths, expected_sha256):
-            actual = sha256_of_file(path)
-            if actual != expected.lower():
-                raise ModelHashError(f'sha256 mismatch for model file {path}: expected {expected}, got {actual}.')
-
-    # Our format (config + weights, read with weights_only=True): a pickled model or payload is refused, not run.
-    models = [load_model(path, device=device) for path in paths]
-    validate_committee(models, [str(p) for p in paths])  # dtype is checked before conversion
-    for model in models:
-        _prepare_for_inference(model.to(dtype=_DTYPES[default_dtype]))
-    return models
-
-
-def _prepare_for_inference(model: torch.nn.Module) -> None:
-    """Eval mode, no parameter gradients: only positions/strain are differentiated."""
-    model.eval()
-    for param in model.parameters():
-        param.requires_grad_(False)
-
-
-#: Plain float attributes that MACE blocks only use as arithmetic operands (the
-#: message normalisation ``/ self.avg_num_neighbors``).  They depend on the
-#: training split, so members usually differ; for vmap they become per-member
-#: buffers of the template instead of blocking stacking.
-PER_MEMBER_SCALARS = ('avg_num_neighbors',)
-
-
-def _per_member_scalars(module: torch.nn.Module) -> dict[str, float]:
-    """``{'<submodule>.<attr>': value}`` for the ``PER_MEMBER_SCALARS`` found in ``module``."""
-    found = {}
-    for name, sub in module.named_modules():
-        for attr in PER_MEMBER_SCALARS:
-            value = vars(sub).get(attr)
-            if isinstance(value, numbers.Real):
-                found[f'{name}.{attr}' if name else attr] = float(value)
-    return found
-
-
-def _structure_signature(model: torch.nn.Module) -> list:
-    """Everything ``functional_call`` does *not* swap: module types, plain attributes.
-
-    Members are only stackable for vmap if these agree, since the template
-    member supplies them for all members (``PER_MEMBER_SCALARS`` excepted).
-    """
-    plain = (numbers.Number, str, bool, tuple, list, torch.dtype, type(None))
-    signature = []
-    for name, module in model.named_modules():
-        attrs = {
-            k: v
-            for k, v in vars(module).items()
-            if not k.startswith('_') and k not in PER_MEMBER_SCALARS and isinstance(v, plain)
-        }
-        signature.append((name, type(module).__name__, repr(sorted(attrs.items()))))
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        signature.append((name, tuple(tensor.shape), tensor.dtype))
-    return signature
-
-
-def _stack_members(members: Sequence[torch.nn.Module]) -> tuple[torch.nn.Module, dict, dict]:
-    """Template module plus stacked parameters/buffers for ``functional_call`` under vmap."""
-    params, buffers = stack_module_state(members)
-    template = copy.deepcopy(members[0])
-    reference = next(iter(params.values()))
-    for key in _per_member_scalars(template):
-        module_name, _, attr = key.rpartition('.')
-        module = template.get_submodule(module_name)
-        delattr(module, attr)  # the plain float ...
-        module.register_buffer(attr, torch.zeros((), dtype=reference.dtype, device=reference.device))  # ... now swappable
-        values = [_per_member_scalars(member)[key] for member in members]
-        buffers[key] = torch.tensor(values, dtype=reference.dtype, device=reference.device)
-    return template, params, buffers
-
-
-def keep_large_allocations(max_bytes: int = 1 << 30) -> bool:
-    """Let glibc malloc serve (and keep) blocks up to ``max_bytes`` from the heap.
-
-    By default glibc ``mmap``s every block above 32 MiB and unmaps it on free,
-    so each MD step page-faults its large activations in again (system time).
-    The member-batched tensors of the vmap strategy cross that limit much
-    earlier than single-model ones.  This is process-wide (the heap then keeps
-    its peak size), hence opt-in: call it once in a dedicated MD process.
-    Returns False where it does not apply (not glibc).
-    """
-    libc_name = ctypes.util.find_library('c')
-    if libc_name is None:
-        return False
-    libc = ctypes.CDLL(libc_name)
-    if not hasattr(libc, 'mallopt'):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
-    return bool(libc.mallopt(m_mmap_threshold, max_bytes)) and bool(libc.mallopt(m_trim_threshold, 2 * max_bytes))
-
-
-def _for_every_member(models: Sequence[torch.nn.Module], build, error_type: type[Exception], fallback: str):
-    """``[build(model) for model in models]``, or None if one raises ``error_type``
-    (then ``fallback`` is logged with the reason: that part is evaluated as MACE does)."""
-    try:
-        return [build(model) for model in models]
-    except error_type as error:
-        LOGGER.info('%s: %s', fallback, error)
-        return None
-
-
-def _fused_interactions(model: torch.nn.Module) -> torch.nn.ModuleList:
-    return torch.nn.ModuleList(FusedInteraction(interaction) for interaction in model.interactions)
-
-
-def _precomputed_contractions(model: torch.nn.Module) -> list[torch.nn.ModuleList]:
-    """Per product block, its symmetric contractions as ``PrecomputedContraction``s."""
-    blocks = []
-    for product in model.products:
-        contractions = getattr(product, 'symmetric_contractions', None)
-        if contractions is None or not hasattr(contractions, 'contractions'):
-            raise ProductBasisError(f'{type(product).__name__} has no MACE symmetric contraction')
-        blocks.append(torch.nn.ModuleList(PrecomputedContraction(c) for c in contractions.contractions))
-    return blocks
-
-
-def _reformulate(copied: torch.nn.Module, tabulated: bool, interactions, contractions) -> torch.nn.Module:
-    """Install the re-formulated parts in ``copied`` (a member's private copy).
-
-    ``tabulated``: its interactions take their tensor-product weights as ``edge_feats``;
-    ``interactions``: ``FusedInteraction``s wrapping its own blocks, or None;
-    ``contractions``: per product block, ``PrecomputedContraction``s, or None.
-    """
-    if tabulated:
-        for interaction in copied.interactions:
-            interaction.conv_tp_weights = torch.nn.Identity()
-    if interactions is not None:
-        copied.interactions = interactions
-    if contractions is not None:
-        for product, replaced in zip(copied.products, contractions):
-            product.symmetric_contractions.contractions = replaced
-    return copied
+__all__ = ['CommitteeCalculator', 'ModelHashError', 'load_committee', 'validate_committee']
 
 
 # --------------------------------------------------------------------------- model
@@ -323,7 +81,7 @@ class _MemberEnergy(torch.nn.Module):
         """``radial_weights``: per interaction, the tensor-product weights of every edge
         (cutoff included) from a ``RadialTable``; the member's ``conv_tp_weights`` are
         then identities.  ``neighbours``: the ``neighbour_layout`` that
-        ``FusedInteraction`` blocks take (see ``_reformulate``)."""
+        ``FusedInteraction`` blocks take (see ``committee_loading.prepare_members``)."""
         model = self.model
         num_atoms = node_attrs.shape[0]
         node_heads = torch.full((num_atoms,), self.head, dtype=torch.long, device=node_attrs.device)
@@ -357,92 +115,6 @@ class _MemberEnergy(torch.nn.Module):
         if isinstance(model, ScaleShiftMACE):
             node_inter = model.scale_shift(node_inter, node_heads)
         return node_e0 + node_inter
-
-
-class _VmapFriendlyScatter(TorchFunctionMode):
-    """Make ``mace.tools.scatter.scatter_sum`` vmap-able and fast under vmap.
-
-    ``scatter_sum`` accumulates the member-batched messages into a freshly
-    allocated, un-batched ``zeros`` tensor with ``scatter_add_``, which vmap
-    rejects (in-place write of batched data into an un-batched tensor).  Its
-    callers use the return value, so an out-of-place op is equivalent.  The
-    index is a 1-D index broadcast (stride 0) along the other dimensions; in
-    that case ``index_add`` with the 1-D index gives the same sums and is much
-    faster under vmap than ``scatter_add``, whose batching rule materialises the
-    broadcast index for every member (and whose backward is a ``gather`` with it).
-
-    A function mode is thread-local and scoped, unlike patching ``mace`` globals.
-    """
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.Tensor.scatter_add_:
-            out, dim, index, src = _scatter_args(*args, **kwargs)
-            index_1d = _broadcast_source(index, dim)
-            if index_1d is not None:
-                return out.index_add(dim, index_1d, src)
-            return out.scatter_add(dim, index, src)
-        return func(*args, **kwargs)
-
-
-def _scatter_args(self, dim, index, src):
-    return self, dim, index, src
-
-
-def _broadcast_source(index: torch.Tensor, dim: int) -> torch.Tensor | None:
-    """The 1-D index along ``dim`` if ``index`` is only broadcast (stride 0) elsewhere."""
-    dim = dim % index.dim()
-    if any(stride != 0 for d, stride in enumerate(index.stride()) if d != dim and index.shape[d] > 1):
-        return None
-    return index[tuple(slice(None) if d == dim else 0 for d in range(index.dim()))]
-
-
-class _StrategyTimer:
-    """Pick ``'sequential'`` or ``'vmap'`` by timing real calls, per size class.
-
-    A size class is the number of edges rounded down to a power of two.  Each
-    new class runs ``WARMUP + TIMED`` calls with each strategy (the first calls
-    pay one-off TorchScript/allocator costs and are not counted), alternating,
-    and then keeps vmap only if its best time is below ``VMAP_MARGIN`` times
-    sequential's: best-of-few is robust to other processes taking the CPU; the margin
-    keeps the leaner, always-applicable sequential strategy on near ties.
-    Both strategies give the same results up to round-off, so the calibration
-    calls are ordinary evaluations.
-    """
-
-    WARMUP = 1
-    TIMED = 3
-    VMAP_MARGIN = 0.9
-    STRATEGIES = ('sequential', 'vmap')
-
-    def __init__(self):
-        self._times: dict[int, dict[str, list[float]]] = {}
-        self.choice: dict[int, str] = {}
-
-    @staticmethod
-    def size_class(num_edges: int) -> int:
-        return int(math.log2(max(num_edges, 1)))
-
-    def pick(self, num_edges: int) -> str:
-        size = self.size_class(num_edges)
-        if size in self.choice:
-            return self.choice[size]
-        times = self._times.setdefault(size, {s: [] for s in self.STRATEGIES})
-        # Alternate (fewest samples first) so that load changes hit both alike.
-        return min(self.STRATEGIES, key=lambda s: len(times[s]))
-
-    def calibrating(self, num_edges: int) -> bool:
-        size = self.size_class(num_edges)
-        return size in self._times and size not in self.choice
-
-    def record(self, num_edges: int, strategy: str, seconds: float) -> None:
-        size = self.size_class(num_edges)
-        times = self._times[size]
-        times[strategy].append(seconds)
-        if all(len(t) >= self.WARMUP + self.TIMED for t in times.values()):
-            best = {s: min(t[self.WARMUP :]) for s, t in times.items()}
-            self.choice[size] = 'vmap' if best['vmap'] < self.VMAP_MARGIN * best['sequential'] else 'sequential'
-            LOGGER.info('committee strategy for ~2^%d edges: %s (best s: %s)', size, self.choice[size], best)
 
 
 # --------------------------------------------------------------------------- calculator
@@ -483,11 +155,11 @@ class CommitteeCalculator(Calculator):
         **kwargs,
     ):
         """
-        :param model_paths: model files (see ``load_committee``), or
+        :param model_paths: model files (see :func:`~aiida_alml.engines.committee_loading.load_committee`), or
         :param models: already loaded MACE modules (validated and set to eval
             mode without parameter gradients, like the stock calculator does;
             their dtype is kept).
-        :param strategy: ``'auto'``, ``'vmap'`` or ``'sequential'`` (see module doc).
+        :param strategy: ``'auto'``, ``'vmap'`` or ``'sequential'`` (see :mod:`aiida_alml.engines.committee_strategy`).
         :param head: head name for multi-head models (default: the only head,
             else the one called ``default``).
         :param radial: ``'table'`` evaluates the radial weight networks from
@@ -520,50 +192,25 @@ class CommitteeCalculator(Calculator):
             models = list(models)
             validate_committee(models)
             for model in models:
-                _prepare_for_inference(model.to(device))  # the graph tensors are made on `device`
+                prepare_for_inference(model.to(device))  # the graph tensors are made on `device`
         self.models = models
         self.num_models = len(models)
         self.device = torch.device(device)
-        self.dtype = _model_dtype(models[0])
+        self.dtype = model_dtype(models[0])
         self.r_max = float(models[0].r_max)
-        self.z_table = _z_table(models[0])
+        self.z_table = z_table(models[0])
         self._z_to_index = np.full(max(self.z_table) + 1, -1, dtype=np.int64)
         self._z_to_index[self.z_table] = np.arange(len(self.z_table))
-        self.radial_tables = None
-        if radial == 'table':
-            self.radial_tables = _for_every_member(
-                models, RadialTable.build, TabulationError, 'radial weights evaluated by their networks'
-            )
-        # The other re-formulations wrap sub-modules, so they are built on private copies of the members.
-        copies = [copy.deepcopy(m) for m in models] if (convolution, product_basis) != ('edges', 'mace') else None
-        interactions = contractions = None
-        if convolution == 'fused':
-            interactions = _for_every_member(
-                copies, _fused_interactions, FusionError, 'convolution evaluated per edge, as MACE does'
-            )
-        if product_basis == 'precomputed':
-            contractions = _for_every_member(
-                copies, _precomputed_contractions, ProductBasisError, 'product basis evaluated as MACE does'
-            )
-        self.radial = 'mlp' if self.radial_tables is None else 'table'
-        self.convolution = 'edges' if interactions is None else 'fused'
-        self.product_basis = 'mace' if contractions is None else 'precomputed'
-        evaluated = models
-        if (self.radial, self.convolution, self.product_basis) != ('mlp', 'edges', 'mace'):
-            copies = copies or [copy.deepcopy(m) for m in models]
-            evaluated = [
-                _reformulate(
-                    member,
-                    self.radial == 'table',
-                    None if interactions is None else interactions[k],
-                    None if contractions is None else contractions[k],
-                )
-                for k, member in enumerate(copies)
-            ]
+        prepared = prepare_members(models, radial, convolution, product_basis)
+        self.radial_tables = prepared.radial_tables
+        self.radial = prepared.radial
+        self.convolution = prepared.convolution
+        self.product_basis = prepared.product_basis
+        evaluated = prepared.evaluated
         self._members = [_MemberEnergy(m, self._head_index(m, head)) for m in evaluated]
 
-        signature = _structure_signature(evaluated[0])
-        self.can_vmap = all(_structure_signature(m) == signature for m in evaluated[1:])
+        signature = structure_signature(evaluated[0])
+        self.can_vmap = all(structure_signature(m) == signature for m in evaluated[1:])
         if strategy == 'vmap' and not self.can_vmap:
             raise ValueError(
                 "strategy='vmap' needs members with identical architecture and hyper-parameters; "
@@ -571,9 +218,9 @@ class CommitteeCalculator(Calculator):
             )
         self.strategy = strategy
         self.last_strategy: str | None = None  # strategy of the latest evaluation
-        self._timer = _StrategyTimer()
+        self._timer = StrategyTimer()
         if self.can_vmap:
-            self._template, self._params, self._buffers = _stack_members(self._members)
+            self._template, self._params, self._buffers = stack_members(self._members)
 
     def describe(self) -> dict:
         """How this committee is evaluated, for logs and provenance (JSON-serialisable)."""
@@ -657,11 +304,7 @@ class CommitteeCalculator(Calculator):
     # ----------------------------------------------------------------- evaluation
 
     def _pick_strategy(self, num_edges: int) -> str:
-        if self.strategy != 'auto':
-            return self.strategy
-        if not self.can_vmap or num_edges * self.num_models > AUTO_VMAP_MAX_EDGE_MEMBERS:
-            return 'sequential'
-        return self._timer.pick(num_edges)
+        return choose_strategy(self.strategy, self.can_vmap, num_edges, self.num_models, self._timer)
 
     def _node_energies(self, graph: dict, positions: torch.Tensor, strain: torch.Tensor | None, strategy: str):
         """(N, n_atoms) per-atom energies; ``positions`` (N, n_atoms, 3), ``strain`` (N, 3, 3)."""
@@ -680,7 +323,7 @@ class CommitteeCalculator(Calculator):
 
         stacked = None if weights is None else tuple(torch.stack(w) for w in zip(*weights))
         in_dims = (0, 0, 0, 0, None if stacked is None else 0)
-        with _VmapFriendlyScatter():
+        with VmapFriendlyScatter():
             batched = torch.vmap(member_energy, in_dims=in_dims)
             return batched(self._params, self._buffers, vectors, lengths, stacked)
 

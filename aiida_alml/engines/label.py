@@ -1,6 +1,6 @@
 """``alml-label``: label configurations with an ASE calculator on the compute node (no AiiDA import).
 
-Reads ``structures.npz`` (a :class:`~aiida_alml.configurations.Configurations` archive) and ``calculator.json``,
+Reads ``structures.npz`` (a :class:`~aiida_alml.atoms.configurations.Configurations` archive) and ``calculator.json``,
 evaluates each configuration, and writes ``labelled.npz`` (successes only, with their labels) and ``report.json``
 (status, error and wall time per configuration). A configuration that fails is recorded and the rest go on.
 """
@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from aiida_alml.configurations import Configurations
+from aiida_alml.atoms.configurations import Configurations
 from aiida_alml.engines.calculators import CalculatorSpecError, build_calculator
 from aiida_alml.engines.disk import exit_disk_full, is_disk_full
 

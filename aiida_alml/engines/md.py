@@ -23,7 +23,7 @@ import numpy as np
 
 from aiida_alml.engines.disk import exit_disk_full, is_disk_full
 from aiida_alml.selection.uncertainty import force_sigma as atom_force_sigma
-from aiida_alml.suggest import did_you_mean
+from aiida_alml.atoms.suggest import did_you_mean
 
 __all__ = ('DEFAULTS', 'ENSEMBLES', 'MdParameterError', 'committee_uncertainty', 'main', 'run_md', 'validate_parameters')
 

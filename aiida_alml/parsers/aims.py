@@ -8,7 +8,7 @@ import numpy as np
 from aiida import orm
 
 from aiida_alml.calculations.aims import SPECIES_DIGEST_FILE
-from aiida_alml.engines.aims_output import AimsOutput, parse_aims_output
+from aiida_alml.formats.aims_output import AimsOutput, parse_aims_output
 from aiida_alml.parsers.interruption import InterruptionAwareParser
 
 __all__ = ('AimsParser',)
@@ -48,6 +48,7 @@ class AimsParser(InterruptionAwareParser):
         if species:
             return self.exit_codes.ERROR_MISSING_SPECIES.format(detail=species.group(1) or species.group(2))
         if 'aims.out' not in names:
+            self._attach_restart_structure(retrieved, names)
             return self._failure_from_diagnostics(diagnostics, None) or self.exit_codes.ERROR_OUTPUT_MISSING
 
         text = retrieved.base.repository.get_object_content('aims.out')
@@ -58,6 +59,7 @@ class AimsParser(InterruptionAwareParser):
 
         self.out('output_parameters', orm.Dict(self._output_parameters(out)))
         if not out.completed:
+            self._attach_restart_structure(retrieved, names)
             failure = self._failure_from_diagnostics(diagnostics + '\n' + text[-4000:], out)
             if failure is not None:
                 return failure
@@ -96,6 +98,30 @@ class AimsParser(InterruptionAwareParser):
         return None
 
     # ------------------------------------------------------------------ helpers
+    def _attach_restart_structure(self, retrieved, names: set) -> None:
+        """A relaxation stopped before its end: the last geometry FHI-aims wrote (``geometry.in.next_step``) as the
+        output ``restart_structure``, the geometry to continue from (``alml.aims.base`` restarts from it)."""
+        from aiida_alml.formats.aims_input import AimsInputError, read_geometry_in
+
+        if 'relax_geometry' not in self.node.inputs.parameters.get_dict() or 'geometry.in.next_step' not in names:
+            return
+        try:
+            symbols, positions, cell = read_geometry_in(
+                retrieved.base.repository.get_object_content('geometry.in.next_step')
+            )
+        except (AimsInputError, ValueError, IndexError) as exception:
+            self.logger.warning(f'geometry.in.next_step is not a readable geometry ({exception}): no restart_structure')
+            return
+        original = self.node.inputs.structure
+        if len(symbols) != len(original.sites):
+            self.logger.warning(f'geometry.in.next_step has {len(symbols)} atoms, the input {len(original.sites)}: '
+                                'no restart_structure')
+            return
+        structure = orm.StructureData(cell=cell or original.cell, pbc=original.pbc)
+        for symbol, position in zip(symbols, positions):
+            structure.append_atom(position=position, symbols=symbol)
+        self.out('restart_structure', structure)
+
     @staticmethod
     def _read(retrieved, name: str, names: set) -> str:
         return retrieved.base.repository.get_object_content(name) if name in names else ''
@@ -204,14 +230,14 @@ def label_settings(node, fhi_aims_version: str | None = None, species_digests: d
     """Everything that decides the labels of an ``alml.aims`` calculation, from its inputs (see label_settings.py).
 
     The code (``label@computer``) and calculation plugin, the FHI-aims version, every control.in keyword except those
-    that only steer the SCF (:data:`~aiida_alml.engines.aims_io.SCF_PATH_KEYWORDS`): functional, relativity,
+    that only steer the SCF (:data:`~aiida_alml.formats.aims_input.SCF_PATH_KEYWORDS`): functional, relativity,
     smearing, spin, charge, ``sc_accuracy_*``, dispersion, ...; the k-point mesh (``k_grid``, ``k_offset``) and the
     SHA-256 of each species file used (``species_hashes``: uploaded ``species`` files, or the ``species_dir`` files
     hashed by the job script). Only when the contents are unknown is the ``species_dir`` path recorded instead.
     """
     import hashlib
 
-    from aiida_alml.engines.aims_io import result_keywords, species_filename
+    from aiida_alml.formats.aims_input import result_keywords, species_filename
 
     params = node.inputs.parameters.get_dict()
     code = node.inputs.code

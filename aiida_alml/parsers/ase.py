@@ -8,7 +8,7 @@ import json
 from aiida import orm
 
 from aiida_alml.calculations.ase import LABELLED_FILE, REPORT_FILE
-from aiida_alml.configurations import ConfigurationError, Configurations
+from aiida_alml.atoms.configurations import ConfigurationError, Configurations
 from aiida_alml.data import ConfigurationSet
 from aiida_alml.engines.calculators import resolve_calculator
 from aiida_alml.engines.disk import disk_full_line

@@ -29,17 +29,20 @@ from aiida_alml.workflows.active_learning_inputs import (
 from aiida_alml.workflows.committee import CommitteeWorkChain
 from aiida_alml.workflows.explore import ExploreWorkChain
 from aiida_alml.workflows.functions import (
+    assemble_learning_curve,
     calibrate_committee,
     evaluate_predictions,
     merge_training_sets,
     perturb_structures,
+    record_iteration,
     score_committee,
     select_for_labelling,
     split_structures,
 )
 from aiida_alml.workflows.label import LabelWorkChain
 from aiida_alml.workflows.links import (
-    LABEL_INITIAL, MERGE_INITIAL, PERTURB_INITIAL, STARTING_POINTS, TRAIN_FINAL, VALIDATE, iteration_label,
+    LABEL_INITIAL, LEARNING_CURVE, MERGE_INITIAL, PERTURB_INITIAL, STARTING_POINTS, TRAIN_FINAL, VALIDATE,
+    iteration_label,
 )
 from aiida_alml.workflows.seeds import iteration_seeds
 from aiida_alml.workflows.stability import StabilityWorkChain
@@ -136,7 +139,11 @@ class ActiveLearningWorkChain(WorkChain):
         spec.output_namespace('models', valid_type=orm.Data, dynamic=True,
                               help='The final committee, trained on `dataset`.')
         spec.output('dataset', valid_type=ConfigurationSet, help='All labelled configurations (the training set).')
-        spec.output('learning_curve', valid_type=orm.Dict, help='Per iteration: labels, fractions, errors, timings.')
+        spec.output('learning_curve', valid_type=orm.Dict,
+                    help='Per iteration: labels, fractions, errors, timings (the `iterations` rows in order), and '
+                         'how the run ended.')
+        spec.output_namespace('iterations', valid_type=orm.Dict, dynamic=True,
+                              help='iteration_<i>: the row of loop iteration i, attached as the iteration closes.')
         spec.output_namespace('selection_records', valid_type=orm.ArrayData, dynamic=True,
                               help='Per iteration, the fate of every explored frame.')
 
@@ -166,7 +173,7 @@ class ActiveLearningWorkChain(WorkChain):
         self.ctx.oos_pairs = []
         self.ctx.observations = []
         self.ctx.accurate_streak = 0
-        self.ctx.curve = []
+        self.ctx.rows = {}
         self.ctx.stop = None
         self.ctx.models = None
         self.ctx.models_trained_on = None
@@ -375,9 +382,13 @@ class ActiveLearningWorkChain(WorkChain):
         return None
 
     def close_iteration(self):
-        self.ctx.entry.setdefault('labels_new', 0)
+        """Record the iteration's row (a calcfunction: the row is data with a creator) and attach it."""
+        iteration = self.ctx.iteration
         self.ctx.entry['labels_used'] = self.ctx.labels_used
-        self.ctx.curve.append(self.ctx.entry)
+        row = record_iteration(orm.Dict(self.ctx.entry),
+                               metadata={'call_link_label': iteration_label('record', iteration)})
+        self.out(f'iterations.iteration_{iteration}', row)
+        self.ctx.rows[f'iteration_{iteration}'] = row
         self.ctx.iteration += 1
 
     # ------------------------------------------------------------------ end
@@ -449,8 +460,7 @@ class ActiveLearningWorkChain(WorkChain):
             for key, model in self.ctx.models.items():
                 self.out(f'models.{key}', model)
         self.out('dataset', self.ctx.dataset)
-        self.out('learning_curve', orm.Dict({
-            'iterations': self.ctx.curve,
+        summary = orm.Dict({
             'stop_reason': self.ctx.stop,
             'labels_used': self.ctx.labels_used,
             'labels_failed': self.ctx.labels_failed,
@@ -459,7 +469,9 @@ class ActiveLearningWorkChain(WorkChain):
             'final_training': self.ctx.final,
             'models_trained_on_dataset': self.ctx.models_trained_on == self.ctx.dataset.uuid,
             'validation': self.ctx.validation_report,
-        }).store())
+        })
+        self.out('learning_curve', assemble_learning_curve(summary, metadata={'call_link_label': LEARNING_CURVE},
+                                                           **self.ctx.rows))
         self.report(f'stopped: {self.ctx.stop} after {self.ctx.iteration} iterations, {self.ctx.labels_used} labels')
         if self.ctx.final and self.ctx.final.get('failed'):
             return self.exit_codes.ERROR_FINAL_TRAINING_FAILED

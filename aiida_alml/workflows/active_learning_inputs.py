@@ -6,7 +6,7 @@ import math
 
 from aiida_alml.selection.select import MODES
 from aiida_alml.selection.trust import validate_trust_window
-from aiida_alml.suggest import did_you_mean
+from aiida_alml.atoms.suggest import did_you_mean
 
 __all__ = ('SELECTION_DEFAULTS', 'PERTURBATION_KEYS', 'VALIDATION_DEFAULTS', 'MAX_STRAIN_BOUND', 'validate_selection',
            'validate_perturbation', 'validate_validation', 'validate_active_learning_inputs', 'initial_label_count',
@@ -214,8 +214,8 @@ def _schedule_problem(inputs) -> str | None:
 
 def _structure_problem(inputs) -> str | None:
     """Atoms closer than CLOSE_CONTACT in any given set, or in the perturbed copies the loop will label first."""
-    from aiida_alml.configurations import CLOSE_CONTACT, Configurations, close_contact
-    from aiida_alml.perturb import perturbed_copies
+    from aiida_alml.atoms.configurations import CLOSE_CONTACT, Configurations, close_contact
+    from aiida_alml.atoms.perturb import perturbed_copies
 
     for name in ('initial_structures', 'exploration_structures', 'initial_dataset', 'test_set'):
         if name in inputs and (found := close_contact(inputs[name].configurations)):
@@ -294,7 +294,7 @@ def validate_active_learning_inputs(inputs, _=None) -> str | None:
         return message
     for name in ('warm_start_parameters', 'final_train_parameters'):
         if name in inputs:
-            from aiida_alml.engines.mace_options import MaceOptionError, check_parameters
+            from aiida_alml.formats.mace_options import MaceOptionError, check_parameters
 
             try:
                 check_parameters(inputs[name].get_dict())

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from aiida import orm
 from aiida.common import AttributeDict
-from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_handler, while_
+from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, calcfunction, process_handler, while_
 
 from aiida_alml.calculations.aims import AimsCalculation
 from aiida_alml.protocols import get_protocol_inputs
 
-__all__ = ('AimsBaseWorkChain', 'kpoints_mesh')
+__all__ = ('AimsBaseWorkChain', 'kpoints_from_distance', 'kpoints_mesh')
 
 #: FHI-aims' own default linear mixing parameter, used when control.in does not set one.
 DEFAULT_CHARGE_MIX_PARAM = 0.05
@@ -121,9 +121,9 @@ class AimsBaseWorkChain(BaseRestartWorkChain):
             self.ctx.inputs.kpoints = self.inputs.kpoints
         elif 'kpoints_distance' in self.inputs:
             # A mesh per cell: strained cells may get other meshes. alml.label fixes one per cell shape instead.
-            kpoints = orm.KpointsData()
-            kpoints.set_kpoints_mesh(kpoints_mesh(structure.cell, self.inputs.kpoints_distance.value))
-            self.ctx.inputs.kpoints = kpoints
+            self.ctx.inputs.kpoints = kpoints_from_distance(
+                structure, self.inputs.kpoints_distance, metadata={'call_link_label': 'kpoints'}
+            )
         elif 'k_grid' not in self.ctx.inputs.parameters.get_dict():
             return self.exit_codes.ERROR_INVALID_KPOINTS
         return None
@@ -176,9 +176,9 @@ class AimsBaseWorkChain(BaseRestartWorkChain):
         if walltime:
             options['max_wallclock_seconds'] = int(walltime * WALLTIME_FACTOR)
             what.append(f'max_wallclock_seconds {walltime} -> {options["max_wallclock_seconds"]}')
-        next_step = self._relaxation_next_step(node)
-        if next_step is not None:
-            self.ctx.inputs.structure = next_step
+        if 'restart_structure' in node.outputs:
+            # The parser made it from geometry.in.next_step: the relaxation continues where it was stopped.
+            self.ctx.inputs.structure = node.outputs.restart_structure
             what.append('the last geometry of the relaxation (geometry.in.next_step)')
         restart = str(self.ctx.inputs.parameters.get_dict().get('elsi_restart', ''))
         if 'write' in restart and 'remote_folder' in node.outputs:
@@ -216,23 +216,14 @@ class AimsBaseWorkChain(BaseRestartWorkChain):
         self.report(f'{why}: no mixing strategy left (charge_mix_param {mix}, sc_iter_limit {limit}); giving up')
         return ProcessHandlerReport(True, self.exit_codes.ERROR_SCF_UNRECOVERABLE)
 
-    # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def _relaxation_next_step(node):
-        """The last geometry FHI-aims wrote during a relaxation, as StructureData, or None."""
-        from aiida_alml.engines.aims_io import read_geometry_in
 
-        params = node.inputs.parameters.get_dict()
-        retrieved = node.outputs.retrieved if 'retrieved' in node.outputs else None
-        if 'relax_geometry' not in params or retrieved is None:
-            return None
-        if 'geometry.in.next_step' not in retrieved.base.repository.list_object_names():
-            return None
-        symbols, positions, cell = read_geometry_in(retrieved.base.repository.get_object_content('geometry.in.next_step'))
-        structure = orm.StructureData(cell=cell or node.inputs.structure.cell, pbc=node.inputs.structure.pbc)
-        for symbol, position in zip(symbols, positions):
-            structure.append_atom(position=position, symbols=symbol)
-        return structure
+@calcfunction
+def kpoints_from_distance(structure: orm.StructureData, distance: orm.Float) -> orm.KpointsData:
+    """The k-point mesh of a periodic ``structure`` with k-points at most ``distance`` (1/Å, 2π included) apart
+    (:func:`kpoints_mesh`): the mesh of an ``alml.aims.base`` run given ``kpoints_distance``."""
+    kpoints = orm.KpointsData()
+    kpoints.set_kpoints_mesh(kpoints_mesh(structure.cell, distance.value))
+    return kpoints
 
 
 def kpoints_mesh(cell, distance: float) -> list[int]:

@@ -11,7 +11,7 @@ from aiida_alml.data import ConfigurationSet, MlipModel
 from aiida_alml.workflows.relaunch import RelaunchesInterruptedJobs, define_relaunch_input
 from aiida_alml.workflows.submission import submit_once
 
-__all__ = ('CommitteeWorkChain', 'bootstrap_resample')
+__all__ = ('CommitteeWorkChain', 'bootstrap_resample', 'summarize_committee')
 
 
 @calcfunction
@@ -27,6 +27,21 @@ def bootstrap_resample(training_set: ConfigurationSet, seed: orm.Int) -> Configu
     rng = np.random.default_rng(seed.value)
     drawn = rng.choice(others, size=len(others), replace=True)
     return ConfigurationSet(configurations.select(isolated + sorted(drawn.tolist())))
+
+
+@calcfunction
+def summarize_committee(seeds: orm.List, **metrics: orm.Dict) -> orm.Dict:
+    """The ``summary`` of a committee: per member (``member_<i>``) its seed (``seeds[i]``), the pk of the training
+    calculation that made ``metrics.member_<i>`` and those final metrics."""
+    seeds = seeds.get_list()
+    return orm.Dict({
+        key: {'seed': seeds[_member_index(key)], 'pk': metrics[key].creator.pk, 'metrics': metrics[key].get_dict()}
+        for key in sorted(metrics, key=_member_index)
+    })
+
+
+def _member_index(key: str) -> int:
+    return int(key.rsplit('_', 1)[1])
 
 
 def _validate_inputs(inputs, _):
@@ -98,17 +113,18 @@ class CommitteeWorkChain(RelaunchesInterruptedJobs, WorkChain):
         return ToContext(**futures)
 
     def gather(self):
-        failed, summary = [], {}
-        for index, seed in enumerate(self._seeds()):
+        failed, metrics = [], {}
+        for index in range(len(self._seeds())):
             key = f'member_{index}'
             node = self.ctx[key]
             if not node.is_finished_ok:
                 failed.append(f'{key} <{node.pk}> (exit status {node.exit_status})')
                 continue
-            summary[key] = {'seed': seed, 'pk': node.pk, 'metrics': node.outputs.metrics.get_dict()}
+            metrics[key] = node.outputs.metrics
         if failed:
             return self.exit_codes.ERROR_MEMBER_FAILED.format(members=', '.join(failed))
-        for key in summary:
+        for key in metrics:
             self.out(f'models.{key}', self.ctx[key].outputs.model)
-        self.out('summary', orm.Dict(summary).store())
+        self.out('summary', summarize_committee(orm.List(self._seeds()), metadata={'call_link_label': 'summary'},
+                                                **metrics))
         return None

@@ -3,14 +3,37 @@
 from __future__ import annotations
 
 from aiida import orm
-from aiida.engine import ToContext, WorkChain, while_
+from aiida.engine import ToContext, WorkChain, calcfunction, while_
 
 from aiida_alml.calculations.md import MdCalculation, check_md_grid
 from aiida_alml.engines.md import MdParameterError, validate_parameters
 from aiida_alml.workflows.relaunch import RelaunchesInterruptedJobs, define_relaunch_input
 from aiida_alml.workflows.submission import submit_once
 
-__all__ = ('ExploreWorkChain',)
+__all__ = ('ExploreWorkChain', 'tabulate_md_runs')
+
+
+@calcfunction
+def tabulate_md_runs(runs: orm.Dict, **summaries: orm.Dict) -> orm.Dict:
+    """The ``overview`` of an exploration: per run its structure, condition, MD parameters and pk, and either its
+    stop reason, frames, steps done and largest force σ (from ``summaries.<run>``, the run's own summary) or, for a run
+    that did not finish (no summary), its exit status and message as given in ``runs``."""
+    overview = {}
+    for label, entry in runs.get_dict().items():
+        if label not in summaries:
+            overview[label] = {**entry, 'failed': True}
+            continue
+        summary = summaries[label].get_dict()
+        overview[label] = {
+            **entry,
+            'failed': False,
+            'stop_reason': summary['stop_reason'],
+            'stop_kind': summary.get('stop_kind'),
+            'frames': summary['frames'],
+            'steps_done': summary['steps_done'],
+            'max_force_sigma': summary['max_force_sigma'],
+        }
+    return orm.Dict(overview)
 
 
 def _conditions(inputs) -> list[dict]:
@@ -82,31 +105,22 @@ class ExploreWorkChain(RelaunchesInterruptedJobs, WorkChain):
         return ToContext(**futures)
 
     def gather(self):
-        overview, failed = {}, []
+        runs, summaries, failed = {}, {}, []
         for label, key, index, condition in self._grid():
             node = self.ctx[label]
-            entry = {'structure': key, 'condition': index, 'parameters': condition, 'pk': node.pk}
+            runs[label] = {'structure': key, 'condition': index, 'parameters': condition, 'pk': node.pk}
             if not node.is_finished_ok:
                 # A crashed run is kept in the overview: the loop counts its unsampled frames as failed exploration.
                 failed.append(f'{label} <{node.pk}> (exit status {node.exit_status})')
-                overview[label] = {**entry, 'failed': True, 'exit_status': node.exit_status,
-                                   'exit_message': node.exit_message}
+                runs[label].update(exit_status=node.exit_status, exit_message=node.exit_message)
                 continue
-            summary = node.outputs.summary.get_dict()
-            overview[label] = {
-                **entry,
-                'failed': False,
-                'stop_reason': summary['stop_reason'],
-                'stop_kind': summary.get('stop_kind'),
-                'frames': summary['frames'],
-                'steps_done': summary['steps_done'],
-                'max_force_sigma': summary['max_force_sigma'],
-            }
+            summaries[label] = node.outputs.summary
             self.out(f'trajectories.{label}', node.outputs.trajectory)
             self.out(f'summaries.{label}', node.outputs.summary)
         if failed:
             self.report(f'failed MD runs: {", ".join(failed)}')
-        self.out('overview', orm.Dict(overview).store())
-        if len(failed) == len(overview):
+        overview = tabulate_md_runs(orm.Dict(runs), metadata={'call_link_label': 'overview'}, **summaries)
+        self.out('overview', overview)
+        if len(failed) == len(runs):
             return self.exit_codes.ERROR_ALL_RUNS_FAILED.format(runs=', '.join(failed))
         return None

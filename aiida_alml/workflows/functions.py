@@ -6,7 +6,7 @@ import numpy as np
 from aiida import orm
 from aiida.engine import calcfunction
 
-from aiida_alml.configurations import Configurations
+from aiida_alml.atoms.configurations import Configurations
 from aiida_alml.data import ConfigurationSet
 from aiida_alml.selection import (
     CLASS_NAMES, REASONS, fit_calibration, frame_uncertainty, select_frames, selection_descriptors,
@@ -15,14 +15,14 @@ from aiida_alml.selection import (
 __all__ = (
     'score_committee',
     'perturb_structures', 'split_structures', 'merge_training_sets', 'select_for_labelling', 'evaluate_predictions',
-    'calibrate_committee', 'exploration_accounting',
+    'calibrate_committee', 'exploration_accounting', 'record_iteration', 'assemble_learning_curve',
 )
 
 
 @calcfunction
 def perturb_structures(structures: ConfigurationSet, parameters: orm.Dict) -> ConfigurationSet:
     """Rattled and strained copies of ``structures`` (``count``, ``rattle_std`` Å, ``max_strain``, ``seed``)."""
-    from aiida_alml.perturb import perturbed_copies
+    from aiida_alml.atoms.perturb import perturbed_copies
 
     settings = parameters.get_dict()
     images = perturbed_copies(structures.to_ase(), **settings)
@@ -300,3 +300,30 @@ def score_committee(test_set: ConfigurationSet, **models) -> orm.Dict:
         **force_errors(np.concatenate(differences)),
         'mean_force_sigma': float(np.mean(np.concatenate(sigmas))),
     })
+
+
+@calcfunction
+def record_iteration(facts: orm.Dict) -> orm.Dict:
+    """The row of one loop iteration of ``alml.active_learning`` (output ``iterations.iteration_<i>``).
+
+    ``facts`` is what the loop gathered during the iteration: seeds, training metrics, held-out errors, the
+    selection's figures, labels attempted/new/failed, out-of-sample errors, calibration, wall times and the labels
+    used so far. An iteration that labelled nothing (converged, or nothing chosen) gets ``labels_new`` 0. The row is
+    the record campaign status, plots and comparisons read (docs/provenance.md).
+    """
+    row = facts.get_dict()
+    for key in ('iteration', 'labels_total', 'labels_used'):
+        if key not in row:
+            raise ValueError(f'facts: `{key}` is missing')
+    row.setdefault('labels_new', 0)
+    row.setdefault('wall_time_s', {})
+    return orm.Dict(row)
+
+
+@calcfunction
+def assemble_learning_curve(summary: orm.Dict, **rows: orm.Dict) -> orm.Dict:
+    """The output ``learning_curve`` of ``alml.active_learning``: the iteration rows (``iteration_<i>``, made by
+    :func:`record_iteration`) in order under ``iterations``, and the run's ``summary`` (stop reason, labels used and
+    failed, calibration, final training, validation) beside them."""
+    ordered = sorted(rows, key=lambda key: int(key.rsplit('_', 1)[1]))
+    return orm.Dict({'iterations': [rows[key].get_dict() for key in ordered], **summary.get_dict()})

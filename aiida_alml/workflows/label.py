@@ -28,16 +28,16 @@ from aiida.plugins import CalculationFactory
 
 from aiida_alml.calculations.aims import unchecked_keywords
 from aiida_alml.data.configurations import ConfigurationSet
-from aiida_alml.engines.aims_io import AimsInputError, run_changing_keywords, validate_keywords
+from aiida_alml.formats.aims_input import AimsInputError, run_changing_keywords, validate_keywords
 from aiida_alml.label_settings import SETTINGS_KEY, inconsistent_settings, labels_mismatch, with_label_settings
-from aiida_alml.suggest import did_you_mean
+from aiida_alml.atoms.suggest import did_you_mean
 from aiida_alml.workflows.aims_base import AimsBaseWorkChain, kpoints_mesh
 from aiida_alml.workflows.relaunch import RelaunchesInterruptedJobs, define_relaunch_input
 from aiida_alml.workflows.submission import submit_once
 
 __all__ = (
     'LabelWorkChain', 'merge_labelled', 'parse_shell_labels', 'declare_label_settings', 'inconsistent_settings',
-    'labels_mismatch', 'fixed_kpoint_meshes',
+    'labels_mismatch', 'fixed_kpoint_meshes', 'fixed_kpoints', 'record_failures',
 )
 
 LABELLERS = ('aims', 'ase', 'shell')
@@ -76,6 +76,33 @@ def fixed_kpoint_meshes(cells, periodic, distance: float, reference_cells=()) ->
     return chosen
 
 
+def _chosen_meshes(structures: ConfigurationSet, distance: float, reference: ConfigurationSet | None):
+    """:func:`fixed_kpoint_meshes` of a set, the periodic cells of ``reference`` (if given) as the first references."""
+    configurations = structures.configurations
+    references = []
+    if reference is not None:
+        cells = reference.configurations
+        references = [cell for cell, pbc in zip(cells.cells, cells.pbc) if pbc.all()]
+    return fixed_kpoint_meshes(configurations.cells, configurations.pbc.all(axis=1), distance, references)
+
+
+def _mesh_label(mesh) -> str:
+    return 'mesh_' + 'x'.join(str(int(n)) for n in mesh)
+
+
+@calcfunction
+def fixed_kpoints(structures: ConfigurationSet, distance: orm.Float, reference: ConfigurationSet | None = None) -> dict:
+    """One KpointsData per cell shape of the periodic ``structures`` (:func:`fixed_kpoint_meshes`, the periodic cells
+    of ``reference`` taken as the first references), named ``mesh_<n1>x<n2>x<n3>``."""
+    outputs = {}
+    for entry in _chosen_meshes(structures, distance.value, reference):
+        if entry is not None and _mesh_label(entry[0]) not in outputs:
+            kpoints = orm.KpointsData()
+            kpoints.set_kpoints_mesh([int(n) for n in entry[0]])
+            outputs[_mesh_label(entry[0])] = kpoints
+    return outputs
+
+
 def _recorded(meta: dict, kpoints_distance: float | None) -> dict:
     """One labelled configuration's metadata with the k-point distance its fixed mesh came from added to its settings.
 
@@ -98,7 +125,7 @@ def merge_labelled(
     positions it covers). ``kpoints_distance``: the density the fixed FHI-aims k-meshes were derived from, added to
     the recorded settings of the periodic configurations. Refuses to merge labels computed with inconsistent settings.
     """
-    from aiida_alml.configurations import Configurations
+    from aiida_alml.atoms.configurations import Configurations
 
     distance = kpoints_distance.value if kpoints_distance is not None else None
     positions = indices.get_list()
@@ -120,6 +147,14 @@ def merge_labelled(
     ranked = sorted(range(len(order)), key=order.__getitem__)
     merged = Configurations.from_ase([images[i] for i in ranked], metadata=[metadata[i] for i in ranked])
     return ConfigurationSet(merged)
+
+
+@calcfunction
+def record_failures(failures: orm.Dict) -> orm.Dict:
+    """The ``failures`` of a labelling: input index -> the pk, process label, exit status and message of the process
+    that did not label it, in the order of the input indices."""
+    facts = failures.get_dict()
+    return orm.Dict({key: facts[key] for key in sorted(facts, key=int)})
 
 
 @calcfunction
@@ -339,24 +374,22 @@ class LabelWorkChain(RelaunchesInterruptedJobs, WorkChain):
             self.ctx.kpoints = self._fix_kpoints(self.inputs.aims.kpoints_distance.value)
 
     def _fix_kpoints(self, distance: float) -> list[str | None]:
-        """One stored KpointsData per cell shape (see :func:`fixed_kpoint_meshes`); its uuid per configuration."""
-        configurations = self.inputs.structures.configurations
-        references = []
-        if 'kpoints_reference' in self.inputs.aims:
-            reference = self.inputs.aims.kpoints_reference.configurations
-            references = [cell for cell, pbc in zip(reference.cells, reference.pbc) if pbc.all()]
-        chosen = fixed_kpoint_meshes(configurations.cells, configurations.pbc.all(axis=1), distance, references)
-        nodes, uuids, users = {}, [], {}
+        """One KpointsData per cell shape (see :func:`fixed_kpoint_meshes`), made by :func:`fixed_kpoints`; its uuid
+        per configuration."""
+        reference = self.inputs.aims.get('kpoints_reference')
+        chosen = _chosen_meshes(self.inputs.structures, distance, reference)
+        nodes = {}
+        if any(entry is not None for entry in chosen):
+            extra = {'reference': reference} if reference is not None else {}
+            nodes = fixed_kpoints(self.inputs.structures, self.inputs.aims.kpoints_distance,
+                                  metadata={'call_link_label': 'kpoints'}, **extra)
+        uuids, users = [], {}
         for index, entry in enumerate(chosen):
             if entry is None:
                 uuids.append(None)
                 continue
-            mesh = tuple(entry[0])
-            if mesh not in nodes:
-                kpoints = orm.KpointsData()
-                kpoints.set_kpoints_mesh(list(mesh))
-                nodes[mesh] = kpoints.store()
-            uuids.append(nodes[mesh].uuid)
+            mesh = tuple(int(n) for n in entry[0])
+            uuids.append(nodes[_mesh_label(mesh)].uuid)
             users.setdefault(mesh, []).append(index)
         for mesh, indices in users.items():
             self.report(f'k-point mesh {"x".join(map(str, mesh))} (kpoints_distance {distance} 1/Å, fixed per cell '
@@ -445,7 +478,8 @@ class LabelWorkChain(RelaunchesInterruptedJobs, WorkChain):
 
     def gather(self):
         successes, failures = self._collect()
-        self.out('failures', orm.Dict({str(k): v for k, v in sorted(failures.items())}).store())
+        self.out('failures', record_failures(orm.Dict({str(k): v for k, v in sorted(failures.items())}),
+                                             metadata={'call_link_label': 'failures'}))
         failed, total = len(failures), self.ctx.total
         for index, failure in sorted(failures.items()):
             self.report(f'configuration {index} failed: {json.dumps(failure)}')

@@ -1,8 +1,9 @@
 """The call link labels of ``alml.active_learning``: written here, read back by campaign, plotting and provenance.
 
 Every process the loop calls gets a call link label naming its step: ``<step>_<i>`` for the steps of loop iteration
-``i`` (``train_0``, ``explore_0``, ``select_0``, ``label_0``, ...), ``<step>_initial`` before the loop
-(``label_initial``, ...), ``train_final`` and ``validate`` after it. docs/provenance.md lists them for users.
+``i`` (``train_0``, ``explore_0``, ``select_0``, ``label_0``, ...; ``record_<i>`` is the calcfunction that stores the
+iteration's row), ``<step>_initial`` before the loop (``label_initial``, ...), ``train_final``, ``validate`` and
+``learning_curve`` after it. docs/provenance.md lists them for users.
 
 No AiiDA import: this is plain string grammar.
 """
@@ -12,15 +13,16 @@ from __future__ import annotations
 import re
 
 __all__ = (
-    'ACTIVE_LEARNING', 'ITERATION_STEPS', 'LABEL_INITIAL', 'MERGE_INITIAL', 'PERTURB_INITIAL', 'STARTING_POINTS',
-    'TRAIN_FINAL', 'VALIDATE', 'iteration_label', 'parse_iteration_label',
+    'ACTIVE_LEARNING', 'ITERATION_STEPS', 'LABEL_INITIAL', 'LEARNING_CURVE', 'MERGE_INITIAL', 'PERTURB_INITIAL',
+    'STARTING_POINTS', 'TRAIN_FINAL', 'VALIDATE', 'iteration_label', 'parse_iteration_label',
 )
 
 #: ``process_type`` of an ``alml.active_learning`` run (its workflow entry point).
 ACTIVE_LEARNING = 'aiida.workflows:alml.active_learning'
 
-#: The steps of one loop iteration, in the order they run; each is called as ``<step>_<iteration>``.
-ITERATION_STEPS = ('train', 'score', 'explore', 'select', 'label', 'evaluate', 'calibrate', 'merge')
+#: The steps of one loop iteration, in the order they run; each is called as ``<step>_<iteration>``. ``record`` closes
+#: the iteration: the calcfunction that returns its row (output ``iterations.iteration_<i>``), the row readers use.
+ITERATION_STEPS = ('train', 'score', 'explore', 'select', 'label', 'evaluate', 'calibrate', 'merge', 'record')
 
 #: Before the loop: exploration structures split into starting points, initial structures perturbed, labelled and
 #: merged into the first training set.
@@ -31,6 +33,8 @@ MERGE_INITIAL = 'merge_initial'
 #: After the loop: the last training on the whole dataset, and the validation MD of the final committee.
 TRAIN_FINAL = 'train_final'
 VALIDATE = 'validate'
+#: The calcfunction that assembles the output ``learning_curve`` from the iteration rows and the run's summary.
+LEARNING_CURVE = 'learning_curve'
 
 _ITERATION_LABEL = re.compile(r'([a-z]+)_([0-9]+)')
 

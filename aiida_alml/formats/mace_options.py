@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from aiida_alml.suggest import did_you_mean
+from aiida_alml.atoms.suggest import did_you_mean
 
 __all__ = ('RANGES', 'RESERVED_OPTIONS', 'MaceOptionError', 'check_parameters', 'known_options', 'to_command_line')
 

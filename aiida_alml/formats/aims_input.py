@@ -11,7 +11,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
-from aiida_alml.suggest import did_you_mean
+from aiida_alml.atoms.suggest import did_you_mean
 
 __all__ = (
     'AimsInputError',

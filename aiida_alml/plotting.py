@@ -14,7 +14,7 @@ def plot_campaign(node, path: str | pathlib.Path) -> pathlib.Path:
     # A Figure of its own (no pyplot): drawing here never switches the backend of the caller's session (Jupyter).
     from matplotlib.figure import Figure
 
-    from aiida_alml.campaign import called_by_label, iteration_table
+    from aiida_alml.progress import called_by_label, iteration_table
     from aiida_alml.workflows.active_learning_inputs import SELECTION_DEFAULTS
     from aiida_alml.workflows.links import iteration_label
 

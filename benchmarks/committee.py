@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO / 'tests'))
 from mace.calculators import MACECalculator  # noqa: E402
 
 from aiida_alml.engines.model_format import load_model  # noqa: E402
-from mace_helpers import SMALL, TINY, cu_cell, train_committee  # noqa: E402
+from helpers.mace import SMALL, TINY, cu_cell, train_committee  # noqa: E402
 
 from aiida_alml.engines.committee import CommitteeCalculator  # noqa: E402
 

@@ -60,7 +60,7 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from aiida_alml.engines.committee import CommitteeCalculator  # noqa: E402
 from aiida_alml.engines.md import run_md  # noqa: E402
 
-#: Model sizes: ``tiny`` is the test model of tests/mace_helpers.py; c64/c128 are production-like widths.
+#: Model sizes: ``tiny`` is the test model of tests/helpers/mace.py; c64/c128 are production-like widths.
 SIZES = {
     'tiny': {'num_channels': 8, 'max_L': 0, 'r_max': 4.0, 'num_interactions': 2, 'correlation': 2},
     'c64': {'num_channels': 64, 'max_L': 1, 'r_max': 5.0, 'num_interactions': 2, 'correlation': 3},

@@ -108,7 +108,7 @@ class GraphBuilder:
 
         if not hasattr(self, '_model_bytes'):  # one small valid model file; each node gets its own copy
             sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests'))
-            from mace_helpers import random_mace
+            from helpers.mace import random_mace
 
             buffer = io.BytesIO()
             save_model(random_mace(max_L=0, channels=4, atomic_numbers=(29,), r_max=5.0).to(torch.float64), buffer)

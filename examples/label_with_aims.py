@@ -1,7 +1,7 @@
 """Label a few water geometries with FHI-aims through ``alml.label``.  Run: ``verdi run examples/label_with_aims.py``.
 
 Set ALML_AIMS_CODE to the label of an FHI-aims code (see examples/aims_code.yaml) and ALML_SPECIES_ROOT to its
-species_defaults directory. Without them this example uses the MOCK executable tests/mock_aims, which only replays a
+species_defaults directory. Without them this example uses the MOCK executable tests/helpers/mock_aims, which only replays a
 recorded FHI-aims output: the numbers it produces are NOT an FHI-aims calculation of these geometries.
 """
 
@@ -23,7 +23,7 @@ ROOT = pathlib.Path(aiida_alml.__file__).resolve().parent.parent
 
 
 def mock_code():
-    print('!' * 78, '\n!!! FHI-aims not configured: using the MOCK executable tests/mock_aims, which replays a recorded\n'
+    print('!' * 78, '\n!!! FHI-aims not configured: using the MOCK executable tests/helpers/mock_aims, which replays a recorded\n'
           '!!! output. The labels below are NOT FHI-aims results for these geometries.\n' + '!' * 78, file=sys.stderr)
     computer = orm.load_computer('localhost')
     return orm.InstalledCode(computer=computer, filepath_executable=str(ROOT / 'tests' / 'mock_aims'),

@@ -12,7 +12,8 @@ import sys
 from aiida.engine import run_get_node
 
 import aiida_alml
-from aiida_alml.campaign import format_table, iteration_table, load_campaign
+from aiida_alml.campaign import load_campaign
+from aiida_alml.progress import format_table, iteration_table
 from aiida_alml.workflows.active_learning import ActiveLearningWorkChain
 
 default = pathlib.Path(aiida_alml.__file__).parent / 'protocols' / 'demo' / 'copper_vacancy.yaml'

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 . .venv/bin/activate
 # The tests' own reference calculators, registered in the `alml.calculators` entry-point group like a user's would be.
-python -m pip install -q -e tests/plugins 2>&1 | grep -v '^WARNING: Location' || true
+python -m pip install -q -e tests/helpers/plugins 2>&1 | grep -v '^WARNING: Location' || true
 
 if ! compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null && ! command -v pg_ctl >/dev/null; then
     if [ "$(id -u)" = 0 ]; then
@@ -47,7 +47,7 @@ python -m pytest -q -p no:cacheprovider "$@"
 if [ "$(id -u)" = 0 ]; then
     echo "==> SLURM cluster over SSH (scripts/cluster.sh), then the tests marked cluster"
     bash scripts/cluster.sh --services-only
-    ALML_TEST_CLUSTER=1 python -m pytest -m cluster -q -p no:cacheprovider tests/test_cluster.py "$@"
+    ALML_TEST_CLUSTER=1 python -m pytest -m cluster -q -p no:cacheprovider tests/system/test_cluster.py "$@"
 else
     echo "==> cluster tests skipped: as root, scripts/cluster.sh installs and starts SLURM and sshd"
 fi

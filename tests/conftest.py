@@ -165,8 +165,8 @@ def label_code(aiida_code_installed):
     )
 
 
-# ---------------------------------------------------------------------- MACE training and MD (tests/test_mace_train.py,
-# tests/test_md.py, tests/test_committee_workflow.py). Session-scoped so that the tiny models are trained once.
+# ---------------------------------------------------------------------- MACE training and MD (calculations/,
+# engines/, workflows/). Session-scoped so that the tiny models are trained once.
 TINY_MACE = {
     'model': 'MACE', 'num_channels': 8, 'max_L': 0, 'r_max': 4.0, 'num_interactions': 2, 'correlation': 2,
     'batch_size': 5, 'valid_batch_size': 5, 'valid_fraction': 0.2, 'max_num_epochs': 3, 'device': 'cpu',
@@ -222,7 +222,7 @@ def cu_training_set(aiida_profile):
     """20 EMT-labelled Cu cells (4 and 8 atoms) plus one isolated Cu atom tagged as MACE's IsolatedAtom."""
     from ase import Atoms
     from ase.calculators.emt import EMT
-    from mace_helpers import make_cu_dataset
+    from helpers.mace import make_cu_dataset
 
     from aiida_alml.data import ConfigurationSet
 

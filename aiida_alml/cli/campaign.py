@@ -26,7 +26,7 @@ def _load_campaign_node(pk):
 
 
 def show_status(node) -> None:
-    from aiida_alml.campaign import current_stage, format_table, iteration_table
+    from aiida_alml.progress import current_stage, format_table, iteration_table
     from aiida_alml.workflows.active_learning_inputs import budget_line, initial_label_count
 
     state = node.process_state.value if node.process_state else 'created'
@@ -62,7 +62,7 @@ def show_status(node) -> None:
 
 def follow_campaign(node, interval: float = 5.0, timeout: float | None = None) -> None:
     """Print a progress line whenever the stage changes, until the campaign ends."""
-    from aiida_alml.campaign import current_stage
+    from aiida_alml.progress import current_stage
 
     follow(node, current_stage, lambda _: 'finished', interval=interval, timeout=timeout, noun='campaign',
            watch_with='aiida-alml status')

@@ -19,7 +19,9 @@ being rebuilt for every strained cell.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from typing import Callable
 
 import numpy as np
 from aiida import orm
@@ -40,7 +42,6 @@ __all__ = (
     'labels_mismatch', 'fixed_kpoint_meshes', 'fixed_kpoints', 'record_failures',
 )
 
-LABELLERS = ('aims', 'ase', 'shell')
 GEOMETRY_PLACEHOLDER = '{geometry}'
 #: A cell shares the k-point mesh of a reference cell when it is that cell strained by at most this much: every
 #: element of the deformation F (cell = reference @ F, rows are lattice vectors) within this of the identity's.
@@ -214,32 +215,28 @@ def declare_label_settings(labelled: ConfigurationSet, settings: orm.Dict) -> Co
 def validate_label_inputs(inputs, _):
     labeller = inputs['labeller'].value
     if labeller not in LABELLERS:
-        return f'labeller: {labeller!r} is not one of {LABELLERS}'
-    if labeller == 'aims':
-        problem = _aims_label_problem(inputs.get('aims', {}))
-        if problem:
-            return problem
-    if labeller == 'ase' and ('code' not in inputs.get('ase', {}) or 'calculator' not in inputs.get('ase', {})):
-        return 'ase.code, ase.calculator: both are needed for labeller ase'
-    if labeller == 'ase' and (problem := _ase_label_problem(inputs['ase'])):
+        return f'labeller: {labeller!r} is not one of {tuple(LABELLERS)}'
+    if (problem := LABELLERS[labeller].problem(inputs)):
         return problem
-    if labeller == 'shell':
-        shell = inputs.get('shell', {})
-        for name in ('code', 'arguments', 'output_filename'):
-            if name not in shell:
-                return f'shell.{name}: needed for labeller shell'
-        if not any(GEOMETRY_PLACEHOLDER in arg for arg in shell['arguments'].get_list()):
-            return f'shell.arguments: none contains the placeholder {GEOMETRY_PLACEHOLDER} for the geometry file'
-        if 'options' in shell:
-            from aiida_shell import ShellJob
-
-            if (problem := _options_problem(ShellJob, shell['options'], 'shell.options')):
-                return problem
     fraction = inputs['max_failed_fraction'].value
     if not 0.0 <= fraction < 1.0:
         return f'max_failed_fraction: must be in [0, 1), got {fraction}'
     if inputs['max_concurrent'].value < 1:
         return f'max_concurrent: must be at least 1, got {inputs["max_concurrent"].value}'
+    return None
+
+
+def _shell_label_problem(inputs) -> str | None:
+    shell = inputs.get('shell', {})
+    for name in ('code', 'arguments', 'output_filename'):
+        if name not in shell:
+            return f'shell.{name}: needed for labeller shell'
+    if not any(GEOMETRY_PLACEHOLDER in arg for arg in shell['arguments'].get_list()):
+        return f'shell.arguments: none contains the placeholder {GEOMETRY_PLACEHOLDER} for the geometry file'
+    if 'options' in shell:
+        from aiida_shell import ShellJob
+
+        return _options_problem(ShellJob, shell['options'], 'shell.options')
     return None
 
 
@@ -257,9 +254,13 @@ def _options_problem(process_class, options: orm.Dict, name: str) -> str | None:
     return f'{name}{"." + key if key else ""}: {error.message}'
 
 
-def _ase_label_problem(ase) -> str | None:
+def _ase_label_problem(inputs) -> str | None:
     """The checks alml.ase makes on its inputs, made here so that a campaign fails at launch, not in the daemon."""
     from aiida_alml.engines.calculators import validate_spec
+
+    ase = inputs.get('ase', {})
+    if 'code' not in ase or 'calculator' not in ase:
+        return 'ase.code, ase.calculator: both are needed for labeller ase'
 
     spec = ase['calculator'].get_dict()
     properties = ase['properties'].get_list() if 'properties' in ase else ['energy', 'forces']
@@ -275,8 +276,9 @@ def _ase_label_problem(ase) -> str | None:
     return None
 
 
-def _aims_label_problem(aims) -> str | None:
+def _aims_label_problem(inputs) -> str | None:
     """What makes the FHI-aims inputs unfit for labelling (single points at the given geometries), or None."""
+    aims = inputs.get('aims', {})
     if 'code' not in aims.get('aims', {}):
         return 'aims.aims.code: the FHI-aims code is needed for labeller aims'
     parameters = aims['aims']['parameters'].get_dict() if 'parameters' in aims['aims'] else {}
@@ -352,7 +354,7 @@ class LabelWorkChain(RelaunchesInterruptedJobs, WorkChain):
 
         spec.outline(
             cls.setup,
-            if_(cls.is_batched)(cls.run_ase).else_(
+            if_(cls.is_batched)(cls.run_batch).else_(
                 while_(cls.has_unsubmitted)(cls.submit_wave),
             ),
             while_(cls.has_interrupted_jobs)(cls.relaunch_interrupted_jobs),
@@ -365,13 +367,16 @@ class LabelWorkChain(RelaunchesInterruptedJobs, WorkChain):
         spec.exit_code(402, 'ERROR_NOTHING_LABELLED', message='No configuration was labelled.')
 
     # ------------------------------------------------------------------ outline
+    @property
+    def labeller(self) -> 'Labeller':
+        return LABELLERS[self.inputs.labeller.value]
+
     def setup(self):
-        self.ctx.labeller = self.inputs.labeller.value
         self.ctx.total = self.inputs.structures.num_configurations
         self.ctx.next_index = 0
         self.ctx.kpoints = None
-        if self.ctx.labeller == 'aims' and 'kpoints_distance' in self.inputs.aims:
-            self.ctx.kpoints = self._fix_kpoints(self.inputs.aims.kpoints_distance.value)
+        if self.labeller.prepare is not None:
+            self.labeller.prepare(self)
 
     def _fix_kpoints(self, distance: float) -> list[str | None]:
         """One KpointsData per cell shape (see :func:`fixed_kpoint_meshes`), made by :func:`fixed_kpoints`; its uuid
@@ -397,84 +402,32 @@ class LabelWorkChain(RelaunchesInterruptedJobs, WorkChain):
         return uuids
 
     def is_batched(self):
-        return self.ctx.labeller == 'ase'
+        return self.labeller.batched
 
     def relaunchable_jobs(self) -> list[str]:
-        # FHI-aims jobs are relaunched by their AimsBaseWorkChain; the others are CalcJobs of this work chain.
-        if self.ctx.labeller == 'ase':
-            return ['ase_job']
-        return [] if self.ctx.labeller == 'aims' else [f'child_{index}' for index in range(self.ctx.total)]
+        if not self.labeller.relaunch_here:
+            return []
+        return ['batch_job'] if self.labeller.batched else [f'child_{index}' for index in range(self.ctx.total)]
 
     def has_unsubmitted(self):
         return self.ctx.next_index < self.ctx.total
 
-    def run_ase(self):
-        inputs = {
-            'code': self.inputs.ase.code,
-            'structures': self.inputs.structures,
-            'calculator': self.inputs.ase.calculator,
-            'metadata': {'call_link_label': 'ase', 'options': self.inputs.ase.options.get_dict()
-                         if 'options' in self.inputs.ase else {}},
-        }
-        if 'properties' in self.inputs.ase:
-            inputs['properties'] = self.inputs.ase.properties
-        node = submit_once(self, CalculationFactory('alml.ase'), **inputs)
-        self.report(f'labelling {self.ctx.total} configurations in one alml.ase job <{node.pk}>')
-        return ToContext(ase_job=node)
+    def run_batch(self):
+        node = self.labeller.submit(self, None)
+        self.report(f'labelling {self.ctx.total} configurations in one {node.process_label} <{node.pk}>')
+        return ToContext(batch_job=node)
 
     def submit_wave(self):
         """Submit the next ``max_concurrent`` configurations and wait for them (a wave-based throttle)."""
         stop = min(self.ctx.total, self.ctx.next_index + self.inputs.max_concurrent.value)
         submitted = {}
         for index in range(self.ctx.next_index, stop):
-            node = self._submit_one(index)
+            node = self.labeller.submit(self, index)
             node.base.extras.set('alml_input_index', index)
             submitted[f'child_{index}'] = node
         self.report(f'submitted configurations {self.ctx.next_index}..{stop - 1} of {self.ctx.total}')
         self.ctx.next_index = stop
         return ToContext(**submitted)
-
-    def _submit_one(self, index: int):
-        structures = self.inputs.structures
-        if self.ctx.labeller == 'aims':
-            inputs = self.exposed_inputs(AimsBaseWorkChain, 'aims')
-            inputs['aims'] = dict(inputs['aims'], structure=structures.get_structure(index))
-            if self.ctx.kpoints is not None:
-                # The mesh fixed for this cell's shape replaces the per-cell mesh AimsBaseWorkChain would build.
-                inputs.pop('kpoints_distance')
-                if self.ctx.kpoints[index] is not None:
-                    inputs['kpoints'] = orm.load_node(self.ctx.kpoints[index])
-            inputs['metadata'] = {'call_link_label': f'aims_{index}'}
-            return submit_once(self, AimsBaseWorkChain, **inputs)
-        return self._submit_shell(index)
-
-    def _submit_shell(self, index: int):
-        import io
-
-        from aiida_shell import ShellJob
-        from ase.io import write
-
-        shell = self.inputs.shell
-        buffer = io.StringIO()
-        atoms = self.inputs.structures.get_atoms(index)
-        atoms.calc = None
-        write(buffer, atoms, format=shell.geometry_format.value)
-        filename = shell.geometry_filename.value
-        geometry = orm.SinglefileData(io.BytesIO(buffer.getvalue().encode()), filename=filename)
-        options = shell.options.get_dict() if 'options' in shell else {}
-        # ShellJob fails with exit status 410 on any stderr output; many programs print warnings there.
-        options.setdefault('redirect_stderr', True)
-        options.setdefault('resources', {'num_machines': 1})
-        inputs = {
-            'code': shell.code,
-            # aiida-shell replaces {geometry} by the file name of the node passed under `nodes['geometry']`.
-            'arguments': shell.arguments,
-            'nodes': {'geometry': geometry},
-            'filenames': {'geometry': filename},
-            'outputs': orm.List([shell.output_filename.value]),
-            'metadata': {'options': options, 'call_link_label': f'shell_{index}'},
-        }
-        return submit_once(self, ShellJob, **inputs)
 
     def gather(self):
         successes, failures = self._collect()
@@ -510,33 +463,120 @@ class LabelWorkChain(RelaunchesInterruptedJobs, WorkChain):
 
     def _collect(self):
         """(labelled set, input indices it covers) per success; input index -> failure description."""
-        successes, failures = [], {}
-        if self.ctx.labeller == 'ase':
-            node = self.ctx.ase_job
+        if self.labeller.batched:
+            node = self.ctx.batch_job
             if not node.is_finished_ok:
                 return [], {i: _failure(node) for i in range(self.ctx.total)}
-            labelled = node.outputs.labelled
+            labelled = self.labeller.collect(self, node, None)
             covered = [int(meta['source_index']) for meta in labelled.configurations.metadata]
             missing = sorted(set(range(self.ctx.total)) - set(covered))
             failures = {i: {'pk': node.pk, 'exit_status': None, 'message': 'not labelled by the batch job'}
                         for i in missing}
             return [(labelled, covered)], failures
+        successes, failures = [], {}
         for index in range(self.ctx.total):
             node = self.ctx[f'child_{index}']
-            if not node.is_finished_ok:
-                failures[index] = _failure(node)
-            elif self.ctx.labeller == 'aims':
-                successes.append((node.outputs.labelled, [index]))
+            labelled = self.labeller.collect(self, node, index) if node.is_finished_ok else _failure(node)
+            if isinstance(labelled, dict):
+                failures[index] = labelled
             else:
-                output = ShellJobOutput.output_file(node, self.inputs.shell.output_filename.value)
-                if output is None:
-                    failures[index] = {'pk': node.pk, 'exit_status': None, 'message': 'no output file'}
-                    continue
-                labels = parse_shell_labels(
-                    output, self.inputs.shell.output_format, metadata={'call_link_label': f'parse_{index}'}
-                )
-                successes.append((labels, [index]))
+                successes.append((labelled, [index]))
         return successes, failures
+
+
+# ---------------------------------------------------------------------- the labellers
+# How each labeller's jobs are submitted and how a finished job's labels are read back. ``submit(work chain, index)``
+# returns the launched process (index None: the whole set in one job); ``collect(work chain, node, index)`` returns the
+# labelled ConfigurationSet, or a failure description (a dict) when the finished job left none.
+
+
+def _prepare_aims(process) -> None:
+    if 'kpoints_distance' in process.inputs.aims:
+        process.ctx.kpoints = process._fix_kpoints(process.inputs.aims.kpoints_distance.value)
+
+
+def _submit_aims(process, index: int):
+    inputs = process.exposed_inputs(AimsBaseWorkChain, 'aims')
+    inputs['aims'] = dict(inputs['aims'], structure=process.inputs.structures.get_structure(index))
+    if process.ctx.kpoints is not None:
+        # The mesh fixed for this cell's shape replaces the per-cell mesh AimsBaseWorkChain would build.
+        inputs.pop('kpoints_distance')
+        if process.ctx.kpoints[index] is not None:
+            inputs['kpoints'] = orm.load_node(process.ctx.kpoints[index])
+    inputs['metadata'] = {'call_link_label': f'aims_{index}'}
+    return submit_once(process, AimsBaseWorkChain, **inputs)
+
+
+def _submit_ase(process, _index: None):
+    ase = process.inputs.ase
+    inputs = {
+        'code': ase.code,
+        'structures': process.inputs.structures,
+        'calculator': ase.calculator,
+        'metadata': {'call_link_label': 'ase', 'options': ase.options.get_dict() if 'options' in ase else {}},
+    }
+    if 'properties' in ase:
+        inputs['properties'] = ase.properties
+    return submit_once(process, CalculationFactory('alml.ase'), **inputs)
+
+
+def _submit_shell(process, index: int):
+    import io
+
+    from aiida_shell import ShellJob
+    from ase.io import write
+
+    shell = process.inputs.shell
+    buffer = io.StringIO()
+    atoms = process.inputs.structures.get_atoms(index)
+    atoms.calc = None
+    write(buffer, atoms, format=shell.geometry_format.value)
+    filename = shell.geometry_filename.value
+    geometry = orm.SinglefileData(io.BytesIO(buffer.getvalue().encode()), filename=filename)
+    options = shell.options.get_dict() if 'options' in shell else {}
+    # ShellJob fails with exit status 410 on any stderr output; many programs print warnings there.
+    options.setdefault('redirect_stderr', True)
+    options.setdefault('resources', {'num_machines': 1})
+    inputs = {
+        'code': shell.code,
+        # aiida-shell replaces {geometry} by the file name of the node passed under `nodes['geometry']`.
+        'arguments': shell.arguments,
+        'nodes': {'geometry': geometry},
+        'filenames': {'geometry': filename},
+        'outputs': orm.List([shell.output_filename.value]),
+        'metadata': {'options': options, 'call_link_label': f'shell_{index}'},
+    }
+    return submit_once(process, ShellJob, **inputs)
+
+
+def _labelled_output(_process, node, _index):
+    return node.outputs.labelled
+
+
+def _collect_shell(process, node, index: int):
+    output = ShellJobOutput.output_file(node, process.inputs.shell.output_filename.value)
+    if output is None:
+        return {'pk': node.pk, 'exit_status': None, 'message': 'no output file'}
+    return parse_shell_labels(output, process.inputs.shell.output_format, metadata={'call_link_label': f'parse_{index}'})
+
+
+@dataclasses.dataclass(frozen=True)
+class Labeller:
+    """One way of making reference labels (see the module docstring)."""
+
+    problem: Callable  # inputs of alml.label -> why they do not fit this labeller, or None (checked at launch)
+    submit: Callable
+    collect: Callable
+    batched: bool = False  # one job for the whole set, instead of one per configuration
+    relaunch_here: bool = True  # False: the submitted work chain relaunches its own interrupted jobs
+    prepare: Callable | None = None  # run once in setup, before anything is submitted
+
+
+LABELLERS = {
+    'aims': Labeller(_aims_label_problem, _submit_aims, _labelled_output, relaunch_here=False, prepare=_prepare_aims),
+    'ase': Labeller(_ase_label_problem, _submit_ase, _labelled_output, batched=True),
+    'shell': Labeller(_shell_label_problem, _submit_shell, _collect_shell),
+}
 
 
 class ShellJobOutput:

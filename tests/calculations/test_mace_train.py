@@ -84,7 +84,7 @@ def test_e0s_must_cover_the_elements(tiny_mace_inputs):
 
 
 def test_parent_model_with_a_changed_file_is_refused(tiny_mace_inputs, tmp_path):
-    from mace_helpers import model_file
+    from helpers.mace import model_file
 
     path = model_file(tmp_path / 'fake.alml', seed=1)
     parent = MlipModel(file=path)
@@ -94,7 +94,7 @@ def test_parent_model_with_a_changed_file_is_refused(tiny_mace_inputs, tmp_path)
 
 
 def test_parent_model_r_max_conflict(tiny_mace_inputs, tmp_path):
-    from mace_helpers import model_file
+    from helpers.mace import model_file
 
     parent = MlipModel(file=model_file(tmp_path / 'parent.alml', r_max=5.0))
     _refused({**tiny_mace_inputs(), 'parent_model': parent}, r'r_max 4.0 differs from the parent model r_max 5.0')

@@ -15,7 +15,7 @@ from aiida_alml.engines.md import MdParameterError, run_md, validate_parameters
 
 
 def _cu_structure(rattle=0.05, repeat=(2, 2, 2)):
-    from mace_helpers import cu_cell
+    from helpers.mace import cu_cell
 
     atoms = cu_cell(repeat)
     atoms.rattle(stdev=rattle, seed=3)
@@ -39,7 +39,7 @@ def _refused(inputs, match):
 
 def _fake_model(tmp_path, name, **attributes):
     """An untrained model file (the checks below read its header, not its quality)."""
-    from mace_helpers import model_file
+    from helpers.mace import model_file
 
     attributes = {'elements': ['Cu'], 'r_max': 4.0, 'dtype': 'float64', **attributes}
     path = model_file(tmp_path / name, seed=len(name), r_max=attributes['r_max'],

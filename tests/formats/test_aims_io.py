@@ -3,7 +3,7 @@
 import pytest
 from aiida import orm
 from aiida.engine import run_get_node
-from aims_helpers import DATA, aims_inputs, mock_aims_code, silicon_structure, species_folder, water_structure
+from helpers.aims import DATA, aims_inputs, mock_aims_code, silicon_structure, species_folder, water_structure
 
 from aiida_alml.calculations.aims import AimsCalculation
 from aiida_alml.formats.aims_input import AimsInputError, read_geometry_in, write_control_in

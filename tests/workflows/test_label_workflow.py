@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from aiida import orm
 from aiida.engine import run_get_node
-from aims_helpers import DATA, aims_inputs, mock_aims_code, water
+from helpers.aims import DATA, aims_inputs, mock_aims_code, water
 
 from aiida_alml.data.configurations import ConfigurationSet
 from aiida_alml.label_settings import with_label_settings

@@ -21,7 +21,7 @@ import pytest
 
 pytestmark = [pytest.mark.cluster, pytest.mark.daemon, pytest.mark.slow]
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 CLUSTER_USER = os.environ.get('ALML_CLUSTER_USER', 'alml')
 WALLTIME = {'cpu': 600, 'gpu': 900}  # seconds, i.e. --time=00:10:00 and 00:15:00
 

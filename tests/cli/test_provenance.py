@@ -67,7 +67,7 @@ def _return(workflow, label: str, data):
 
 
 def _model(tmp_path, name: str) -> MlipModel:
-    from mace_helpers import model_file
+    from helpers.mace import model_file
 
     path = model_file(tmp_path / f'{name}.alml', seed=sum(map(ord, name)))
     return MlipModel(path, seed=1)

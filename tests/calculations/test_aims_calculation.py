@@ -1,4 +1,4 @@
-"""``alml.aims`` through the engine: CalcJob -> local scheduler -> MOCK FHI-aims (tests/mock_aims) -> parser.
+"""``alml.aims`` through the engine: CalcJob -> local scheduler -> MOCK FHI-aims (tests/helpers/mock_aims) -> parser.
 
 The mock replays recorded real FHI-aims outputs; these tests check our plumbing, not FHI-aims.
 """
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from aiida import orm
 from aiida.engine import run_get_node
-from aims_helpers import aims_inputs, mock_aims_code, water_structure
+from helpers.aims import aims_inputs, mock_aims_code, water_structure
 
 from aiida_alml.calculations.aims import AimsCalculation
 
@@ -52,7 +52,7 @@ def test_species_dir_contents_are_hashed_on_the_computer(aiida_code_installed, t
     import hashlib
     import shutil
 
-    from aims_helpers import DATA
+    from helpers.aims import DATA
 
     for name in ('01_H_default', '08_O_default'):
         shutil.copy(DATA / 'species' / name, tmp_path / name)

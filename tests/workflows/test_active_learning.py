@@ -162,7 +162,7 @@ def test_realistic_window_hot_exploration_learns_without_converging(al_inputs):
     # assembled from those rows, and the progress table reads them back.
     from aiida.common.links import LinkType
 
-    from aiida_alml.campaign import iteration_table, recorded_rows
+    from aiida_alml.progress import iteration_table, recorded_rows
 
     rows = results['iterations']
     assert [rows[f'iteration_{i}'].get_dict() for i in range(2)] == iterations

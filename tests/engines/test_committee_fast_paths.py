@@ -8,7 +8,6 @@ paths depend on the architecture only, and these models have vector features
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +23,7 @@ pytestmark = [
     pytest.mark.filterwarnings('ignore:Sparse CSR tensor support is in beta:UserWarning'),
 ]
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mace_helpers import cu_cell, random_mace  # noqa: E402
+from helpers.mace import cu_cell, random_mace  # noqa: E402
 
 from aiida_alml.engines import radial_table  # noqa: E402
 from aiida_alml.engines.committee import CommitteeCalculator  # noqa: E402

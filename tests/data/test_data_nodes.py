@@ -79,7 +79,7 @@ def test_constructor_needs_configurations():
 
 
 def _model_file(tmp_path, **kwargs):
-    from mace_helpers import model_file
+    from helpers.mace import model_file
 
     return model_file(tmp_path / 'cu.alml', **kwargs)
 
@@ -151,7 +151,7 @@ def test_pickled_payload_posing_as_a_model_does_not_run(tmp_path):
 
 def test_a_mace_pickle_is_refused_with_a_pointer(tmp_path):
     import torch
-    from mace_helpers import random_mace
+    from helpers.mace import random_mace
 
     from aiida_alml.engines.model_format import ModelFormatError
 

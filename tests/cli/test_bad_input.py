@@ -32,7 +32,7 @@ import aiida_alml
 from aiida_alml.campaign import CampaignError, load_campaign
 
 DEMO = pathlib.Path(aiida_alml.__file__).parent / 'protocols' / 'demo' / 'copper_vacancy.yaml'
-DOCS = pathlib.Path(__file__).parent.parent / 'docs' / 'reliability.md'
+DOCS = pathlib.Path(__file__).parents[2] / 'docs' / 'reliability.md'
 
 AIMS_LABEL = {
     'labeller': 'aims',

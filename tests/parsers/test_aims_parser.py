@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from aiida import orm
 from aiida.common import LinkType
-from aims_helpers import DATA, silicon_structure, water_structure
+from helpers.aims import DATA, silicon_structure, water_structure
 
 from aiida_alml.formats.aims_output import parse_aims_output
 from aiida_alml.parsers.aims import AimsParser
@@ -194,14 +194,14 @@ def test_parser_refuses_forces_for_another_structure(aiida_localhost):
 
 # ---------------------------------------------------------------------- labelled positions are the input positions
 def _water_node(aiida_localhost, name='singlepoint.out', **water_kwargs):
-    from aims_helpers import water
+    from helpers.aims import water
 
     structure = orm.StructureData(ase=water(**water_kwargs))
     return _calc_node(aiida_localhost, structure, {'aims.out': (DATA / name).read_text()})
 
 
 def test_input_geometry_is_read_from_the_output():
-    from aims_helpers import WATER_POSITIONS
+    from helpers.aims import WATER_POSITIONS
 
     out = parse_aims_output((DATA / 'singlepoint.out').read_text())
     assert out.input_geometry['symbols'] == ['O', 'H', 'H'] and out.input_geometry['cell'] is None

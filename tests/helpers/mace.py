@@ -1,6 +1,6 @@
 """Helpers to label EMT copper data and train tiny MACE models (no AiiDA).
 
-Shared by ``tests/test_committee_inference.py`` and ``benchmarks/committee.py``.
+Shared by ``tests/engines/test_committee_inference.py`` and ``benchmarks/committee.py``.
 The models are deliberately tiny so that training one member costs seconds on
 a laptop CPU; they are only meant to exercise the inference code paths.
 """

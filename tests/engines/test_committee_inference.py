@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +20,7 @@ pytestmark = [
     pytest.mark.filterwarnings('ignore:Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD:UserWarning'),
 ]
 
-# Robust to tests/ becoming a package: the helpers live next to this file.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mace_helpers import cu_cell, train_committee  # noqa: E402
+from helpers.mace import cu_cell, train_committee  # noqa: E402
 
 from aiida_alml.engines.committee import (  # noqa: E402
     CommitteeCalculator,

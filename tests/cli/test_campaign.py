@@ -75,7 +75,7 @@ def test_progress_table_reads_the_recorded_rows_of_a_running_campaign():
     # shows the stored row as it is, and only the iteration under way is pieced together from its steps.
     from aiida.common.links import LinkType
 
-    from aiida_alml.campaign import format_table, iteration_table, recorded_rows
+    from aiida_alml.progress import format_table, iteration_table, recorded_rows
     from aiida_alml.workflows.links import ACTIVE_LEARNING
 
     campaign = orm.WorkflowNode(process_type=ACTIVE_LEARNING)

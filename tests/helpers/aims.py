@@ -47,7 +47,7 @@ def species_folder(elements=('H', 'O', 'Si')):
 
 
 def mock_aims_code(aiida_code_installed):
-    """The MOCK FHI-aims (tests/mock_aims) as an InstalledCode on localhost; it replays recorded outputs."""
+    """The MOCK FHI-aims (tests/helpers/mock_aims) as an InstalledCode on localhost; it replays recorded outputs."""
     return aiida_code_installed(
         label='mock-aims',
         default_calc_job_plugin='alml.aims',

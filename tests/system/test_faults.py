@@ -20,7 +20,7 @@ from aiida.engine import run_get_node
 
 from aiida_alml.engines.disk import DISK_FULL_MARKER, EXIT_DISK_FULL
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(sys.executable).parent
 
 

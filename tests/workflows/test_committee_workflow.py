@@ -58,7 +58,7 @@ def test_bootstrap_resample_is_recorded(cu_training_set):
 
 @pytest.mark.slow
 def test_explore_grid(md_code, trained_committee):
-    from mace_helpers import cu_cell
+    from helpers.mace import cu_cell
 
     _, models = trained_committee
     small = cu_cell((2, 1, 1))
@@ -95,7 +95,7 @@ def test_explore_grid(md_code, trained_committee):
 
 
 def test_explore_checks_every_condition(md_code, tmp_path):
-    from mace_helpers import cu_cell, model_file
+    from helpers.mace import cu_cell, model_file
 
     from aiida_alml.data import MlipModel
 

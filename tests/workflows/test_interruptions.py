@@ -3,7 +3,7 @@
 Here the local ``core.direct`` scheduler runs the jobs, and a **mock of SLURM's kill** stands in for SLURM: a wrapper
 around the real program that, the first time any job of the code starts, appends slurmstepd's line
 ``*** JOB ... CANCELLED AT ... ***`` to the job's stderr file and exits as a killed job does. The same path with a real
-``scancel`` on a real SLURM cluster is tests/test_cluster.py.
+``scancel`` on a real SLURM cluster is tests/system/test_cluster.py.
 """
 
 from __future__ import annotations

@@ -125,10 +125,14 @@ class ActiveLearningWorkChain(WorkChain):
             while_(cls.should_continue)(
                 cls.run_training,
                 cls.inspect_training,
+                cls.score_committee,
                 cls.run_exploration,
                 cls.inspect_exploration,
                 cls.run_selection,
-                if_(cls.has_frames_to_label)(cls.run_labelling, cls.inspect_labelling),
+                cls.decide_convergence,
+                if_(cls.has_frames_to_label)(
+                    cls.run_labelling, cls.inspect_labelling, cls.evaluate_picks, cls.calibrate, cls.merge_labels,
+                ),
                 cls.close_iteration,
             ),
             if_(cls.needs_final_training)(cls.run_final_training, cls.inspect_final_training),
@@ -247,8 +251,11 @@ class ActiveLearningWorkChain(WorkChain):
         self.ctx.models = dict(committee.outputs.models.items())
         self.ctx.models_trained_on = self.ctx.dataset.uuid
         self.ctx.entry['train_metrics'] = committee.outputs.summary.get_dict()
-        self.ctx.entry.update(self._score(iteration_label('score', self.ctx.iteration)))
         return None
+
+    def score_committee(self):
+        """The new committee's errors on the held-out test set (when there is one)."""
+        self.ctx.entry.update(self._score(iteration_label('score', self.ctx.iteration)))
 
     def run_exploration(self):
         inputs = self.exposed_inputs(ExploreWorkChain, namespace='explore')
@@ -266,24 +273,29 @@ class ActiveLearningWorkChain(WorkChain):
         return None
 
     def run_selection(self):
-        """Select frames to label and decide whether this iteration counts towards convergence."""
-        exploration = self.ctx.exploration
+        """Choose the frames to label from this iteration's exploration (``select_for_labelling``)."""
         settings = {**SELECTION_DEFAULTS, **self.inputs.selection.get_dict()}
         # Never choose more than the label budget has left (should_continue stops the loop once it is spent).
         remaining = self.inputs.max_labels.value - self.ctx.labels_used
         settings['labels_per_iteration'] = max(1, min(settings['labels_per_iteration'], remaining))
         # σ counts as checked against labels once calibrated (or when calibration is switched off).
-        sigma_checked = self.ctx.calibrated or not self.inputs.calibrate.value
+        self.ctx.sigma_checked = self.ctx.calibrated or not self.inputs.calibrate.value
         start = time.perf_counter()
         outputs = select_for_labelling(
             orm.Dict(settings), orm.Float(self.ctx.calibration), orm.Int(self.ctx.iteration), self.ctx.dataset,
-            orm.Bool(sigma_checked), exploration.outputs.overview,
+            orm.Bool(self.ctx.sigma_checked), self.ctx.exploration.outputs.overview,
             metadata={'call_link_label': iteration_label('select', self.ctx.iteration)},
-            **dict(exploration.outputs.trajectories.items()),
+            **dict(self.ctx.exploration.outputs.trajectories.items()),
         )
         self.ctx.entry['wall_time_s']['select'] = time.perf_counter() - start
         self.out(f'selection_records.iteration_{self.ctx.iteration}', outputs['record'])
-        summary = outputs['summary'].get_dict()
+        self.ctx.selection_summary = outputs['summary'].get_dict()
+        self.ctx.selected = outputs.get('selected')
+        self.ctx.predictions = outputs.get('predictions')
+
+    def decide_convergence(self):
+        """Whether this iteration counts towards convergence; converged after ``patience`` such iterations."""
+        summary, sigma_checked = self.ctx.selection_summary, self.ctx.sigma_checked
         observation = [self.ctx.entry['member_seeds'], self.ctx.entry['md_seeds']]
         explored_anew = observation not in self.ctx.observations
         self.ctx.observations.append(observation)
@@ -312,8 +324,6 @@ class ActiveLearningWorkChain(WorkChain):
             + (f'; does not count towards convergence: {"; ".join(blockers)}' if blockers else '; counts towards '
                f'convergence ({self.ctx.accurate_streak} of {self.inputs.patience.value})')
         )
-        self.ctx.selected = outputs.get('selected')
-        self.ctx.predictions = outputs.get('predictions')
         if self.ctx.accurate_streak >= self.inputs.patience.value:
             self.ctx.stop = 'converged'
             self.ctx.selected = None  # converged: no more labels needed
@@ -326,7 +336,7 @@ class ActiveLearningWorkChain(WorkChain):
         return ToContext(labelling=self._submit_labelling(self.ctx.selected, link))
 
     def inspect_labelling(self):
-        """Keep what was labelled (failures are charged to the budget and recorded), then evaluate and merge."""
+        """Keep what was labelled (failures are charged to the budget and recorded)."""
         node = self.ctx.labelling
         attempted = len(self.ctx.selected)
         self.ctx.labels_used += attempted
@@ -345,13 +355,27 @@ class ActiveLearningWorkChain(WorkChain):
         if failed:
             self.report(f'iteration {self.ctx.iteration}: {failed} of {attempted} labelling calculations failed; '
                         f'keeping the {len(labelled)} that succeeded')
-        iteration = self.ctx.iteration
         if (problem := self._mismatch(labelled)):
             return self.exit_codes.ERROR_INCONSISTENT_LABELS.format(detail=problem)
-        evaluation = evaluate_predictions(labelled, self.ctx.selected, self.ctx.predictions,
+        self.ctx.labelled = labelled
+        return None
+
+    def evaluate_picks(self):
+        """The committee's out-of-sample errors on the frames it picked, now that they are labelled."""
+        iteration = self.ctx.iteration
+        evaluation = evaluate_predictions(self.ctx.labelled, self.ctx.selected, self.ctx.predictions,
                                           metadata={'call_link_label': iteration_label('evaluate', iteration)})
         metrics = evaluation['metrics'].get_dict()
         self.ctx.oos_pairs.append((iteration, evaluation['error_sigma_pairs']))
+        self.ctx.entry.update({
+            'labels_new': len(self.ctx.labelled),
+            'oos_force_rmse': metrics['force_rmse'],
+            'oos_energy_rmse_per_atom': metrics['energy_rmse_per_atom'],
+        })
+
+    def calibrate(self):
+        """Fit σ's calibration factor on the out-of-sample pairs of the last ``calibration_window`` iterations."""
+        iteration = self.ctx.iteration
         window = self.ctx.oos_pairs[-self.inputs.calibration_window.value:]
         calibration = calibrate_committee(
             orm.Int(len(self.ctx.models)), metadata={'call_link_label': iteration_label('calibrate', iteration)},
@@ -359,9 +383,6 @@ class ActiveLearningWorkChain(WorkChain):
         ).get_dict()
         self.ctx.calibration_record = calibration
         self.ctx.entry.update({
-            'labels_new': len(labelled),
-            'oos_force_rmse': metrics['force_rmse'],
-            'oos_energy_rmse_per_atom': metrics['energy_rmse_per_atom'],
             'fitted_calibration_factor': calibration['factor'],
             'calibration_interval': calibration['interval'],
             'calibration_coverage': calibration['coverage'],
@@ -369,6 +390,10 @@ class ActiveLearningWorkChain(WorkChain):
         if self.inputs.calibrate.value:
             self.ctx.calibration = calibration['factor']
             self.ctx.calibrated = True
+
+    def merge_labels(self):
+        """Add the new labels to the training set."""
+        iteration, labelled, calibration = self.ctx.iteration, self.ctx.labelled, self.ctx.calibration_record
         self.ctx.dataset = merge_training_sets(
             a_previous=self.ctx.dataset, b_new=labelled,
             metadata={'call_link_label': iteration_label('merge', iteration)},
@@ -376,10 +401,9 @@ class ActiveLearningWorkChain(WorkChain):
         low, high = calibration['interval']
         self.report(
             f'iteration {iteration}: {len(labelled)} labels added (total {len(self.ctx.dataset)}); out-of-sample '
-            f'force RMSE {metrics["force_rmse"]:.3f} eV/Å; calibration factor {calibration["factor"]:.2f} '
-            f'[{low:.2f}, {high:.2f}] from {calibration["num_frames"]} frames'
+            f'force RMSE {self.ctx.entry["oos_force_rmse"]:.3f} eV/Å; calibration factor '
+            f'{calibration["factor"]:.2f} [{low:.2f}, {high:.2f}] from {calibration["num_frames"]} frames'
         )
-        return None
 
     def close_iteration(self):
         """Record the iteration's row (a calcfunction: the row is data with a creator) and attach it."""

@@ -262,10 +262,12 @@ def _committee_training_on_the_cluster(cluster, tiny_mace_inputs, epochs=40):
 
 
 def _members(node) -> dict:
+    """The committee's training jobs by call link label (its calcfunctions, e.g. `summary`, left out)."""
+    from aiida import orm
     from aiida.common.links import LinkType
 
     links = node.base.links.get_outgoing(link_type=LinkType.CALL_CALC).all()
-    return {link.link_label: link.node for link in links}
+    return {link.link_label: link.node for link in links if isinstance(link.node, orm.CalcJobNode)}
 
 
 def test_scancel_of_a_member_is_absorbed_by_a_relaunch(cluster, submit_and_await, tiny_mace_inputs):

@@ -26,18 +26,19 @@ def called_by_label(node) -> dict:
     return {entry.link_label: entry.node for entry in _call_links(node)}
 
 
-def recorded_rows(node) -> dict[int, dict]:
+def recorded_rows(node, calls: dict | None = None) -> dict[int, dict]:
     """The rows the run has recorded so far, by iteration: its ``iterations`` outputs, and the results of its
-    ``record_<i>`` calcfunctions (found by call link label) not attached yet."""
+    ``record_<i>`` calcfunctions (found by call link label) not attached yet. ``calls``: :func:`called_by_label` of
+    ``node``, when the caller has it already."""
     rows = {}
     if 'iterations' in node.outputs:
         for key, row in node.outputs.iterations.items():
             rows[int(key.rsplit('_', 1)[1])] = row.get_dict()
-    for entry in _call_links(node):
-        parsed = parse_iteration_label(entry.link_label)
-        if parsed is None or parsed[0] != 'record' or parsed[1] in rows or not entry.node.is_finished_ok:
+    for label, child in (called_by_label(node) if calls is None else calls).items():
+        parsed = parse_iteration_label(label)
+        if parsed is None or parsed[0] != 'record' or parsed[1] in rows or not child.is_finished_ok:
             continue
-        rows[parsed[1]] = entry.node.outputs.result.get_dict()
+        rows[parsed[1]] = child.outputs.result.get_dict()
     return rows
 
 
@@ -52,8 +53,8 @@ def iteration_table(node) -> list[dict]:
 
     if 'learning_curve' in node.outputs:
         return node.outputs.learning_curve.get_dict()['iterations']
-    recorded = recorded_rows(node)
     calls = called_by_label(node)
+    recorded = recorded_rows(node, calls)
     rows = []
     iteration = 0
 

@@ -393,13 +393,20 @@ def run_campaign(daemon: Daemon, codes: dict, args, points: list[str], name: str
 
 
 # ---------------------------------------------------------------------- counting
-def frame_key(numbers, positions, cell) -> str:
-    """Identity of a frame: its atoms, positions and cell (10 decimals, so a copy through npz/Atoms still matches)."""
+def arrays_sha256(*arrays) -> str:
+    """Hex SHA-256 of the bytes of ``arrays``, in order."""
     digest = hashlib.sha256()
-    for array in (np.asarray(numbers, dtype=np.int64), np.round(np.asarray(positions, dtype=np.float64), 10),
-                  np.round(np.asarray(cell, dtype=np.float64), 10)):
-        digest.update(np.ascontiguousarray(array + 0.0 if array.dtype.kind == 'f' else array).tobytes())
-    return digest.hexdigest()[:16]
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def frame_key(numbers, positions, cell) -> str:
+    """Identity of a frame: its atoms, positions and cell (10 decimals, so a copy through npz/Atoms still matches;
+    ``+ 0.0`` turns a rounded -0.0 into 0.0)."""
+    positions = np.round(np.asarray(positions, dtype=np.float64), 10) + 0.0
+    cell = np.round(np.asarray(cell, dtype=np.float64), 10) + 0.0
+    return arrays_sha256(np.asarray(numbers, dtype=np.int64), positions, cell)[:16]
 
 
 def set_keys(configuration_set) -> list[str]:
@@ -521,11 +528,8 @@ def output_structure(node) -> dict | None:
 def numbers_hash(configurations) -> str:
     """SHA-256 of what was labelled, in order: species, positions, cells, energies, forces. Not ``content_hash``,
     which also covers the metadata, and that names the labelling job (``labelled_by``), new in every campaign."""
-    digest = hashlib.sha256()
-    for array in (configurations.numbers, configurations.positions, configurations.cells, configurations.energy,
-                  configurations.forces):
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
+    return arrays_sha256(configurations.numbers, configurations.positions, configurations.cells, configurations.energy,
+                         configurations.forces)
 
 
 def compare(structure: dict | None, reference: dict | None) -> tuple[bool | None, bool | None]:

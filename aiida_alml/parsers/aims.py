@@ -9,7 +9,7 @@ from aiida import orm
 
 from aiida_alml.calculations.aims import SPECIES_DIGEST_FILE
 from aiida_alml.formats.aims_output import AimsOutput, parse_aims_output
-from aiida_alml.parsers.interruption import InterruptionAwareParser
+from aiida_alml.parsers.interruption import SCHEDULER_STDERR, SCHEDULER_STDOUT, InterruptionAwareParser
 
 __all__ = ('AimsParser',)
 
@@ -40,8 +40,8 @@ class AimsParser(InterruptionAwareParser):
         retrieved = self.retrieved
         names = set(retrieved.base.repository.list_object_names())
         stderr = self._read(retrieved, 'aims.err', names)
-        scheduler_stderr = self._read(retrieved, '_scheduler-stderr.txt', names)
-        scheduler_stdout = self._read(retrieved, '_scheduler-stdout.txt', names)
+        scheduler_stderr = self._read(retrieved, SCHEDULER_STDERR, names)
+        scheduler_stdout = self._read(retrieved, SCHEDULER_STDOUT, names)
         diagnostics = '\n'.join((stderr, scheduler_stderr, scheduler_stdout))
 
         species = _SPECIES_PATTERNS.search(diagnostics)

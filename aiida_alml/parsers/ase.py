@@ -13,12 +13,12 @@ from aiida_alml.data import ConfigurationSet
 from aiida_alml.engines.calculators import resolve_calculator
 from aiida_alml.engines.disk import disk_full_line
 from aiida_alml.label_settings import with_label_settings
-from aiida_alml.parsers.interruption import InterruptionAwareParser
+from aiida_alml.parsers.interruption import SCHEDULER_STDERR, InterruptionAwareParser
 
 __all__ = ('AseLabelParser', 'label_settings')
 
 STDOUT_FILE = 'alml-label.out'
-STDERR_FILE = '_scheduler-stderr.txt'  # the engine's stderr (not joined to its stdout)
+STDERR_FILE = SCHEDULER_STDERR  # the engine's stderr (not joined to its stdout)
 
 
 class AseLabelParser(InterruptionAwareParser):

@@ -16,7 +16,7 @@ from aiida_alml.calculations.mace_train import MODEL_FILE, MODEL_NAME, STDOUT_FI
 from aiida_alml.data import MlipModel
 from aiida_alml.engines.model_format import ModelFormatError
 from aiida_alml.engines.disk import disk_full_line
-from aiida_alml.parsers.interruption import InterruptionAwareParser
+from aiida_alml.parsers.interruption import SCHEDULER_STDERR, InterruptionAwareParser
 
 __all__ = ('MaceTrainParser', 'parse_error_tables', 'parse_results_lines')
 
@@ -129,7 +129,7 @@ class MaceTrainParser(InterruptionAwareParser):
     def _stdout_says_walltime(self, names) -> bool:
         # SLURM writes this line into the job's stderr when it kills a job at its time limit; AiiDA's SLURM plugin
         # also reports it as exit status 120, but other schedulers (and a lost accounting record) do not.
-        for name in (STDOUT_FILE, '_scheduler-stderr.txt'):
+        for name in (STDOUT_FILE, SCHEDULER_STDERR):
             if name in names and 'DUE TO TIME LIMIT' in self.retrieved.base.repository.get_object_content(name, mode='r'):
                 return True
         return False

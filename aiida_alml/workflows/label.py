@@ -557,7 +557,8 @@ def _collect_shell(process, node, index: int):
     output = ShellJobOutput.output_file(node, process.inputs.shell.output_filename.value)
     if output is None:
         return {'pk': node.pk, 'exit_status': None, 'message': 'no output file'}
-    return parse_shell_labels(output, process.inputs.shell.output_format, metadata={'call_link_label': f'parse_{index}'})
+    return parse_shell_labels(output, process.inputs.shell.output_format,
+                              metadata={'call_link_label': f'parse_{index}'})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,7 @@ link label ``<label>_relaunch_<n>``; the interrupted job stays in the provenance
 from __future__ import annotations
 
 from aiida import orm
+from aiida.common.links import LinkType
 from aiida.engine import CalcJob, ToContext
 
 from aiida_alml.parsers.interruption import EXIT_JOB_INTERRUPTED
@@ -51,16 +52,10 @@ class RelaunchesInterruptedJobs:
             old = self.ctx[key]
             counts[key] = counts.get(key, 0) + 1
             builder = old.get_builder_restart()
-            label = old.base.links.get_incoming(link_type=_call_links()).one().link_label.split('_relaunch_')[0]
+            label = old.base.links.get_incoming(link_type=LinkType.CALL_CALC).one().link_label.split('_relaunch_')[0]
             builder.metadata.call_link_label = f'{label}_relaunch_{counts[key]}'
             futures[key] = submit_once(self, builder.process_class, **builder._inputs(prune=True))
             self.report(f'{label}: <{old.pk}> was ended by the scheduler ({old.exit_message}); relaunched as '
                         f'<{futures[key].pk}> (relaunch {counts[key]} of at most {self.inputs.max_relaunches.value})')
         self.ctx.relaunches = counts
         return ToContext(**futures)
-
-
-def _call_links():
-    from aiida.common.links import LinkType
-
-    return (LinkType.CALL_CALC, LinkType.CALL_WORK)

@@ -253,8 +253,7 @@ def _committee_training_on_the_cluster(cluster, tiny_mace_inputs, epochs=40):
     while not training(member):
         assert time.monotonic() < deadline, 'member_0 never started training under SLURM'
         assert not node.is_terminated, node.exit_message
-        members = {link.link_label: link.node for link in node.base.links.get_outgoing().all()}
-        member = members.get('member_0')
+        member = _members(node).get('member_0')
         if member is not None and member.get_job_id() is None:
             member = None  # stored, not yet submitted to SLURM
         time.sleep(0.5)

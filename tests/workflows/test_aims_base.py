@@ -133,11 +133,11 @@ class _FakeKilledCalc:
         return {'max_wallclock_seconds': 3600}[name]
 
 
-def test_walltime_handler_gives_more_time_and_reads_the_restart(aiida_localhost):
+def _walltime_killed(aiida_localhost, parameters):
+    """An AimsBaseWorkChain set up for ``parameters`` and a stand-in for its calculation killed at the walltime."""
     from aiida.engine.utils import instantiate_process
     from aiida.manage import get_manager
 
-    parameters = {'xc': 'pbe', 'elsi_restart': 'write 5'}
     process = instantiate_process(
         get_manager().get_runner(), AimsBaseWorkChain,
         aims=aims_inputs(orm.InstalledCode(computer=aiida_localhost, filepath_executable='/bin/true').store(),
@@ -145,7 +145,12 @@ def test_walltime_handler_gives_more_time_and_reads_the_restart(aiida_localhost)
     )
     process.setup()
     remote = orm.RemoteData(computer=aiida_localhost, remote_path='/tmp/killed-run')
-    calc = _FakeKilledCalc(parameters, remote, orm.FolderData())
+    return process, _FakeKilledCalc(parameters, remote, orm.FolderData())
+
+
+def test_walltime_handler_gives_more_time_and_reads_the_restart(aiida_localhost):
+    process, calc = _walltime_killed(aiida_localhost, {'xc': 'pbe', 'elsi_restart': 'write 5'})
+    remote = calc.outputs.remote_folder
     report = AimsBaseWorkChain.handle_out_of_walltime.__wrapped__(process, calc)
     assert report.do_break and not report.exit_code.status
     assert process.ctx.inputs.metadata['options']['max_wallclock_seconds'] == 5400
@@ -154,18 +159,7 @@ def test_walltime_handler_gives_more_time_and_reads_the_restart(aiida_localhost)
 
 
 def test_walltime_handler_continues_a_relaxation_from_the_restart_structure(aiida_localhost):
-    from aiida.engine.utils import instantiate_process
-    from aiida.manage import get_manager
-
-    parameters = {'xc': 'pbe', 'relax_geometry': 'bfgs 1e-2'}
-    process = instantiate_process(
-        get_manager().get_runner(), AimsBaseWorkChain,
-        aims=aims_inputs(orm.InstalledCode(computer=aiida_localhost, filepath_executable='/bin/true').store(),
-                         water_structure(), parameters),
-    )
-    process.setup()
-    calc = _FakeKilledCalc(parameters, orm.RemoteData(computer=aiida_localhost, remote_path='/tmp/killed-run'),
-                           orm.FolderData())
+    process, calc = _walltime_killed(aiida_localhost, {'xc': 'pbe', 'relax_geometry': 'bfgs 1e-2'})
     restart = water_structure(shift=0.05)
     calc.outputs['restart_structure'] = restart  # what the parser made of geometry.in.next_step
     report = AimsBaseWorkChain.handle_out_of_walltime.__wrapped__(process, calc)

@@ -152,3 +152,10 @@ def test_explore_relaunches_a_cancelled_md_run(md_code, trained_committee, tmp_p
     assert called['cu_c0_relaunch_1'].is_finished_ok
     overview = results['overview'].get_dict()
     assert overview['cu_c0']['failed'] is False and overview['cu_c0']['pk'] == called['cu_c0_relaunch_1'].pk
+
+
+def test_a_negative_relaunch_count_is_refused(tiny_mace_inputs):
+    from aiida_alml.workflows.committee import CommitteeWorkChain
+
+    with pytest.raises(ValueError, match='max_relaunches: must be >= 0'):
+        run_get_node(CommitteeWorkChain, num_members=orm.Int(2), train=tiny_mace_inputs(), max_relaunches=orm.Int(-1))

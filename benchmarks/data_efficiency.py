@@ -1,19 +1,23 @@
 """Benchmark: does active learning need fewer reference labels than random picks for the same held-out error?
 
-Run: ``python benchmarks/data_efficiency.py [--systems cu_vacancy cuau_alloy] [--seeds 0 1 2] [--iterations 4]
-[--labels-per-iteration 6] [--out docs/data_efficiency.json]``.
+Run: ``python benchmarks/data_efficiency.py [--systems cu_vacancy cuau_alloy] [--seeds 0 1 2] [--modes weighted
+random] [--iterations 4] [--labels-per-iteration 6] [--out results.json]``. Campaigns are independent, so a grid can
+be split over processes (``--modes weighted`` in one, ``--modes random`` in another, each with its ``--out``) and the
+tables made from all files at once: ``python benchmarks/data_efficiency.py --merge a.json b.json``.
 
 For every system it makes one held-out test set from independent EMT molecular dynamics, hotter than any
 exploration (`--test-temperature-factor` × the top exploration temperature), then runs, in a throw-away SQLite
-profile, ``alml.active_learning`` campaigns that differ only in ``selection.mode``: ``fps`` (the loop's own choice:
-uncertain, diverse frames and, when those are scarce, the earliest failed frames) and ``random`` (as many frames
-drawn uniformly from every explored frame, the baseline a user would pick), each with every campaign seed. Same
+profile, ``alml.active_learning`` campaigns that differ only in ``selection.mode``: ``weighted`` (σ-weighted
+farthest-point sampling among physical frames above trust_lo), ``fps`` (candidates by farthest-point sampling, then
+the earliest failed frames) and ``random`` (as many frames drawn uniformly from every explored frame, the baseline a
+user would pick), each with every campaign seed. Same
 initial labels, same committee settings, same exploration schedule, same budget; every iteration's committee is
 scored on the test set (force RMSE per Cartesian component).
 
 Reported per system: the held-out force RMSE against the labels used, the labels each mode needs to reach the
-error the random campaigns end with (linear interpolation on the learning curve; ``>N`` when never reached), the
-ratio random/active with its spread over seeds, and a stability check of each final committee (NVT MD at the test
+error the random campaigns end with (linear interpolation on the learning curve; ``never`` when never reached), the
+ratio random/active with its spread over seeds, counted both in all labels and in the labels the loop chose (the
+initial labels are the same for every campaign), and a stability check of each final committee (NVT MD at the test
 temperature, in-process: blow-ups, closest distance, largest σ).
 """
 
@@ -110,7 +114,8 @@ def campaign_inputs(codes, initial, start, test_set, args, mode: str, seed: int)
                             'metadata': {'options': OPTIONS}}},
         'explore': {'md': {'code': codes['md'], 'metadata': {'options': OPTIONS}},
                     'conditions': orm.List([{'ensemble': 'nvt_langevin', 'temperature': args.temperatures[0],
-                                             'steps': args.md_steps, 'timestep': 2.0, 'sample_interval': 10,
+                                             'steps': args.md_steps, 'timestep': 2.0,
+                                             'sample_interval': args.sample_interval,
                                              'seed': k} for k in (1, 2)])},
         'explore_schedule': orm.List(schedule),
         'selection': orm.Dict({'trust_lo': args.trust_lo, 'trust_hi': args.trust_hi,
@@ -170,22 +175,39 @@ def stability(models, start, temperature: float, steps: int, seed: int) -> dict:
 
 
 # ---------------------------------------------------------------------- report
-def summarise(system: str, runs: list[dict]) -> dict:
+def summarise(system: str, runs: list[dict], initial_labels: int) -> dict:
+    """Labels each mode needs to reach the random campaigns' median final error, and the paired ratios."""
     random_final = [run['curve'][-1][1] for run in runs if run['mode'] == 'random']
     target = statistics.median(random_final)
-    needed = {mode: [labels_to_reach(run['curve'], target) for run in runs if run['mode'] == mode]
-              for mode in ('fps', 'random')}
-    ratios = [r / a for r, a in zip(needed['random'], needed['fps']) if np.isfinite(r) and np.isfinite(a) and a > 0]
-    return {'system': system, 'target_force_rmse': target, 'labels_needed': needed,
-            'ratio_random_over_active': ratios,
-            'ratio_median': statistics.median(ratios) if ratios else None}
+    modes = sorted({run['mode'] for run in runs})
+    needed = {mode: {run['seed']: labels_to_reach(run['curve'], target) for run in runs if run['mode'] == mode}
+              for mode in modes}
+    ratios = {}
+    for mode in modes:
+        if mode == 'random':
+            continue
+        pairs = [(needed['random'][seed], needed[mode][seed]) for seed in sorted(needed[mode])
+                 if seed in needed['random']]
+        finite = [(r, a) for r, a in pairs if np.isfinite(r) and np.isfinite(a)]
+        total = [r / a for r, a in finite if a > 0]
+        chosen = [(r - initial_labels) / (a - initial_labels) for r, a in finite if a > initial_labels]
+        ratios[mode] = {'all_labels': total, 'chosen_labels': chosen, 'pairs': len(pairs),
+                        'never_reached': sum(1 for _, a in pairs if not np.isfinite(a))}
+    return {'system': system, 'target_force_rmse': target, 'labels_needed': needed, 'ratios': ratios}
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return 'undefined'
+    return (f'median {statistics.median(values):.2f} (range {min(values):.2f}–{max(values):.2f}, '
+            f'{len(values)} paired seeds)')
 
 
 def table(summary: dict, runs: list[dict]) -> str:
     lines = [f'### {summary["system"]}', '',
-             '| mode | seed | labels → held-out force RMSE (eV/Å, per component) | final σ-stability (NVT) |',
+             '| mode | seed | labels → held-out force RMSE (eV/Å, per component) | final committee, NVT MD |',
              '|---|---|---|---|']
-    for run in runs:
+    for run in sorted(runs, key=lambda r: (r['mode'], r['seed'])):
         curve = ', '.join(f'{n} → {e:.3f}' for n, e in run['curve'])
         stable = run['stability']
         state = 'blew up' if stable['blew_up'] else 'stable'
@@ -193,30 +215,46 @@ def table(summary: dict, runs: list[dict]) -> str:
         sigma = f'{stable["max_sigma"]:.2f}' if stable['max_sigma'] is not None else '-'
         lines.append(f'| {run["mode"]} | {run["seed"]} | {curve} | {state} after {stable["steps"]} steps; closest '
                      f'{closest}; max σ {sigma} eV/Å |')
+
     def fmt(values):
-        return ', '.join('never' if not np.isfinite(v) else f'{v:.1f}' for v in values)
+        return ', '.join('never' if not np.isfinite(v) else f'{v:.1f}' for _, v in sorted(values.items()))
+
     lines += ['', f'Target: the median final held-out force RMSE of the random campaigns, '
-                  f'{summary["target_force_rmse"]:.3f} eV/Å. Labels needed to reach it: active {fmt(summary["labels_needed"]["fps"])}; '
-                  f'random {fmt(summary["labels_needed"]["random"])}.']
-    ratios = summary['ratio_random_over_active']
-    if ratios:
-        lines.append(f'Ratio random/active: median {summary["ratio_median"]:.2f} (range {min(ratios):.2f}–{max(ratios):.2f}, '
-                     f'{len(ratios)} paired seeds).')
-    else:
-        lines.append('Ratio random/active: undefined (a campaign never reached the target).')
+                  f'{summary["target_force_rmse"]:.3f} eV/Å. Labels needed to reach it (by seed): '
+              + '; '.join(f'{mode} {fmt(values)}' for mode, values in sorted(summary['labels_needed'].items())) + '.']
+    for mode, ratio in sorted(summary['ratios'].items()):
+        lines.append(f'Ratio random/{mode}: all labels {_spread(ratio["all_labels"])}; labels chosen by the loop '
+                     f'{_spread(ratio["chosen_labels"])}; {mode} never reached the target in '
+                     f'{ratio["never_reached"]} of {ratio["pairs"]} seeds.')
     return '\n'.join(lines)
+
+
+def report(results: list[dict]) -> str:
+    """Tables of every system over one or more result files (runs of one system pooled across files)."""
+    by_system: dict[str, list] = {}
+    initial = {}
+    for result in results:
+        for system, entry in result['systems'].items():
+            by_system.setdefault(system, []).extend(entry['runs'])
+            initial[system] = result['settings']['initial_labels']
+    reports = []
+    for system, runs in by_system.items():
+        if 'random' in {run['mode'] for run in runs} and len({run['mode'] for run in runs}) > 1:
+            reports.append(table(summarise(system, runs, initial[system]), runs))
+    return '\n\n'.join(reports)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--systems', nargs='+', default=list(SYSTEMS), choices=list(SYSTEMS))
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
-    parser.add_argument('--modes', nargs='+', default=['fps', 'random'], choices=['fps', 'random'])
+    parser.add_argument('--modes', nargs='+', default=['weighted', 'random'], choices=['weighted', 'fps', 'random'])
     parser.add_argument('--iterations', type=int, default=4)
     parser.add_argument('--labels-per-iteration', type=int, default=6)
     parser.add_argument('--initial-labels', type=int, default=12)
     parser.add_argument('--members', type=int, default=2)
-    parser.add_argument('--md-steps', type=int, default=150)
+    parser.add_argument('--md-steps', type=int, default=300)
+    parser.add_argument('--sample-interval', type=int, default=5)
     parser.add_argument('--temperatures', nargs='+', type=float, default=[400.0, 700.0, 1000.0])
     parser.add_argument('--test-temperature-factor', type=float, default=1.5)
     parser.add_argument('--test-frames', type=int, default=20)
@@ -224,7 +262,12 @@ def main(argv=None) -> int:
     parser.add_argument('--trust-hi', type=float, default=0.15)
     parser.add_argument('--stability-steps', type=int, default=500)
     parser.add_argument('--out', type=pathlib.Path, default=None, help='write all figures as JSON here')
+    parser.add_argument('--merge', nargs='+', type=pathlib.Path, default=None,
+                        help='run nothing: print the tables of these result files together')
     args = parser.parse_args(argv)
+    if args.merge:
+        print(report([json.loads(path.read_text()) for path in args.merge]))
+        return 0
 
     with throwaway_profile('data-efficiency') as folder:
         from aiida import engine, orm
@@ -247,7 +290,6 @@ def main(argv=None) -> int:
         }
         test_temperature = args.test_temperature_factor * max(args.temperatures)
         results = {'settings': vars(args) | {'out': str(args.out)}, 'systems': {}}
-        reports = []
         for system in args.systems:
             initial, start = SYSTEMS[system]()
             test_images = reference_md(start, test_temperature, args.test_frames, interval=25, seed=1234)
@@ -268,15 +310,10 @@ def main(argv=None) -> int:
                     print(f'{system} {mode} seed {seed}: {run["curve"]} ({run["wall_s"]:.0f} s); '
                           f'stability {run["stability"]}', flush=True)
                     runs.append(run)
-            if {'fps', 'random'} <= {run['mode'] for run in runs}:
-                summary = summarise(system, runs)
-                reports.append(table(summary, runs))
-                results['systems'][system] = {'summary': summary, 'runs': runs}
-            else:
-                results['systems'][system] = {'runs': runs}
-        print('\n\n'.join(reports))
-        if args.out:
-            args.out.write_text(json.dumps(results, indent=1, default=str))
+                    results['systems'][system] = {'runs': runs}
+                    if args.out:  # after every campaign, so that a long grid cut short keeps what it measured
+                        args.out.write_text(json.dumps(results, indent=1, default=str))
+        print(report([results]))
     return 0
 
 

@@ -195,7 +195,7 @@ def _target_temperature(parameters: dict, step: int) -> float:
     return start + (end - start) * step / parameters['steps']
 
 
-def _closest_distance(atoms, cutoff: float) -> float | None:
+def closest_distance(atoms, cutoff: float) -> float | None:
     """Smallest interatomic distance below ``cutoff`` (minimum image), None if none is that close."""
     from ase.neighborlist import neighbor_list
 
@@ -252,7 +252,7 @@ def run_md(atoms, calculator, parameters: dict) -> tuple[dict[str, np.ndarray], 
             break
         # An unphysical frame (atoms on top of each other) is not kept: it must never reach selection or training.
         if parameters['min_distance'] is not None:
-            closest = _closest_distance(atoms, parameters['min_distance'])
+            closest = closest_distance(atoms, parameters['min_distance'])
             if closest is not None:
                 reason = f'atoms closer than min_distance {parameters["min_distance"]} Å ({closest:.4g} Å) at step {steps_done}'
                 kind = 'close_contact'

@@ -10,6 +10,11 @@ The accounting and the choice are separate questions:
   frame of each trajectory is labelled (``rescue``): it lies just before the committee lost its way, is still
   physical, and teaches the model exactly what it is missing. Without this a hot campaign starves: most frames are
   failed, few are candidates, and the loop labels 2-5 frames per iteration where the model is worst.
+* ``weighted`` mode drops the hard line at ``trust_hi``: every counted frame above ``trust_lo`` whose atoms keep a
+  physical distance (``closest`` ≥ ``min_closest``) may be chosen, greedily by σ × descriptor distance to the
+  training data and the frames already chosen. A weak committee's trust window puts nearly every hot frame above
+  ``trust_hi``; then only σ can tell the frames where the committee is most wrong from those where it is merely
+  unsure, and the distance keeps the batch from piling onto one environment.
 """
 
 from __future__ import annotations
@@ -35,11 +40,13 @@ REASONS = {
     'capped': 'not picked: labels_per_iteration reached',
     'calibration': 'accurate frame labelled to calibrate σ (no calibration yet and no candidates)',
     'random': 'drawn uniformly from all counted frames (random baseline)',
+    'weighted': 'chosen by σ-weighted farthest-point sampling among physical frames above trust_lo',
+    'unphysical': 'two atoms closer than min_closest: a frame of MD that lost its way, not chosen',
 }
 #: ``fps``: candidates by farthest-point sampling, then rescue. ``random``: the baseline users compare against, as many
 #: frames drawn uniformly from every counted frame whatever its σ. ``random_candidates``: uniform among candidates
-#: only (an ablation of farthest-point sampling).
-MODES = ('fps', 'random', 'random_candidates')
+#: only (an ablation of farthest-point sampling). ``weighted``: σ × distance among physical frames above trust_lo.
+MODES = ('fps', 'random', 'random_candidates', 'weighted')
 #: A frame whose descriptor lies closer than this fraction of its own norm to a training configuration is a near-copy.
 DUPLICATE_RELATIVE_DISTANCE = 1e-3
 
@@ -84,6 +91,8 @@ def select_frames(
     trajectory: np.ndarray | None = None,
     step: np.ndarray | None = None,
     rescue_failed: bool = True,
+    closest: np.ndarray | None = None,
+    min_closest: float = 0.0,
 ) -> SelectionResult:
     """Select at most ``labels_per_iteration`` frames to label.
 
@@ -96,6 +105,8 @@ def select_frames(
     :param calibrate_with_accurate: with no candidate at all, label a diverse batch of accurate frames instead: an
         uncalibrated committee can look confident everywhere, and only labels tell whether it is.
     :param rescue_failed: fill the batch with the earliest failed frame of each trajectory (see the module docstring).
+    :param closest: per frame, its smallest interatomic distance (Å; default: every frame physical).
+    :param min_closest: ``weighted`` mode skips frames whose ``closest`` is below this (Å).
     """
     uncertainty = np.asarray(uncertainty, dtype=float)
     descriptors = np.atleast_2d(np.asarray(descriptors, dtype=float))
@@ -113,6 +124,11 @@ def select_frames(
     step = np.ones(count, dtype=int) if step is None else np.asarray(step, dtype=int)
     if trajectory.shape != (count,) or step.shape != (count,):
         raise ValueError(f'trajectory and step need one entry per frame ({count})')
+    closest = np.full(count, np.inf) if closest is None else np.asarray(closest, dtype=float)
+    if closest.shape != (count,):
+        raise ValueError(f'closest needs one entry per frame ({count}), got shape {closest.shape}')
+    if not min_closest >= 0:
+        raise ValueError(f'min_closest must be non-negative, got {min_closest}')
 
     classes = classify(uncertainty, trust_lo, trust_hi)
     reasons = np.array([CLASS_NAMES[c] for c in classes], dtype=object)
@@ -133,6 +149,9 @@ def select_frames(
         order = [int(i) for i in rng.choice(pool, size=min(cap, len(pool)), replace=False)]
         for index in order:
             reasons[index] = 'random'
+    elif mode == 'weighted':
+        order = _weighted_picks(uncertainty, descriptors, classes, counted, closest, min_closest, cap,
+                                training_descriptors, min_distance, reasons)
     elif mode == 'random_candidates':
         order = [int(i) for i in rng.choice(candidates, size=min(cap, len(candidates)), replace=False)]
         reasons[candidates] = 'capped'
@@ -163,6 +182,35 @@ def select_frames(
     chosen[order] = True
     reasons[chosen & (classes == CANDIDATE) & (reasons == 'capped')] = 'chosen'
     return SelectionResult(classes=classes, counted=counted, chosen=chosen, reasons=reasons.tolist(), order=order)
+
+
+def _weighted_picks(uncertainty, descriptors, classes, counted, closest, min_closest, cap, training_descriptors,
+                    min_distance, reasons) -> list[int]:
+    """Greedy picks maximising σ × (distance to the training data and the picks so far) among physical frames."""
+    uncertain = counted & (classes != ACCURATE)
+    unphysical = uncertain & (closest < min_closest)
+    reasons[unphysical] = 'unphysical'
+    pool = np.flatnonzero(uncertain & ~unphysical)
+    if not len(pool):
+        return []
+    reasons[pool] = 'capped'
+    points = descriptors[pool]
+    distance = distance_to_set(points, training_descriptors)
+    if not np.isfinite(distance).any():  # nothing to compare with: σ alone decides the first pick
+        distance = np.ones(len(pool))
+    weight = np.where(np.isfinite(uncertainty[pool]), uncertainty[pool], 0.0)
+    order: list[int] = []
+    available = np.ones(len(pool), dtype=bool)
+    while len(order) < cap and available.any():
+        local = int(np.argmax(np.where(available, weight * distance, -np.inf)))
+        available[local] = False
+        if min_distance and distance[local] < min_distance:
+            reasons[pool[local]] = 'duplicate'
+            continue
+        order.append(int(pool[local]))
+        reasons[pool[local]] = 'weighted'
+        distance = np.minimum(distance, np.sqrt(((points - points[local]) ** 2).sum(axis=1)))
+    return order
 
 
 def _earliest_failed(classes, counted, trajectory, step) -> list[int]:

@@ -24,6 +24,7 @@ SELECTION_DEFAULTS = {
     'descriptor': 'local',
     'descriptor_r_cut': 5.0,
     'descriptor_bins': 32,
+    'contact_fraction': 0.8,
 }
 PERTURBATION_KEYS = ('count', 'rattle_std', 'max_strain', 'seed')
 #: Defaults of the ``validation`` input: MD of the final committee at temperature_factor × the hottest exploration,
@@ -97,6 +98,9 @@ def validate_selection(value, _=None) -> str | None:
         return f"selection: descriptor must be 'local' or 'radial', got {settings['descriptor']!r}"
     if settings['descriptor_r_cut'] <= 0 or int(settings['descriptor_bins']) < 2:
         return 'selection: descriptor_r_cut must be positive and descriptor_bins at least 2'
+    fraction = settings['contact_fraction']
+    if not _is_number(fraction) or not 0 < fraction <= 1:
+        return f'selection: contact_fraction must be a number in (0, 1], got {fraction!r}'
     return None
 
 

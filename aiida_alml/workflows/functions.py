@@ -80,6 +80,19 @@ def exploration_accounting(overview: dict) -> dict:
     return runs
 
 
+def physical_contacts(frames: list, training: list, contact_fraction: float) -> tuple[np.ndarray, float]:
+    """Per frame its closest interatomic distance (inf: none closer than the training data's), and the threshold
+    below which a frame is unphysical: ``contact_fraction`` × the closest distance in any training configuration."""
+    from aiida_alml.engines.md import closest_distance
+
+    reference = [closest_distance(atoms, 6.0) for atoms in training]
+    reference = min((d for d in reference if d is not None), default=None)
+    if reference is None:
+        return np.full(len(frames), np.inf), 0.0
+    found = [closest_distance(atoms, reference) for atoms in frames]
+    return np.array([np.inf if d is None else d for d in found]), contact_fraction * reference
+
+
 @calcfunction
 def select_for_labelling(
     settings: orm.Dict,
@@ -126,11 +139,15 @@ def select_for_labelling(
     )
     trajectory_index = np.array([o[0] for o in origin], dtype=np.int64)
     steps = np.array(steps, dtype=np.int64)
+    closest, min_closest = None, 0.0
+    if settings['mode'] == 'weighted':
+        closest, min_closest = physical_contacts(frames, training_set.to_ase(), settings['contact_fraction'])
     result = select_frames(
         uncertainty, descriptors, settings['trust_lo'], settings['trust_hi'], settings['labels_per_iteration'],
         training_descriptors=training_descriptors, min_distance=settings['min_distance'], mode=settings['mode'],
         seed=settings['seed'] + iteration.value, calibrate_with_accurate=not calibrated.value,
         trajectory=trajectory_index, step=steps, rescue_failed=settings['rescue_failed'],
+        closest=closest, min_closest=min_closest,
     )
     runs = exploration_accounting(exploration_overview.get_dict())
 
@@ -143,12 +160,15 @@ def select_for_labelling(
     record.set_array('counted', result.counted)
     record.set_array('chosen', result.chosen)
     record.set_array('reason', np.array(result.reasons, dtype='U16'))
+    if closest is not None:
+        record.set_array('closest', closest)
     record.base.attributes.set_many({
         'trajectories': {str(i): {'key': key, 'uuid': trajectories[key].uuid} for i, key in enumerate(keys)},
         'class_names': list(CLASS_NAMES),
         'pick_order': [int(i) for i in result.order],
         'iteration': iteration.value,
         'calibration': calibration.value,
+        'min_closest': min_closest,
         'settings': settings,
         'reasons': {reason: REASONS[reason] for reason in sorted(set(result.reasons))},
     })

@@ -190,6 +190,8 @@ CAMPAIGN_KEYS = [
     Bad('selection', 'descriptor_bins: many', 'not a whole number', setting('selection.descriptor_bins', 'many'),
         r"selection: descriptor_bins must be a whole number, got 'many'"),
     Bad('selection', 'mode: best', 'unknown mode', setting('selection.mode', 'best'), r'selection: mode must be one of'),
+    Bad('selection', 'contact_fraction: 1.5', 'a contact threshold above the training data\'s closest distance',
+        setting('selection.contact_fraction', 1.5), r'selection: contact_fraction must be a number in \(0, 1\], got 1.5'),
     Bad('selection', 'trust_low: 0.1', 'misspelt key', setting('selection.trust_low', 0.1),
         r'selection: unknown keys trust_low \(did you mean trust_lo'),
     Bad('initial_perturbation', 'max_strain: 5.0', 'strains that invert cells (negative volume)',

@@ -113,13 +113,55 @@ def test_select_frames_random_baseline_same_count():
 
 @pytest.mark.parametrize('kwargs, message', [
     ({'labels_per_iteration': 0}, 'labels_per_iteration must be positive'),
-    ({'mode': 'best'}, 'selection mode must be one of fps, random, random_candidates'),
+    ({'mode': 'best'}, 'selection mode must be one of fps, random, random_candidates, weighted'),
+    ({'min_closest': -1.0}, 'min_closest must be non-negative'),
+    ({'closest': np.ones(2)}, 'closest needs one entry per frame'),
     ({'min_distance': -1.0}, 'min_distance must be non-negative'),
 ])
 def test_select_frames_bad_input(kwargs, message):
     arguments = {'labels_per_iteration': 2, **kwargs}
     with pytest.raises(ValueError, match=message):
         select_frames(np.full(3, 0.1), np.zeros((3, 1)), 0.05, 0.15, **arguments)
+
+
+def test_weighted_mode_ranks_failed_frames_by_sigma_times_novelty_and_skips_unphysical_ones():
+    # frames: 0 accurate; 1 candidate, new; 2 failed, most uncertain but two atoms 1.0 Å apart; 3 failed, uncertain
+    # and new; 4 failed, as uncertain as 3 but a copy of the training environment at 0; 5 failed, uncertain, close
+    # to 3 in descriptor space
+    uncertainty = np.array([0.01, 0.10, 2.00, 0.60, 0.60, 0.55])
+    descriptors = np.array([[1.0], [2.0], [5.0], [4.0], [0.01], [3.95]])
+    closest = np.array([2.4, 2.4, 1.0, 2.3, 2.4, 2.3])
+    result = select_frames(uncertainty, descriptors, 0.05, 0.15, labels_per_iteration=2, mode='weighted',
+                           training_descriptors=np.array([[0.0]]), closest=closest, min_closest=1.9)
+    # σ × distance: 3 → 0.6·4 = 2.4 first; then 1 → 0.1·2 = 0.2 beats 5 (0.55·0.05) and 4 (0.6·0.01)
+    assert result.order == [3, 1]
+    assert [result.reasons[i] for i in result.order] == ['weighted', 'weighted']
+    assert result.reasons[2] == 'unphysical' and result.reasons[0] == 'accurate'
+    assert {result.reasons[i] for i in (4, 5)} == {'capped'}
+    assert set(result.reasons) <= set(REASONS)
+    # the same frames under fps: candidates first, then the earliest failed frame, whatever its σ or contacts
+    fps = select_frames(uncertainty, descriptors, 0.05, 0.15, labels_per_iteration=2,
+                        training_descriptors=np.array([[0.0]]), closest=closest, min_closest=1.9)
+    assert fps.order == [1, 2]
+
+
+def test_weighted_mode_prefers_one_distorted_environment_over_a_shifted_copy():
+    """The issue's check on real descriptors: a cell with one displaced atom beats a rigidly shifted training cell."""
+    from aiida_alml.selection import selection_descriptors
+
+    training = bulk('Cu', 'fcc', a=3.6, cubic=True).repeat(2)
+    shifted = training.copy()
+    shifted.positions += [0.7, 0.3, 0.2]
+    distorted = training.copy()
+    distorted.positions[5] += [0.35, -0.2, 0.1]
+    frames = [shifted, distorted]
+    sigma = [np.full(len(atoms), 0.2) for atoms in frames]  # equal σ: the choice is the descriptors'
+    for index, atoms in enumerate(frames):
+        sigma[index][5] = 0.3
+    descriptors, reference = selection_descriptors(frames, [training], sigma, [29])
+    result = select_frames(np.array([0.3, 0.3]), descriptors, 0.05, 0.15, labels_per_iteration=1, mode='weighted',
+                           training_descriptors=reference)
+    assert result.order == [1] and result.reasons[0] == 'known'
 
 
 def test_calibration_recovers_known_scale():

@@ -1,0 +1,54 @@
+"""``select_for_labelling`` in ``weighted`` mode on hand-made trajectories: σ-ranked picks, unphysical frames refused,
+and the contact test recorded beside every other decision."""
+
+import numpy as np
+from aiida import orm
+from ase.build import bulk
+
+from aiida_alml.workflows.active_learning_inputs import SELECTION_DEFAULTS
+from aiida_alml.workflows.functions import select_for_labelling
+
+
+def _trajectory(frames, sigmas):
+    trajectory = orm.TrajectoryData()
+    trajectory.set_trajectory(
+        symbols=frames[0].get_chemical_symbols(),
+        positions=np.array([atoms.positions for atoms in frames]),
+        cells=np.array([atoms.cell.array for atoms in frames]),
+        stepids=np.arange(len(frames)) * 10,
+        pbc=[True, True, True],
+    )
+    trajectory.set_array('force_sigma', np.array(sigmas))
+    return trajectory
+
+
+def test_weighted_selection_ranks_by_sigma_and_refuses_unphysical_frames(emt_labelled):
+    from aiida_alml.data import ConfigurationSet
+
+    training = ConfigurationSet.from_ase(emt_labelled)
+    cell = bulk('Cu', 'fcc', a=3.6, cubic=True).repeat(2)
+    rng = np.random.default_rng(0)
+    frames, sigmas = [cell.copy()], [np.full(len(cell), 0.01)]  # step 0: the start, never counted
+    for sigma in (0.02, 0.3, 0.6, 0.9):  # accurate, then ever more uncertain
+        atoms = cell.copy()
+        atoms.positions += rng.normal(0.0, 0.08, atoms.positions.shape)
+        frames.append(atoms)
+        sigmas.append(np.full(len(atoms), sigma / 2))
+        sigmas[-1][3] = sigma
+    crushed = frames[-1].copy()  # the most uncertain frame of all, but with two atoms 1.2 Å apart
+    crushed.positions[1] = crushed.positions[0] + [1.2, 0.0, 0.0]
+    frames.append(crushed)
+    sigmas.append(np.full(len(crushed), 2.0))
+
+    settings = {**SELECTION_DEFAULTS, 'mode': 'weighted', 'labels_per_iteration': 2}
+    outputs = select_for_labelling(
+        orm.Dict(settings), orm.Float(1.0), orm.Int(0), training, orm.Bool(True),
+        orm.Dict({}), t0=_trajectory(frames, sigmas))
+    record = outputs['record']
+    reasons = record.get_array('reason').tolist()
+    assert reasons[0] == 'start' and reasons[1] == 'accurate'
+    assert reasons[5] == 'unphysical' and record.get_array('closest')[5] < record.base.attributes.get('min_closest')
+    assert record.base.attributes.get('pick_order') == [4, 3]  # largest σ first: novelty is alike
+    assert [reasons[i] for i in (4, 3)] == ['weighted', 'weighted'] and reasons[2] == 'capped'
+    assert outputs['summary']['num_chosen'] == 2
+    assert [m['selection_reason'] for m in outputs['selected'].configurations.metadata] == ['weighted'] * 2

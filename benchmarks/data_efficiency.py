@@ -174,6 +174,42 @@ def stability(models, start, temperature: float, steps: int, seed: int) -> dict:
     return {'steps': steps, 'blew_up': False, 'closest': closest, 'max_sigma': max_sigma}
 
 
+def selection_diagnostics(node) -> list[dict]:
+    """Per iteration, what the loop's choice was worth, from the reference itself (EMT is cheap enough to label
+    every explored frame): Spearman(σ, true error) over the counted frames, and the committee's true force RMSE
+    (per component) on the chosen frames against all counted frames. A random pick scores the pool's mean."""
+    from aiida import orm
+    from ase import Atoms
+    from ase.calculators.emt import EMT
+
+    rows = []
+    for key in sorted(node.outputs.selection_records, key=lambda k: int(k.rsplit('_', 1)[1])):
+        record = node.outputs.selection_records[key]
+        trajectories = {int(index): orm.load_node(entry['uuid'])
+                        for index, entry in record.base.attributes.get('trajectories').items()}
+        counted, chosen = record.get_array('counted'), record.get_array('chosen')
+        errors = np.full(len(counted), np.nan)
+        for row, (index, frame) in enumerate(zip(record.get_array('trajectory_index'), record.get_array('frame'))):
+            if not counted[row]:
+                continue
+            trajectory = trajectories[int(index)]
+            atoms = Atoms(symbols=trajectory.symbols, positions=trajectory.get_positions()[frame],
+                          cell=trajectory.get_cells()[frame], pbc=True, calculator=EMT())
+            difference = atoms.get_forces() - trajectory.get_array('forces')[frame]
+            errors[row] = float(np.sqrt(np.mean(difference ** 2)))
+        uncertainty = record.get_array('uncertainty')
+        mask = counted & np.isfinite(errors) & np.isfinite(uncertainty)
+        ranks = [np.argsort(np.argsort(values[mask])) for values in (uncertainty, errors)]
+        rows.append({
+            'iteration': int(key.rsplit('_', 1)[1]),
+            'counted': int(mask.sum()),
+            'spearman_sigma_error': float(np.corrcoef(*ranks)[0, 1]) if mask.sum() > 2 else None,
+            'pool_force_rmse': float(np.sqrt(np.mean(errors[mask] ** 2))) if mask.any() else None,
+            'chosen_force_rmse': float(np.sqrt(np.mean(errors[chosen & mask] ** 2))) if (chosen & mask).any() else None,
+        })
+    return rows
+
+
 # ---------------------------------------------------------------------- report
 def summarise(system: str, runs: list[dict], initial_labels: int) -> dict:
     """Labels each mode needs to reach the random campaigns' median final error, and the paired ratios."""
@@ -215,6 +251,16 @@ def table(summary: dict, runs: list[dict]) -> str:
         sigma = f'{stable["max_sigma"]:.2f}' if stable['max_sigma'] is not None else '-'
         lines.append(f'| {run["mode"]} | {run["seed"]} | {curve} | {state} after {stable["steps"]} steps; closest '
                      f'{closest}; max σ {sigma} eV/Å |')
+    diagnostics = [(run['mode'], run['seed'], row) for run in sorted(runs, key=lambda r: (r['mode'], r['seed']))
+                   for row in run.get('selection', [])]
+    if diagnostics:
+        lines += ['', '| mode | seed | iteration | counted frames | Spearman(σ, true error) | true force RMSE: pool → '
+                      'chosen (eV/Å) |', '|---|---|---|---|---|---|']
+        for mode, seed, row in diagnostics:
+            rho = '-' if row['spearman_sigma_error'] is None else f'{row["spearman_sigma_error"]:.2f}'
+            pool = '-' if row['pool_force_rmse'] is None else f'{row["pool_force_rmse"]:.3f}'
+            chosen = '-' if row['chosen_force_rmse'] is None else f'{row["chosen_force_rmse"]:.3f}'
+            lines.append(f'| {mode} | {seed} | {row["iteration"]} | {row["counted"]} | {rho} | {pool} → {chosen} |')
 
     def fmt(values):
         return ', '.join('never' if not np.isfinite(v) else f'{v:.1f}' for _, v in sorted(values.items()))
@@ -305,6 +351,7 @@ def main(argv=None) -> int:
                         continue
                     run = {'mode': mode, 'seed': seed, 'pk': node.pk, 'exit_status': node.exit_status,
                            'curve': learning_curve(node), 'wall_s': time.perf_counter() - began}
+                    run['selection'] = selection_diagnostics(node)
                     run['stability'] = stability(dict(node.outputs.models.items()), start, test_temperature,
                                                  args.stability_steps, seed)
                     print(f'{system} {mode} seed {seed}: {run["curve"]} ({run["wall_s"]:.0f} s); '

@@ -99,7 +99,17 @@ def campaign_inputs(codes, initial, start, test_set, args, mode: str, seed: int)
 
     from aiida_alml.data import ConfigurationSet
 
-    schedule = [{'temperature': t} for t in args.temperatures]
+    def run(temperature, seed):
+        return {'ensemble': 'nvt_langevin', 'temperature': temperature, 'steps': args.md_steps, 'timestep': 2.0,
+                'sample_interval': args.sample_interval, 'seed': seed}
+
+    if args.exploration == 'schedule':  # two runs per iteration, one temperature per iteration, rising
+        exploration = {'explore': {'md': {'code': codes['md'], 'metadata': {'options': OPTIONS}},
+                                   'conditions': orm.List([run(args.temperatures[0], k) for k in (1, 2)])},
+                       'explore_schedule': orm.List([{'temperature': t} for t in args.temperatures])}
+    else:  # one run per temperature in every iteration: a pool where most frames are easier than the hardest
+        exploration = {'explore': {'md': {'code': codes['md'], 'metadata': {'options': OPTIONS}},
+                                   'conditions': orm.List([run(t, k + 1) for k, t in enumerate(args.temperatures)])}}
     return {
         'initial_structures': ConfigurationSet.from_ase(initial),
         'initial_perturbation': orm.Dict({'count': args.initial_labels, 'rattle_std': 0.04, 'max_strain': 0.02,
@@ -112,12 +122,7 @@ def campaign_inputs(codes, initial, start, test_set, args, mode: str, seed: int)
         'train': {'num_members': orm.Int(args.members),
                   'train': {'code': codes['train'], 'e0s': orm.Str('average'), 'parameters': orm.Dict(MODEL),
                             'metadata': {'options': OPTIONS}}},
-        'explore': {'md': {'code': codes['md'], 'metadata': {'options': OPTIONS}},
-                    'conditions': orm.List([{'ensemble': 'nvt_langevin', 'temperature': args.temperatures[0],
-                                             'steps': args.md_steps, 'timestep': 2.0,
-                                             'sample_interval': args.sample_interval,
-                                             'seed': k} for k in (1, 2)])},
-        'explore_schedule': orm.List(schedule),
+        **exploration,
         'selection': orm.Dict({'trust_lo': args.trust_lo, 'trust_hi': args.trust_hi,
                                'labels_per_iteration': args.labels_per_iteration, 'mode': mode}),
         'warm_start': orm.Bool(True),
@@ -302,6 +307,9 @@ def main(argv=None) -> int:
     parser.add_argument('--md-steps', type=int, default=300)
     parser.add_argument('--sample-interval', type=int, default=5)
     parser.add_argument('--temperatures', nargs='+', type=float, default=[400.0, 700.0, 1000.0])
+    parser.add_argument('--exploration', choices=['schedule', 'spread'], default='schedule',
+                        help='schedule: two MD runs per iteration at one temperature, rising from iteration to '
+                             'iteration; spread: one run per temperature in every iteration')
     parser.add_argument('--test-temperature-factor', type=float, default=1.5)
     parser.add_argument('--test-frames', type=int, default=20)
     parser.add_argument('--trust-lo', type=float, default=0.05)

@@ -20,8 +20,8 @@ it):
   the ``dataset`` (frames are matched by their numbers, positions and cell);
 * submitted twice: two launched processes (jobs or work chains) under the same call link label of one parent; a
   child that was stored but never launched before the kill is listed apart (``never_launched``);
-* jobs run twice: a job directory in which the program started more than once (the start log); also counted, CalcJobs
-  with equal input hashes (``jobs_same_inputs``);
+* jobs run twice: a job directory in which the program started more than once (the start log); also counted, launched
+  CalcJobs with equal input hashes (``jobs_same_inputs``; a never-launched copy is not counted there);
 * orphans: jobs and work chains of the campaign still not terminated once it has ended (after ``--settle`` s), and
   apart from them the calcfunction nodes that were running inside the killed worker (they stay "running": AiiDA
   runs a calcfunction in the worker, without a checkpoint, and the replayed step runs it again);
@@ -466,7 +466,8 @@ def count_campaign(pk: int, log: pathlib.Path, log_offset: int, settle: float) -
     # calcfunction that ran in a killed worker is run again by the replayed step: counted as dead nodes instead.)
     paths = collections.Counter(p.path for p in snapshot.procs if p.kind != 'calcfunction' and not p.never_launched)
     double_paths = {path: count for path, count in paths.items() if count > 1}
-    jobs = [p for p in snapshot.procs if p.kind == 'calcjob']
+    # A job stored but never launched (marked so by submit_once and replaced) never ran: listed apart, not a copy.
+    jobs = [p for p in snapshot.procs if p.kind == 'calcjob' and not p.never_launched]
     by_hash = collections.Counter(orm.load_node(p.pk).base.caching.get_hash() for p in jobs)
     workdirs = {}  # remote working directory -> path of its CalcJob
     for proc in jobs:

@@ -187,28 +187,31 @@ def selection_diagnostics(node) -> list[dict]:
     from ase import Atoms
     from ase.calculators.emt import EMT
 
+    from aiida_alml.selection.calibration import spearman
+    from aiida_alml.workflows.functions import force_errors
+
     rows = []
     for key in sorted(node.outputs.selection_records, key=lambda k: int(k.rsplit('_', 1)[1])):
         record = node.outputs.selection_records[key]
-        trajectories = {int(index): orm.load_node(entry['uuid'])
-                        for index, entry in record.base.attributes.get('trajectories').items()}
+        trajectories = {}  # index -> (symbols, positions, cells, committee-mean forces), each read once
+        for index, entry in record.base.attributes.get('trajectories').items():
+            trajectory = orm.load_node(entry['uuid'])
+            trajectories[int(index)] = (trajectory.symbols, trajectory.get_positions(), trajectory.get_cells(),
+                                        trajectory.get_array('forces'))
         counted, chosen = record.get_array('counted'), record.get_array('chosen')
         errors = np.full(len(counted), np.nan)
         for row, (index, frame) in enumerate(zip(record.get_array('trajectory_index'), record.get_array('frame'))):
             if not counted[row]:
                 continue
-            trajectory = trajectories[int(index)]
-            atoms = Atoms(symbols=trajectory.symbols, positions=trajectory.get_positions()[frame],
-                          cell=trajectory.get_cells()[frame], pbc=True, calculator=EMT())
-            difference = atoms.get_forces() - trajectory.get_array('forces')[frame]
-            errors[row] = float(np.sqrt(np.mean(difference ** 2)))
+            symbols, positions, cells, forces = trajectories[int(index)]
+            atoms = Atoms(symbols=symbols, positions=positions[frame], cell=cells[frame], pbc=True, calculator=EMT())
+            errors[row] = force_errors(atoms.get_forces() - forces[frame])['force_rmse']
         uncertainty = record.get_array('uncertainty')
         mask = counted & np.isfinite(errors) & np.isfinite(uncertainty)
-        ranks = [np.argsort(np.argsort(values[mask])) for values in (uncertainty, errors)]
         rows.append({
             'iteration': int(key.rsplit('_', 1)[1]),
             'counted': int(mask.sum()),
-            'spearman_sigma_error': float(np.corrcoef(*ranks)[0, 1]) if mask.sum() > 2 else None,
+            'spearman_sigma_error': spearman(uncertainty[mask], errors[mask]) if mask.sum() > 2 else None,
             'pool_force_rmse': float(np.sqrt(np.mean(errors[mask] ** 2))) if mask.any() else None,
             'chosen_force_rmse': float(np.sqrt(np.mean(errors[chosen & mask] ** 2))) if (chosen & mask).any() else None,
         })

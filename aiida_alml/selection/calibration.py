@@ -53,7 +53,7 @@ from scipy.special import betainc, digamma, gammainc, polygamma
 
 __all__ = (
     'calibration_summary', 'expected_factor', 'f_cdf', 'fit_calibration', 'fit_calibration_factor', 'frame_coverage',
-    'promised_frame_coverage',
+    'promised_frame_coverage', 'spearman',
 )
 
 #: σ below this (eV/Å) is raised to it, so that atoms on which all members agree exactly do not divide by zero.
@@ -206,7 +206,7 @@ def calibration_summary(errors: np.ndarray, sigmas: np.ndarray, factor: float, n
         'num_pairs': int(len(errors)),
         'rmse_force': float(np.sqrt(np.mean(errors**2))),
         'rms_sigma': float(np.sqrt(np.mean(sigmas**2))),
-        'spearman': _spearman(errors, sigmas) if len(errors) > 2 else None,
+        'spearman': spearman(errors, sigmas) if len(errors) > 2 else None,
         'coverage_1sigma': float(np.mean(errors <= scaled)),
     }
     if num_members is not None:
@@ -280,7 +280,7 @@ def _coverage(errors, sigmas, frames, num_frames, factor, num_members, floor) ->
         'frame_promised_flat_prior': flat,
         'atom_observed_1sigma': float(np.mean(errors <= factor * sigmas)),
         'atom_promised_1sigma': float(f_cdf(1.0, 3, nu)),
-        'spearman_frame': _spearman(max_sigma, max_error) if num_frames >= 3 else None,
+        'spearman_frame': spearman(max_sigma, max_error) if num_frames >= 3 else None,
         'prior_log_tau2_mean': prior['mean'],
         'prior_log_tau2_var_frame': prior['var_frame'],
         'prior_log_tau2_var_atom': prior['var_atom'],
@@ -369,7 +369,8 @@ def _rank(values: np.ndarray) -> np.ndarray:
     return ((ends - (counts - 1) / 2.0) - 1)[inverse.ravel()]
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman rank correlation (ties share their average rank); None when either input is constant."""
     rank_a, rank_b = _rank(np.asarray(a, dtype=float)), _rank(np.asarray(b, dtype=float))
     if rank_a.std() == 0 or rank_b.std() == 0:
         return None

@@ -133,15 +133,16 @@ def select_for_labelling(
     uncertainty = np.array([frame_uncertainty(sigma, calibration.value) for sigma in sigma_atoms])
 
     elements = sorted(set(training_set.configurations.numbers.tolist()).union(*(set(a.numbers) for a in frames)))
+    training = training_set.to_ase()
     descriptors, training_descriptors = selection_descriptors(
-        frames, training_set.to_ase(), sigma_atoms, elements, kind=settings['descriptor'],
+        frames, training, sigma_atoms, elements, kind=settings['descriptor'],
         r_cut=settings['descriptor_r_cut'], n_bins=settings['descriptor_bins'],
     )
     trajectory_index = np.array([o[0] for o in origin], dtype=np.int64)
     steps = np.array(steps, dtype=np.int64)
     closest, min_closest = None, 0.0
     if settings['mode'] == 'weighted':
-        closest, min_closest = physical_contacts(frames, training_set.to_ase(), settings['contact_fraction'])
+        closest, min_closest = physical_contacts(frames, training, settings['contact_fraction'])
     result = select_frames(
         uncertainty, descriptors, settings['trust_lo'], settings['trust_hi'], settings['labels_per_iteration'],
         training_descriptors=training_descriptors, min_distance=settings['min_distance'], mode=settings['mode'],

@@ -19,6 +19,11 @@ error the random campaigns end with (linear interpolation on the learning curve;
 ratio random/active with its spread over seeds, counted both in all labels and in the labels the loop chose (the
 initial labels are the same for every campaign), and a stability check of each final committee (NVT MD at the test
 temperature, in-process: blow-ups, closest distance, largest σ).
+
+With 12 initial labels and 4 iterations of 6, neither ratio can exceed 3 in all labels, whatever the selection: the
+active campaign would have to reach random's final error with no label of its own. To measure larger ratios, give the
+random campaigns a larger budget (``--random-label-factor 3``: 18 labels per iteration); the report then also gives,
+per paired seed, the labels random needs to reach the error the active campaign ends with.
 """
 
 from __future__ import annotations
@@ -124,7 +129,7 @@ def campaign_inputs(codes, initial, start, test_set, args, mode: str, seed: int)
                             'metadata': {'options': OPTIONS}}},
         **exploration,
         'selection': orm.Dict({'trust_lo': args.trust_lo, 'trust_hi': args.trust_hi,
-                               'labels_per_iteration': args.labels_per_iteration, 'mode': mode}),
+                               'labels_per_iteration': labels_per_iteration(args, mode), 'mode': mode}),
         'warm_start': orm.Bool(True),
         'warm_start_parameters': orm.Dict({'max_num_epochs': 10}),
         # The benchmark compares learning curves at equal budgets: no campaign may stop early by converging.
@@ -134,6 +139,12 @@ def campaign_inputs(codes, initial, start, test_set, args, mode: str, seed: int)
         'max_labels': orm.Int(10_000),
         'seed': orm.Int(seed),
     }
+
+
+def labels_per_iteration(args, mode: str) -> int:
+    """Random campaigns may be given a larger budget (``--random-label-factor``), so that the labels random needs to
+    match active learning's final error can be measured rather than only bounded."""
+    return args.labels_per_iteration * (args.random_label_factor if mode == 'random' else 1)
 
 
 def learning_curve(node) -> list[tuple[int, float]]:
@@ -237,7 +248,31 @@ def summarise(system: str, runs: list[dict], initial_labels: int) -> dict:
         chosen = [(r - initial_labels) / (a - initial_labels) for r, a in finite if a > initial_labels]
         ratios[mode] = {'all_labels': total, 'chosen_labels': chosen, 'pairs': len(pairs),
                         'never_reached': sum(1 for _, a in pairs if not np.isfinite(a))}
-    return {'system': system, 'target_force_rmse': target, 'labels_needed': needed, 'ratios': ratios}
+    return {'system': system, 'target_force_rmse': target, 'labels_needed': needed, 'ratios': ratios,
+            'random_to_match': random_to_match(runs, initial_labels)}
+
+
+def random_to_match(runs: list[dict], initial_labels: int) -> dict:
+    """Per active mode and paired seed: the labels the random campaign needs to reach the error the active campaign
+    ends with, and the ratio to the labels the active campaign used. A random campaign that never gets there gives a
+    lower bound (its own final label count), flagged ``bound``."""
+    random_runs = {run['seed']: run for run in runs if run['mode'] == 'random'}
+    matched = {}
+    for run in runs:
+        if run['mode'] == 'random' or run['seed'] not in random_runs:
+            continue
+        active_labels, active_error = run['curve'][-1]
+        random_curve = random_runs[run['seed']]['curve']
+        needed = labels_to_reach(random_curve, active_error)
+        bound = not np.isfinite(needed)
+        used = random_curve[-1][0] if bound else needed
+        matched.setdefault(run['mode'], []).append({
+            'seed': run['seed'], 'active_labels': active_labels, 'active_force_rmse': active_error,
+            'random_labels': used, 'bound': bound, 'all_labels': used / active_labels,
+            'chosen_labels': (used - initial_labels) / (active_labels - initial_labels)
+            if active_labels > initial_labels else None,
+        })
+    return matched
 
 
 def _spread(values: list[float]) -> str:
@@ -249,15 +284,16 @@ def _spread(values: list[float]) -> str:
 
 def table(summary: dict, runs: list[dict]) -> str:
     lines = [f'### {summary["system"]}', '',
-             '| mode | seed | labels → held-out force RMSE (eV/Å, per component) | final committee, NVT MD |',
-             '|---|---|---|---|']
+             '| mode | seed | labels per iteration | labels → held-out force RMSE (eV/Å, per component) | final '
+             'committee, NVT MD |', '|---|---|---|---|---|']
     for run in sorted(runs, key=lambda r: (r['mode'], r['seed'])):
         curve = ', '.join(f'{n} → {e:.3f}' for n, e in run['curve'])
         stable = run['stability']
         state = 'blew up' if stable['blew_up'] else 'stable'
         closest = f'{stable["closest"]:.2f} Å' if stable['closest'] is not None else '-'
         sigma = f'{stable["max_sigma"]:.2f}' if stable['max_sigma'] is not None else '-'
-        lines.append(f'| {run["mode"]} | {run["seed"]} | {curve} | {state} after {stable["steps"]} steps; closest '
+        per_iteration = run.get('labels_per_iteration', '-')
+        lines.append(f'| {run["mode"]} | {run["seed"]} | {per_iteration} | {curve} | {state} after {stable["steps"]} steps; closest '
                      f'{closest}; max σ {sigma} eV/Å |')
     diagnostics = [(run['mode'], run['seed'], row) for run in sorted(runs, key=lambda r: (r['mode'], r['seed']))
                    for row in run.get('selection', [])]
@@ -276,6 +312,15 @@ def table(summary: dict, runs: list[dict]) -> str:
     lines += ['', f'Target: the median final held-out force RMSE of the random campaigns, '
                   f'{summary["target_force_rmse"]:.3f} eV/Å. Labels needed to reach it (by seed): '
               + '; '.join(f'{mode} {fmt(values)}' for mode, values in sorted(summary['labels_needed'].items())) + '.']
+    for mode, pairs in sorted(summary['random_to_match'].items()):
+        cells = []
+        for pair in pairs:
+            sign = '>' if pair['bound'] else ''
+            chosen = '-' if pair['chosen_labels'] is None else f'{sign}{pair["chosen_labels"]:.2f}'
+            cells.append(f'seed {pair["seed"]}: {mode} {pair["active_labels"]} labels → {pair["active_force_rmse"]:.3f}; '
+                         f'random needs {sign}{pair["random_labels"]:.1f} (ratio {sign}{pair["all_labels"]:.2f} in all '
+                         f'labels, {chosen} in chosen labels)')
+        lines.append(f'Random to match {mode}\'s final error: ' + '; '.join(cells) + '.')
     for mode, ratio in sorted(summary['ratios'].items()):
         lines.append(f'Ratio random/{mode}: all labels {_spread(ratio["all_labels"])}; labels chosen by the loop '
                      f'{_spread(ratio["chosen_labels"])}; {mode} never reached the target in '
@@ -288,7 +333,11 @@ def report(results: list[dict]) -> str:
     by_system: dict[str, list] = {}
     initial = {}
     for result in results:
+        settings = result['settings']
         for system, entry in result['systems'].items():
+            for run in entry['runs']:  # files written before the label factor existed
+                factor = settings.get('random_label_factor', 1) if run['mode'] == 'random' else 1
+                run.setdefault('labels_per_iteration', settings['labels_per_iteration'] * factor)
             by_system.setdefault(system, []).extend(entry['runs'])
             initial[system] = result['settings']['initial_labels']
     reports = []
@@ -305,6 +354,9 @@ def main(argv=None) -> int:
     parser.add_argument('--modes', nargs='+', default=['weighted', 'random'], choices=['weighted', 'fps', 'random'])
     parser.add_argument('--iterations', type=int, default=4)
     parser.add_argument('--labels-per-iteration', type=int, default=6)
+    parser.add_argument('--random-label-factor', type=int, default=1,
+                        help='random campaigns label this many times --labels-per-iteration (to measure, not bound, '
+                             'how many labels random needs to match active learning)')
     parser.add_argument('--initial-labels', type=int, default=12)
     parser.add_argument('--members', type=int, default=2)
     parser.add_argument('--md-steps', type=int, default=300)
@@ -360,7 +412,8 @@ def main(argv=None) -> int:
                     if 'learning_curve' not in node.outputs:
                         print(f'{system} {mode} seed {seed}: campaign <{node.pk}> failed: {node.exit_message}')
                         continue
-                    run = {'mode': mode, 'seed': seed, 'pk': node.pk, 'exit_status': node.exit_status,
+                    run = {'mode': mode, 'seed': seed, 'labels_per_iteration': labels_per_iteration(args, mode),
+                           'pk': node.pk, 'exit_status': node.exit_status,
                            'curve': learning_curve(node), 'wall_s': time.perf_counter() - began}
                     run['selection'] = selection_diagnostics(node)
                     run['stability'] = stability(dict(node.outputs.models.items()), start, test_temperature,

@@ -266,7 +266,13 @@ def random_to_match(runs: list[dict], initial_labels: int) -> dict:
         needed = labels_to_reach(random_curve, active_error)
         bound = not np.isfinite(needed)
         used = random_curve[-1][0] if bound else needed
+        # Point k of either curve is the committee after k rounds of (warm-started) training, so comparing points of
+        # equal index compares the same training schedule on different data; interpolating between the random
+        # campaign's points compares a committee trained k times with one trained k - 1 times.
+        rounds = [{'round': k, 'active_labels': a[0], 'active_force_rmse': a[1], 'random_labels': r[0],
+                   'random_force_rmse': r[1]} for k, (a, r) in enumerate(zip(run['curve'], random_curve)) if k]
         matched.setdefault(run['mode'], []).append({
+            'rounds': rounds,
             'seed': run['seed'], 'active_labels': active_labels, 'active_force_rmse': active_error,
             'random_labels': used, 'bound': bound, 'all_labels': used / active_labels,
             'chosen_labels': (used - initial_labels) / (active_labels - initial_labels)
@@ -321,6 +327,11 @@ def table(summary: dict, runs: list[dict]) -> str:
                          f'random needs {sign}{pair["random_labels"]:.1f} (ratio {sign}{pair["all_labels"]:.2f} in all '
                          f'labels, {chosen} in chosen labels)')
         lines.append(f'Random to match {mode}\'s final error: ' + '; '.join(cells) + '.')
+        rounds = [f'seed {pair["seed"]}: ' + ', '.join(
+            f'{row["active_labels"]} → {row["active_force_rmse"]:.3f} vs {row["random_labels"]} → '
+            f'{row["random_force_rmse"]:.3f}' for row in pair['rounds']) for pair in pairs]
+        lines.append(f'After the same rounds of training, {mode} vs random (labels → held-out force RMSE): '
+                     + '; '.join(rounds) + '.')
     for mode, ratio in sorted(summary['ratios'].items()):
         lines.append(f'Ratio random/{mode}: all labels {_spread(ratio["all_labels"])}; labels chosen by the loop '
                      f'{_spread(ratio["chosen_labels"])}; {mode} never reached the target in '

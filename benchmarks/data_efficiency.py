@@ -144,7 +144,7 @@ def campaign_inputs(codes, initial, start, test_set, args, mode: str, seed: int)
 def labels_per_iteration(args, mode: str) -> int:
     """Random campaigns may be given a larger budget (``--random-label-factor``), so that the labels random needs to
     match active learning's final error can be measured rather than only bounded."""
-    return args.labels_per_iteration * (args.random_label_factor if mode == 'random' else 1)
+    return args.labels_per_iteration * (args.random_label_factor if mode.startswith('random') else 1)
 
 
 def learning_curve(node) -> list[tuple[int, float]]:
@@ -230,36 +230,47 @@ def selection_diagnostics(node) -> list[dict]:
 
 
 # ---------------------------------------------------------------------- report
-def summarise(system: str, runs: list[dict], initial_labels: int) -> dict:
-    """Labels each mode needs to reach the random campaigns' median final error, and the paired ratios."""
-    random_final = [run['curve'][-1][1] for run in runs if run['mode'] == 'random']
+def is_active(mode: str) -> bool:
+    """Random modes are baselines; every other mode is an active-learning rule compared against one."""
+    return not mode.startswith('random')
+
+
+def summarise(system: str, runs: list[dict], initial_labels: int, baseline: str = 'random') -> dict:
+    """Labels each mode needs to reach the baseline campaigns' median final error, and the paired ratios."""
+    runs = [run for run in runs if is_active(run['mode']) or run['mode'] == baseline]
+    random_final = [run['curve'][-1][1] for run in runs if run['mode'] == baseline]
     target = statistics.median(random_final)
     modes = sorted({run['mode'] for run in runs})
     needed = {mode: {run['seed']: labels_to_reach(run['curve'], target) for run in runs if run['mode'] == mode}
               for mode in modes}
     ratios = {}
     for mode in modes:
-        if mode == 'random':
+        if mode == baseline:
             continue
-        pairs = [(needed['random'][seed], needed[mode][seed]) for seed in sorted(needed[mode])
-                 if seed in needed['random']]
+        pairs = [(needed[baseline][seed], needed[mode][seed]) for seed in sorted(needed[mode])
+                 if seed in needed[baseline]]
         finite = [(r, a) for r, a in pairs if np.isfinite(r) and np.isfinite(a)]
         total = [r / a for r, a in finite if a > 0]
         chosen = [(r - initial_labels) / (a - initial_labels) for r, a in finite if a > initial_labels]
         ratios[mode] = {'all_labels': total, 'chosen_labels': chosen, 'pairs': len(pairs),
                         'never_reached': sum(1 for _, a in pairs if not np.isfinite(a))}
-    return {'system': system, 'target_force_rmse': target, 'labels_needed': needed, 'ratios': ratios,
-            'random_to_match': random_to_match(runs, initial_labels)}
+    return {'system': system, 'baseline': baseline, 'target_force_rmse': target, 'labels_needed': needed,
+            'ratios': ratios, 'random_to_match': random_to_match(runs, initial_labels, baseline)}
 
 
-def random_to_match(runs: list[dict], initial_labels: int) -> dict:
+def random_to_match(runs: list[dict], initial_labels: int, baseline: str = 'random') -> dict:
     """Per active mode and paired seed: the labels the random campaign needs to reach the error the active campaign
     ends with, and the ratio to the labels the active campaign used. A random campaign that never gets there gives a
     lower bound (its own final label count), flagged ``bound``."""
-    random_runs = {run['seed']: run for run in runs if run['mode'] == 'random'}
+    random_runs = {}
+    for run in runs:
+        if run['mode'] == baseline:
+            if run['seed'] in random_runs:
+                raise ValueError(f'two {baseline} campaigns with seed {run["seed"]}: merge one of them at a time')
+            random_runs[run['seed']] = run
     matched = {}
     for run in runs:
-        if run['mode'] == 'random' or run['seed'] not in random_runs:
+        if not is_active(run['mode']) or run['seed'] not in random_runs:
             continue
         active_labels, active_error = run['curve'][-1]
         random_curve = random_runs[run['seed']]['curve']
@@ -289,7 +300,9 @@ def _spread(values: list[float]) -> str:
 
 
 def table(summary: dict, runs: list[dict]) -> str:
-    lines = [f'### {summary["system"]}', '',
+    baseline = summary['baseline']
+    runs = [run for run in runs if is_active(run['mode']) or run['mode'] == baseline]
+    lines = [f'### {summary["system"]} (baseline: {baseline})', '',
              '| mode | seed | labels per iteration | labels → held-out force RMSE (eV/Å, per component) | final '
              'committee, NVT MD |', '|---|---|---|---|---|']
     for run in sorted(runs, key=lambda r: (r['mode'], r['seed'])):
@@ -315,7 +328,7 @@ def table(summary: dict, runs: list[dict]) -> str:
     def fmt(values):
         return ', '.join('never' if not np.isfinite(v) else f'{v:.1f}' for _, v in sorted(values.items()))
 
-    lines += ['', f'Target: the median final held-out force RMSE of the random campaigns, '
+    lines += ['', f'Target: the median final held-out force RMSE of the {baseline} campaigns, '
                   f'{summary["target_force_rmse"]:.3f} eV/Å. Labels needed to reach it (by seed): '
               + '; '.join(f'{mode} {fmt(values)}' for mode, values in sorted(summary['labels_needed'].items())) + '.']
     for mode, pairs in sorted(summary['random_to_match'].items()):
@@ -324,16 +337,16 @@ def table(summary: dict, runs: list[dict]) -> str:
             sign = '>' if pair['bound'] else ''
             chosen = '-' if pair['chosen_labels'] is None else f'{sign}{pair["chosen_labels"]:.2f}'
             cells.append(f'seed {pair["seed"]}: {mode} {pair["active_labels"]} labels → {pair["active_force_rmse"]:.3f}; '
-                         f'random needs {sign}{pair["random_labels"]:.1f} (ratio {sign}{pair["all_labels"]:.2f} in all '
+                         f'{baseline} needs {sign}{pair["random_labels"]:.1f} (ratio {sign}{pair["all_labels"]:.2f} in all '
                          f'labels, {chosen} in chosen labels)')
-        lines.append(f'Random to match {mode}\'s final error: ' + '; '.join(cells) + '.')
+        lines.append(f'Baseline {baseline} to match {mode}\'s final error: ' + '; '.join(cells) + '.')
         rounds = [f'seed {pair["seed"]}: ' + ', '.join(
             f'{row["active_labels"]} → {row["active_force_rmse"]:.3f} vs {row["random_labels"]} → '
             f'{row["random_force_rmse"]:.3f}' for row in pair['rounds']) for pair in pairs]
-        lines.append(f'After the same rounds of training, {mode} vs random (labels → held-out force RMSE): '
+        lines.append(f'After the same rounds of training, {mode} vs {baseline} (labels → held-out force RMSE): '
                      + '; '.join(rounds) + '.')
     for mode, ratio in sorted(summary['ratios'].items()):
-        lines.append(f'Ratio random/{mode}: all labels {_spread(ratio["all_labels"])}; labels chosen by the loop '
+        lines.append(f'Ratio {baseline}/{mode}: all labels {_spread(ratio["all_labels"])}; labels chosen by the loop '
                      f'{_spread(ratio["chosen_labels"])}; {mode} never reached the target in '
                      f'{ratio["never_reached"]} of {ratio["pairs"]} seeds.')
     return '\n'.join(lines)
@@ -347,14 +360,16 @@ def report(results: list[dict]) -> str:
         settings = result['settings']
         for system, entry in result['systems'].items():
             for run in entry['runs']:  # files written before the label factor existed
-                factor = settings.get('random_label_factor', 1) if run['mode'] == 'random' else 1
+                factor = settings.get('random_label_factor', 1) if run['mode'].startswith('random') else 1
                 run.setdefault('labels_per_iteration', settings['labels_per_iteration'] * factor)
             by_system.setdefault(system, []).extend(entry['runs'])
             initial[system] = result['settings']['initial_labels']
     reports = []
     for system, runs in by_system.items():
-        if 'random' in {run['mode'] for run in runs} and len({run['mode'] for run in runs}) > 1:
-            reports.append(table(summarise(system, runs, initial[system]), runs))
+        modes = {run['mode'] for run in runs}
+        for baseline in sorted(mode for mode in modes if not is_active(mode)):
+            if any(is_active(mode) for mode in modes):
+                reports.append(table(summarise(system, runs, initial[system], baseline), runs))
     return '\n\n'.join(reports)
 
 
@@ -362,12 +377,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--systems', nargs='+', default=list(SYSTEMS), choices=list(SYSTEMS))
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
-    parser.add_argument('--modes', nargs='+', default=['weighted', 'random'], choices=['weighted', 'fps', 'random'])
+    parser.add_argument('--modes', nargs='+', default=['weighted', 'random'],
+                        choices=['weighted', 'fps', 'random', 'random_physical'])
     parser.add_argument('--iterations', type=int, default=4)
     parser.add_argument('--labels-per-iteration', type=int, default=6)
     parser.add_argument('--random-label-factor', type=int, default=1,
-                        help='random campaigns label this many times --labels-per-iteration (to measure, not bound, '
-                             'how many labels random needs to match active learning)')
+                        help='random campaigns (both random modes) label this many times --labels-per-iteration (to '
+                             'measure, not bound, how many labels random needs to match active learning)')
     parser.add_argument('--initial-labels', type=int, default=12)
     parser.add_argument('--members', type=int, default=2)
     parser.add_argument('--md-steps', type=int, default=300)

@@ -40,13 +40,17 @@ REASONS = {
     'capped': 'not picked: labels_per_iteration reached',
     'calibration': 'accurate frame labelled to calibrate σ (no calibration yet and no candidates)',
     'random': 'drawn uniformly from all counted frames (random baseline)',
+    'random_physical': 'drawn uniformly from the counted frames whose atoms keep a physical distance (random baseline '
+                       'without the frames of MD that lost its way)',
     'weighted': 'chosen by σ-weighted farthest-point sampling among physical frames above trust_lo',
     'unphysical': 'two atoms closer than min_closest: a frame of MD that lost its way, not chosen',
 }
 #: ``fps``: candidates by farthest-point sampling, then rescue. ``random``: the baseline users compare against, as many
 #: frames drawn uniformly from every counted frame whatever its σ. ``random_candidates``: uniform among candidates
 #: only (an ablation of farthest-point sampling). ``weighted``: σ × distance among physical frames above trust_lo.
-MODES = ('fps', 'random', 'random_candidates', 'weighted')
+#: ``random_physical``: uniform among the physical counted frames, the baseline that shares ``weighted``'s filter, so
+#: that a comparison measures the choice by σ and distance and not the dropping of blown-up frames.
+MODES = ('fps', 'random', 'random_candidates', 'random_physical', 'weighted')
 #: A frame whose descriptor lies closer than this fraction of its own norm to a training configuration is a near-copy.
 DUPLICATE_RELATIVE_DISTANCE = 1e-3
 
@@ -106,7 +110,7 @@ def select_frames(
         uncalibrated committee can look confident everywhere, and only labels tell whether it is.
     :param rescue_failed: fill the batch with the earliest failed frame of each trajectory (see the module docstring).
     :param closest: per frame, its smallest interatomic distance (Å; default: every frame physical).
-    :param min_closest: ``weighted`` mode skips frames whose ``closest`` is below this (Å).
+    :param min_closest: ``weighted`` and ``random_physical`` modes skip frames whose ``closest`` is below this (Å).
     """
     uncertainty = np.asarray(uncertainty, dtype=float)
     descriptors = np.atleast_2d(np.asarray(descriptors, dtype=float))
@@ -149,6 +153,14 @@ def select_frames(
         order = [int(i) for i in rng.choice(pool, size=min(cap, len(pool)), replace=False)]
         for index in order:
             reasons[index] = 'random'
+    elif mode == 'random_physical':
+        unphysical = counted & (closest < min_closest)
+        reasons[unphysical] = 'unphysical'
+        reasons[candidates[~unphysical[candidates]]] = 'capped'
+        pool = np.flatnonzero(counted & ~unphysical)
+        order = [int(i) for i in rng.choice(pool, size=min(cap, len(pool)), replace=False)]
+        for index in order:
+            reasons[index] = 'random_physical'
     elif mode == 'weighted':
         order = _weighted_picks(uncertainty, descriptors, classes, counted, closest, min_closest, cap,
                                 training_descriptors, min_distance, reasons)
@@ -172,7 +184,7 @@ def select_frames(
         for index in _earliest_failed(classes, counted, trajectory, step)[:cap - len(order)]:
             order.append(index)
             reasons[index] = 'rescue'
-    if mode != 'random' and not order and not len(candidates) and calibrate_with_accurate:
+    if mode not in ('random', 'random_physical') and not order and not len(candidates) and calibrate_with_accurate:
         accurate = np.flatnonzero(counted & (classes == ACCURATE))
         picks = farthest_point_sampling(descriptors[accurate], cap, existing=training_descriptors)
         order = [int(accurate[i]) for i in picks]

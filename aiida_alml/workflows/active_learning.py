@@ -89,7 +89,7 @@ class ActiveLearningWorkChain(WorkChain):
         spec.input('selection', valid_type=orm.Dict, default=lambda: orm.Dict(SELECTION_DEFAULTS),
                    validator=validate_selection,
                    help='trust_lo/trust_hi (eV/Å), labels_per_iteration, min_distance (descriptor units), mode '
-                        '(fps, random or random_candidates), rescue_failed, seed, descriptor_r_cut (Å), '
+                        '(fps, weighted, random, random_physical or random_candidates), rescue_failed, seed, descriptor_r_cut (Å), '
                         'descriptor_bins.')
         spec.input('target_accurate_fraction', valid_type=orm.Float, default=lambda: orm.Float(0.99),
                    help='Converged when at least this fraction of explored frames is accurate ...')

@@ -141,7 +141,7 @@ def select_for_labelling(
     trajectory_index = np.array([o[0] for o in origin], dtype=np.int64)
     steps = np.array(steps, dtype=np.int64)
     closest, min_closest = None, 0.0
-    if settings['mode'] == 'weighted':
+    if settings['mode'] in ('weighted', 'random_physical'):
         closest, min_closest = physical_contacts(frames, training, settings['contact_fraction'])
     result = select_frames(
         uncertainty, descriptors, settings['trust_lo'], settings['trust_hi'], settings['labels_per_iteration'],

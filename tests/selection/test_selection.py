@@ -111,9 +111,35 @@ def test_select_frames_random_baseline_same_count():
     assert len(candidates_only.order) == 10 and (candidates_only.classes[candidates_only.order] == CANDIDATE).all()
 
 
+def test_random_physical_baseline_never_draws_unphysical_frames():
+    """The baseline that shares weighted's filter: uniform over physical counted frames of every class, never a frame
+    whose atoms came too close, and the unphysical ones are recorded as such."""
+    rng = np.random.default_rng(5)
+    uncertainty = rng.uniform(0, 0.3, 120)
+    descriptors = rng.normal(size=(120, 3))
+    closest = np.full(120, 2.4)
+    closest[::4] = 1.1  # a quarter of the frames lost their way
+    step = np.tile(np.arange(6), 20)  # every sixth frame is a start
+    drawn = []
+    for seed in range(30):
+        result = select_frames(uncertainty, descriptors, 0.05, 0.15, 8, mode='random_physical', seed=seed,
+                               step=step, closest=closest, min_closest=1.6)
+        assert len(result.order) == 8
+        assert (closest[result.order] >= 1.6).all() and (step[result.order] != 0).all()
+        assert {result.reasons[i] for i in result.order} == {'random_physical'}
+        assert all(result.reasons[i] == 'unphysical' for i in np.flatnonzero((closest < 1.6) & (step != 0)))
+        assert set(result.reasons) <= set(REASONS)
+        drawn.extend(result.order)
+    assert set(result.classes[drawn].tolist()) == {ACCURATE, CANDIDATE, FAILED}
+    # the plain baseline does draw unphysical frames from the same pool
+    plain = np.concatenate([select_frames(uncertainty, descriptors, 0.05, 0.15, 8, mode='random', seed=k, step=step,
+                                          closest=closest, min_closest=1.6).order for k in range(30)])
+    assert (closest[plain] < 1.6).any()
+
+
 @pytest.mark.parametrize('kwargs, message', [
     ({'labels_per_iteration': 0}, 'labels_per_iteration must be positive'),
-    ({'mode': 'best'}, 'selection mode must be one of fps, random, random_candidates, weighted'),
+    ({'mode': 'best'}, 'selection mode must be one of fps, random, random_candidates, random_physical, weighted'),
     ({'min_closest': -1.0}, 'min_closest must be non-negative'),
     ({'closest': np.ones(2)}, 'closest needs one entry per frame'),
     ({'min_distance': -1.0}, 'min_distance must be non-negative'),

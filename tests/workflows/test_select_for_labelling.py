@@ -1,5 +1,5 @@
-"""``select_for_labelling`` in ``weighted`` mode on hand-made trajectories: σ-ranked picks, unphysical frames refused,
-and the contact test recorded beside every other decision."""
+"""``select_for_labelling`` in ``weighted`` and ``random_physical`` modes on hand-made trajectories: σ-ranked picks,
+unphysical frames refused, and the contact test recorded beside every other decision."""
 
 import numpy as np
 from aiida import orm
@@ -22,10 +22,7 @@ def _trajectory(frames, sigmas):
     return trajectory
 
 
-def test_weighted_selection_ranks_by_sigma_and_refuses_unphysical_frames(emt_labelled):
-    from aiida_alml.data import ConfigurationSet
-
-    training = ConfigurationSet.from_ase(emt_labelled)
+def _frames_with_a_crushed_one():
     cell = bulk('Cu', 'fcc', a=3.6, cubic=True).repeat(2)
     rng = np.random.default_rng(0)
     frames, sigmas = [cell.copy()], [np.full(len(cell), 0.01)]  # step 0: the start, never counted
@@ -39,7 +36,14 @@ def test_weighted_selection_ranks_by_sigma_and_refuses_unphysical_frames(emt_lab
     crushed.positions[1] = crushed.positions[0] + [1.2, 0.0, 0.0]
     frames.append(crushed)
     sigmas.append(np.full(len(crushed), 2.0))
+    return frames, sigmas
 
+
+def test_weighted_selection_ranks_by_sigma_and_refuses_unphysical_frames(emt_labelled):
+    from aiida_alml.data import ConfigurationSet
+
+    training = ConfigurationSet.from_ase(emt_labelled)
+    frames, sigmas = _frames_with_a_crushed_one()
     settings = {**SELECTION_DEFAULTS, 'mode': 'weighted', 'labels_per_iteration': 2}
     outputs = select_for_labelling(
         orm.Dict(settings), orm.Float(1.0), orm.Int(0), training, orm.Bool(True),
@@ -52,3 +56,24 @@ def test_weighted_selection_ranks_by_sigma_and_refuses_unphysical_frames(emt_lab
     assert [reasons[i] for i in (4, 3)] == ['weighted', 'weighted'] and reasons[2] == 'capped'
     assert outputs['summary']['num_chosen'] == 2
     assert [m['selection_reason'] for m in outputs['selected'].configurations.metadata] == ['weighted'] * 2
+
+
+def test_random_physical_baseline_draws_every_physical_frame_but_never_the_crushed_one(emt_labelled):
+    from aiida_alml.data import ConfigurationSet
+
+    training = ConfigurationSet.from_ase(emt_labelled)
+    frames, sigmas = _frames_with_a_crushed_one()
+    drawn = set()
+    for seed in range(6):
+        settings = {**SELECTION_DEFAULTS, 'mode': 'random_physical', 'labels_per_iteration': 2, 'seed': seed}
+        outputs = select_for_labelling(
+            orm.Dict(settings), orm.Float(1.0), orm.Int(0), training, orm.Bool(True),
+            orm.Dict({}), t0=_trajectory(frames, sigmas))
+        record = outputs['record']
+        reasons = record.get_array('reason').tolist()
+        assert reasons[0] == 'start' and reasons[5] == 'unphysical'
+        picks = record.base.attributes.get('pick_order')
+        assert len(picks) == 2 and {reasons[i] for i in picks} == {'random_physical'}
+        drawn.update(picks)
+    # whatever σ says: the accurate frame is drawn as readily as the uncertain ones
+    assert drawn == {1, 2, 3, 4}

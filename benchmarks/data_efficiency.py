@@ -39,6 +39,7 @@ import numpy as np
 from _profile import throwaway_profile
 
 from aiida_alml.comparison import labels_to_reach
+from aiida_alml.selection import RANDOM_BASELINES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEMO = ROOT / 'aiida_alml' / 'protocols' / 'demo'
@@ -144,7 +145,7 @@ def campaign_inputs(codes, initial, start, test_set, args, mode: str, seed: int)
 def labels_per_iteration(args, mode: str) -> int:
     """Random campaigns may be given a larger budget (``--random-label-factor``), so that the labels random needs to
     match active learning's final error can be measured rather than only bounded."""
-    return args.labels_per_iteration * (args.random_label_factor if mode.startswith('random') else 1)
+    return args.labels_per_iteration * (1 if is_active(mode) else args.random_label_factor)
 
 
 def learning_curve(node) -> list[tuple[int, float]]:
@@ -231,8 +232,8 @@ def selection_diagnostics(node) -> list[dict]:
 
 # ---------------------------------------------------------------------- report
 def is_active(mode: str) -> bool:
-    """Random modes are baselines; every other mode is an active-learning rule compared against one."""
-    return not mode.startswith('random')
+    """Random baselines are what the other modes, the active-learning rules, are compared against."""
+    return mode not in RANDOM_BASELINES
 
 
 def summarise(system: str, runs: list[dict], initial_labels: int, baseline: str = 'random') -> dict:
@@ -336,9 +337,9 @@ def table(summary: dict, runs: list[dict]) -> str:
         for pair in pairs:
             sign = '>' if pair['bound'] else ''
             chosen = '-' if pair['chosen_labels'] is None else f'{sign}{pair["chosen_labels"]:.2f}'
-            cells.append(f'seed {pair["seed"]}: {mode} {pair["active_labels"]} labels → {pair["active_force_rmse"]:.3f}; '
-                         f'{baseline} needs {sign}{pair["random_labels"]:.1f} (ratio {sign}{pair["all_labels"]:.2f} in all '
-                         f'labels, {chosen} in chosen labels)')
+            cells.append(f'seed {pair["seed"]}: {mode} {pair["active_labels"]} labels → '
+                         f'{pair["active_force_rmse"]:.3f}; {baseline} needs {sign}{pair["random_labels"]:.1f} '
+                         f'(ratio {sign}{pair["all_labels"]:.2f} in all labels, {chosen} in chosen labels)')
         lines.append(f'Baseline {baseline} to match {mode}\'s final error: ' + '; '.join(cells) + '.')
         rounds = [f'seed {pair["seed"]}: ' + ', '.join(
             f'{row["active_labels"]} → {row["active_force_rmse"]:.3f} vs {row["random_labels"]} → '
@@ -360,7 +361,7 @@ def report(results: list[dict]) -> str:
         settings = result['settings']
         for system, entry in result['systems'].items():
             for run in entry['runs']:  # files written before the label factor existed
-                factor = settings.get('random_label_factor', 1) if run['mode'].startswith('random') else 1
+                factor = 1 if is_active(run['mode']) else settings.get('random_label_factor', 1)
                 run.setdefault('labels_per_iteration', settings['labels_per_iteration'] * factor)
             by_system.setdefault(system, []).extend(entry['runs'])
             initial[system] = result['settings']['initial_labels']
@@ -378,7 +379,7 @@ def main(argv=None) -> int:
     parser.add_argument('--systems', nargs='+', default=list(SYSTEMS), choices=list(SYSTEMS))
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     parser.add_argument('--modes', nargs='+', default=['weighted', 'random'],
-                        choices=['weighted', 'fps', 'random', 'random_physical'])
+                        choices=['weighted', 'fps', *RANDOM_BASELINES])
     parser.add_argument('--iterations', type=int, default=4)
     parser.add_argument('--labels-per-iteration', type=int, default=6)
     parser.add_argument('--random-label-factor', type=int, default=1,

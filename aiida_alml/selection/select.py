@@ -26,7 +26,8 @@ import numpy as np
 from .sampling import distance_to_set, farthest_point_sampling
 from .trust import ACCURATE, CANDIDATE, CLASS_NAMES, FAILED, classify
 
-__all__ = ('SelectionResult', 'select_frames', 'REASONS', 'MODES', 'DUPLICATE_RELATIVE_DISTANCE')
+__all__ = ('SelectionResult', 'select_frames', 'REASONS', 'MODES', 'RANDOM_BASELINES', 'CONTACT_FILTERED_MODES',
+           'DUPLICATE_RELATIVE_DISTANCE')
 
 #: Why a frame was or was not chosen (stored per frame in the selection record).
 REASONS = {
@@ -51,6 +52,10 @@ REASONS = {
 #: ``random_physical``: uniform among the physical counted frames, the baseline that shares ``weighted``'s filter, so
 #: that a comparison measures the choice by σ and distance and not the dropping of blown-up frames.
 MODES = ('fps', 'random', 'random_candidates', 'random_physical', 'weighted')
+#: The baselines active learning is compared against: picks that ignore σ (and never calibrate with accurate frames).
+RANDOM_BASELINES = ('random', 'random_physical')
+#: Modes that never choose a frame whose atoms came closer than ``min_closest`` (so they need ``closest`` per frame).
+CONTACT_FILTERED_MODES = ('random_physical', 'weighted')
 #: A frame whose descriptor lies closer than this fraction of its own norm to a training configuration is a near-copy.
 DUPLICATE_RELATIVE_DISTANCE = 1e-3
 
@@ -147,20 +152,14 @@ def select_frames(
     rng = np.random.default_rng(seed)
     order: list[int] = []
 
-    if mode == 'random':
-        reasons[candidates] = 'capped'
-        pool = np.flatnonzero(counted)
-        order = [int(i) for i in rng.choice(pool, size=min(cap, len(pool)), replace=False)]
-        for index in order:
-            reasons[index] = 'random'
-    elif mode == 'random_physical':
-        unphysical = counted & (closest < min_closest)
+    if mode in RANDOM_BASELINES:
+        unphysical = counted & (closest < min_closest) if mode in CONTACT_FILTERED_MODES else np.zeros(count, bool)
         reasons[unphysical] = 'unphysical'
         reasons[candidates[~unphysical[candidates]]] = 'capped'
         pool = np.flatnonzero(counted & ~unphysical)
         order = [int(i) for i in rng.choice(pool, size=min(cap, len(pool)), replace=False)]
         for index in order:
-            reasons[index] = 'random_physical'
+            reasons[index] = mode
     elif mode == 'weighted':
         order = _weighted_picks(uncertainty, descriptors, classes, counted, closest, min_closest, cap,
                                 training_descriptors, min_distance, reasons)
@@ -184,7 +183,7 @@ def select_frames(
         for index in _earliest_failed(classes, counted, trajectory, step)[:cap - len(order)]:
             order.append(index)
             reasons[index] = 'rescue'
-    if mode not in ('random', 'random_physical') and not order and not len(candidates) and calibrate_with_accurate:
+    if mode not in RANDOM_BASELINES and not order and not len(candidates) and calibrate_with_accurate:
         accurate = np.flatnonzero(counted & (classes == ACCURATE))
         picks = farthest_point_sampling(descriptors[accurate], cap, existing=training_descriptors)
         order = [int(accurate[i]) for i in picks]

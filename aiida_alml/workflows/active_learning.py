@@ -17,7 +17,7 @@ from aiida.engine import ToContext, WorkChain, if_, while_
 
 from aiida_alml.data import ConfigurationSet
 from aiida_alml.label_settings import labels_mismatch
-from aiida_alml.selection import convergence_blockers
+from aiida_alml.selection import MODES, convergence_blockers
 from aiida_alml.workflows.active_learning_inputs import (
     SELECTION_DEFAULTS,
     VALIDATION_DEFAULTS,
@@ -89,8 +89,7 @@ class ActiveLearningWorkChain(WorkChain):
         spec.input('selection', valid_type=orm.Dict, default=lambda: orm.Dict(SELECTION_DEFAULTS),
                    validator=validate_selection,
                    help='trust_lo/trust_hi (eV/Å), labels_per_iteration, min_distance (descriptor units), mode '
-                        '(fps, weighted, random, random_physical or random_candidates), rescue_failed, seed, descriptor_r_cut (Å), '
-                        'descriptor_bins.')
+                        f'({", ".join(MODES)}), rescue_failed, seed, descriptor_r_cut (Å), descriptor_bins.')
         spec.input('target_accurate_fraction', valid_type=orm.Float, default=lambda: orm.Float(0.99),
                    help='Converged when at least this fraction of explored frames is accurate ...')
         spec.input('patience', valid_type=orm.Int, default=lambda: orm.Int(2),

@@ -9,7 +9,8 @@ from aiida.engine import calcfunction
 from aiida_alml.atoms.configurations import Configurations
 from aiida_alml.data import ConfigurationSet
 from aiida_alml.selection import (
-    CLASS_NAMES, REASONS, fit_calibration, frame_uncertainty, select_frames, selection_descriptors,
+    CLASS_NAMES, CONTACT_FILTERED_MODES, REASONS, fit_calibration, frame_uncertainty, select_frames,
+    selection_descriptors,
 )
 
 __all__ = (
@@ -141,7 +142,7 @@ def select_for_labelling(
     trajectory_index = np.array([o[0] for o in origin], dtype=np.int64)
     steps = np.array(steps, dtype=np.int64)
     closest, min_closest = None, 0.0
-    if settings['mode'] in ('weighted', 'random_physical'):
+    if settings['mode'] in CONTACT_FILTERED_MODES:
         closest, min_closest = physical_contacts(frames, training, settings['contact_fraction'])
     result = select_frames(
         uncertainty, descriptors, settings['trust_lo'], settings['trust_hi'], settings['labels_per_iteration'],

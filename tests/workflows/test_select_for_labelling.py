@@ -39,15 +39,19 @@ def _frames_with_a_crushed_one():
     return frames, sigmas
 
 
+def _select(training, frames, sigmas, **settings):
+    """Run the calcfunction on one trajectory with σ already calibrated (factor 1)."""
+    return select_for_labelling(
+        orm.Dict({**SELECTION_DEFAULTS, **settings}), orm.Float(1.0), orm.Int(0), training, orm.Bool(True),
+        orm.Dict({}), t0=_trajectory(frames, sigmas))
+
+
 def test_weighted_selection_ranks_by_sigma_and_refuses_unphysical_frames(emt_labelled):
     from aiida_alml.data import ConfigurationSet
 
     training = ConfigurationSet.from_ase(emt_labelled)
     frames, sigmas = _frames_with_a_crushed_one()
-    settings = {**SELECTION_DEFAULTS, 'mode': 'weighted', 'labels_per_iteration': 2}
-    outputs = select_for_labelling(
-        orm.Dict(settings), orm.Float(1.0), orm.Int(0), training, orm.Bool(True),
-        orm.Dict({}), t0=_trajectory(frames, sigmas))
+    outputs = _select(training, frames, sigmas, mode='weighted', labels_per_iteration=2)
     record = outputs['record']
     reasons = record.get_array('reason').tolist()
     assert reasons[0] == 'start' and reasons[1] == 'accurate'
@@ -65,11 +69,7 @@ def test_random_physical_baseline_draws_every_physical_frame_but_never_the_crush
     frames, sigmas = _frames_with_a_crushed_one()
     drawn = set()
     for seed in range(6):
-        settings = {**SELECTION_DEFAULTS, 'mode': 'random_physical', 'labels_per_iteration': 2, 'seed': seed}
-        outputs = select_for_labelling(
-            orm.Dict(settings), orm.Float(1.0), orm.Int(0), training, orm.Bool(True),
-            orm.Dict({}), t0=_trajectory(frames, sigmas))
-        record = outputs['record']
+        record = _select(training, frames, sigmas, mode='random_physical', labels_per_iteration=2, seed=seed)['record']
         reasons = record.get_array('reason').tolist()
         assert reasons[0] == 'start' and reasons[5] == 'unphysical'
         picks = record.base.attributes.get('pick_order')

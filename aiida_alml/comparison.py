@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 import pathlib
 
-__all__ = ('learning_points', 'labels_to_reach', 'same_test_set', 'compare_curves', 'format_comparison',
-           'plot_comparison')
+__all__ = ('learning_points', 'labels_to_reach', 'same_test_set', 'selection_mode', 'compare_curves',
+           'format_comparison', 'plot_comparison')
 
 
 def learning_points(curve: dict) -> list[dict]:
@@ -49,6 +49,18 @@ def same_test_set(campaigns: dict) -> str | None:
                     f'content {test_set.content_hash[:12]}) but {reference_name} on <{reference.pk}> '
                     f'({reference.num_configurations} configurations, content {reference.content_hash[:12]})')
     return None
+
+
+def selection_mode(node) -> str:
+    """The selection mode a campaign ran with. Its selection records hold the settings in force; the input alone does
+    not tell, because a campaign that left ``mode`` out ran the default of its day (``fps`` before ``weighted``)."""
+    if 'selection_records' in node.outputs:
+        for key in sorted(node.outputs.selection_records):
+            settings = node.outputs.selection_records[key].base.attributes.get('settings', {})
+            if 'mode' in settings:
+                return settings['mode']
+    given = node.inputs.selection.get_dict() if 'selection' in node.inputs else {}
+    return given.get('mode', 'default')
 
 
 def compare_curves(curves: dict, target: float | None = None) -> dict:

@@ -144,7 +144,7 @@ def plot(profile_name, pk, output):
 def compare(profile_name, pks, target, output):
     """Paired learning curves of campaigns PKS on their common held-out test set (table and PNG)."""
     load_profile(profile_name)
-    from aiida_alml.comparison import compare_curves, format_comparison, plot_comparison, same_test_set
+    from aiida_alml.comparison import compare_curves, format_comparison, plot_comparison, same_test_set, selection_mode
 
     if len(pks) < 2:
         raise click.ClickException('give at least two campaigns to compare')
@@ -153,7 +153,7 @@ def compare(profile_name, pks, target, output):
         node = _load_campaign_node(pk)
         if 'learning_curve' not in node.outputs:
             raise click.ClickException(f'campaign {pk} has no learning curve yet (state: {node.process_state.value})')
-        nodes[f'{node.pk} ({node.inputs.selection.get_dict().get("mode", "fps")})'] = node
+        nodes[f'{node.pk} ({selection_mode(node)})'] = node
     problem = same_test_set(nodes)
     if problem:
         raise click.ClickException(f'cannot compare: {problem}')

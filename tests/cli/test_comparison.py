@@ -57,3 +57,67 @@ def test_campaigns_on_different_test_sets_are_refused(emt_labelled):
     assert message.startswith('b was scored on test set') and '3 configurations' in message
     assert same_test_set({'a': _campaign(first), 'c': _campaign(None)}) == \
         'c has no test_set: it was never scored on held-out data'
+
+
+def test_selection_mode_is_read_from_the_settings_in_force():
+    """A campaign that left ``mode`` out ran the default of its day: the record's settings tell, not the input."""
+    from aiida_alml.comparison import selection_mode
+
+    def campaign(given, recorded=None):
+        node = orm.WorkflowNode()
+        node.base.links.add_incoming(orm.Dict(given).store(), LinkType.INPUT_WORK, 'selection')
+        node.store()
+        if recorded is not None:
+            record = orm.ArrayData()
+            record.base.attributes.set('settings', recorded)
+            record.store().base.links.add_incoming(node, LinkType.RETURN, 'selection_records__iteration_0')
+        return node
+
+    assert selection_mode(campaign({'trust_lo': 0.1}, {'trust_lo': 0.1, 'mode': 'fps'})) == 'fps'
+    assert selection_mode(campaign({'mode': 'random'}, {'mode': 'random'})) == 'random'
+    assert selection_mode(campaign({'mode': 'weighted'})) == 'weighted'  # stopped before it selected anything
+    assert selection_mode(campaign({'trust_lo': 0.1})) == 'default'
+
+
+def _finished_campaign(test_set, curve, mode=None):
+    """A stored alml.active_learning node with its test set, learning curve and (optionally) a selection record."""
+    from aiida_alml.workflows.links import ACTIVE_LEARNING
+
+    node = orm.WorkflowNode(process_type=ACTIVE_LEARNING)
+    node.base.links.add_incoming(test_set if test_set.is_stored else test_set.store(), LinkType.INPUT_WORK,
+                                 'test_set')
+    node.base.links.add_incoming(orm.Dict({'trust_lo': 0.1}).store(), LinkType.INPUT_WORK, 'selection')
+    node.set_process_state('finished')
+    node.set_exit_status(0)
+    node.store()
+    orm.Dict(curve).store().base.links.add_incoming(node, LinkType.RETURN, 'learning_curve')
+    if mode is not None:
+        record = orm.ArrayData()
+        record.base.attributes.set('settings', {'mode': mode})
+        record.store().base.links.add_incoming(node, LinkType.RETURN, 'selection_records__iteration_0')
+    return node
+
+
+def test_compare_command_names_each_campaign_by_its_mode_and_refuses_other_test_sets(emt_labelled, aiida_profile,
+                                                                                      tmp_path):
+    from click.testing import CliRunner
+
+    from aiida_alml.cli.campaign import compare
+
+    test_set = ConfigurationSet.from_ase(emt_labelled[:3]).store()
+    active = _finished_campaign(test_set, _curve([(16, 0.30), (22, 0.18)], final=(28, 0.09)), mode='weighted')
+    random = _finished_campaign(test_set, _curve([(16, 0.30), (22, 0.25), (28, 0.16)]), mode='random')
+    figure = tmp_path / 'c.png'
+
+    def run(*args):
+        return CliRunner().invoke(compare, ['-p', aiida_profile.name, *map(str, args)], catch_exceptions=False)
+
+    result = run(active.pk, random.pk, '-o', figure)
+    assert result.exit_code == 0, result.output
+    assert f'{active.pk} (weighted)' in result.output and f'{random.pk} (random)' in result.output
+    assert figure.stat().st_size > 1000
+    other = _finished_campaign(ConfigurationSet.from_ase(emt_labelled[3:]), _curve([(16, 0.2)]), mode='fps')
+    refused = run(active.pk, other.pk, '-o', tmp_path / 'd.png')
+    assert refused.exit_code != 0 and 'cannot compare:' in refused.output and 'was scored on test set' in refused.output
+    assert not (tmp_path / 'd.png').exists()
+    assert 'give at least two campaigns' in run(active.pk).output

@@ -73,7 +73,21 @@ def _cuau_alloy():
     return [small, bulk('Au', 'fcc', a=4.08, cubic=True), bulk('Cu', 'fcc', a=3.61, cubic=True), alloy.copy()], alloy
 
 
-SYSTEMS = {'cu_vacancy': _copper_vacancy, 'cuau_alloy': _cuau_alloy}
+def _copper_vacancy_small():
+    """The workflow tests' hot cell: 15 copper atoms with a vacancy, from cells of 4, 8 and 7 atoms. Its first
+    committee fails on every frame at 900 K, which is where the selection modes differ most."""
+    from ase.build import bulk
+
+    cubic = bulk('Cu', 'fcc', a=3.61, cubic=True)
+    pair = cubic.repeat((2, 1, 1))
+    vacancy = pair.copy()
+    del vacancy[3]
+    start = cubic.repeat((2, 2, 1))
+    del start[5]
+    return [cubic, pair, vacancy], start
+
+
+SYSTEMS = {'cu_vacancy': _copper_vacancy, 'cuau_alloy': _cuau_alloy, 'cu_vacancy_small': _copper_vacancy_small}
 
 
 def reference_md(atoms, temperature: float, frames: int, interval: int, seed: int) -> list:

@@ -53,7 +53,7 @@ def same_test_set(campaigns: dict) -> str | None:
 
 def selection_mode(node) -> str:
     """The selection mode a campaign ran with. Its selection records hold the settings in force; the input alone does
-    not tell, because a campaign that left ``mode`` out ran the default of its day (``fps`` before ``weighted``)."""
+    not tell, because a campaign that left ``mode`` out ran the default of the version that ran it."""
     if 'selection_records' in node.outputs:
         for key in sorted(node.outputs.selection_records):
             settings = node.outputs.selection_records[key].base.attributes.get('settings', {})

@@ -74,8 +74,8 @@ def _cuau_alloy():
 
 
 def _copper_vacancy_small():
-    """The workflow tests' hot cell: 15 copper atoms with a vacancy, from cells of 4, 8 and 7 atoms. Its first
-    committee fails on every frame at 900 K, which is where the selection modes differ most."""
+    """The workflow tests' hot cell: 15 copper atoms with a vacancy, from cells of 4, 8 and 7 atoms. Explored at
+    900 K, a weak first committee fails on most of its frames: where ``fps`` and ``weighted`` choose differently."""
     from ase.build import bulk
 
     cubic = bulk('Cu', 'fcc', a=3.61, cubic=True)

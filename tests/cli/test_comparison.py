@@ -59,6 +59,13 @@ def test_campaigns_on_different_test_sets_are_refused(emt_labelled):
         'c has no test_set: it was never scored on held-out data'
 
 
+def _return_selection_record(campaign, settings):
+    """The campaign's first selection record, holding the selection settings in force."""
+    record = orm.ArrayData()
+    record.base.attributes.set('settings', settings)
+    record.store().base.links.add_incoming(campaign, LinkType.RETURN, 'selection_records__iteration_0')
+
+
 def test_selection_mode_is_read_from_the_settings_in_force():
     """A campaign that left ``mode`` out ran the default of its day: the record's settings tell, not the input."""
     from aiida_alml.comparison import selection_mode
@@ -68,9 +75,7 @@ def test_selection_mode_is_read_from_the_settings_in_force():
         node.base.links.add_incoming(orm.Dict(given).store(), LinkType.INPUT_WORK, 'selection')
         node.store()
         if recorded is not None:
-            record = orm.ArrayData()
-            record.base.attributes.set('settings', recorded)
-            record.store().base.links.add_incoming(node, LinkType.RETURN, 'selection_records__iteration_0')
+            _return_selection_record(node, recorded)
         return node
 
     assert selection_mode(campaign({'trust_lo': 0.1}, {'trust_lo': 0.1, 'mode': 'fps'})) == 'fps'
@@ -92,9 +97,7 @@ def _finished_campaign(test_set, curve, mode=None):
     node.store()
     orm.Dict(curve).store().base.links.add_incoming(node, LinkType.RETURN, 'learning_curve')
     if mode is not None:
-        record = orm.ArrayData()
-        record.base.attributes.set('settings', {'mode': mode})
-        record.store().base.links.add_incoming(node, LinkType.RETURN, 'selection_records__iteration_0')
+        _return_selection_record(node, {'mode': mode})
     return node
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import pathlib
+
+from aiida import orm
 from aiida.common.links import LinkType
 from plumpy import ProcessState
 
@@ -18,6 +22,11 @@ def submit_once(process, process_class, **inputs):
     label (``inputs['metadata']['call_link_label']``; unique per parent in this package) and reused once it was
     launched: it has a checkpoint or has already ended. A child stored but never launched (no checkpoint: no worker
     will ever run it) is marked killed, so that it does not show as waiting to run for ever, and submitted anew.
+
+    ``Runner.submit`` saves the child's checkpoint before it sends the broker the task that makes a worker run it, so
+    a worker killed between the two leaves a child with a checkpoint and no task: reused as it is, it would wait for
+    ever and the parent with it (seen once in CI: ``label_0/ase`` left "created"). Where the broker can tell (the
+    embedded ZeroMQ broker keeps its queue on disk) such a child is continued by sending that task again.
     """
     label = inputs.get('metadata', {}).get('call_link_label')
     if label is None:
@@ -27,8 +36,18 @@ def submit_once(process, process_class, **inputs):
         child = link.node
         if link.link_label != label:
             continue
-        if child.is_terminated or child.checkpoint is not None:
+        if child.is_terminated:
             process.report(f'{label}: reusing <{child.pk}>, submitted before the daemon worker was interrupted')
+            return child
+        if child.checkpoint is not None:
+            if _task_lost(process, child.pk):
+                process.runner.controller.continue_process(child.pk, nowait=False, no_reply=True)
+                process.report(
+                    f'{label}: <{child.pk}> was stored before the daemon worker was interrupted, but its task never '
+                    'reached the broker; sent it again'
+                )
+            else:
+                process.report(f'{label}: reusing <{child.pk}>, submitted before the daemon worker was interrupted')
             return child
         stale.append(child)
     node = process.submit(process_class, **inputs)
@@ -38,3 +57,51 @@ def submit_once(process, process_class, **inputs):
         child.seal()
         process.report(f'{label}: <{child.pk}> was stored but never launched; submitted <{node.pk}> instead')
     return node
+
+
+def _task_lost(process, pk: int) -> bool:
+    """Whether the process ``pk`` (not terminated, with a checkpoint) has no task with the broker, so no worker will
+    ever run it. False wherever that cannot be known: a runner that does not submit through the broker (its children
+    run in its own loop), or a broker whose queue cannot be read without taking tasks from it (RabbitMQ hides the
+    tasks workers hold)."""
+    if not getattr(process.runner, '_broker_submit', False) or process.runner.controller is None:
+        return False
+    folder = zeromq_task_folder()
+    if folder is None or pk in queued_pids(folder):
+        return False
+    # It may have ended (and its task been acknowledged) while the queue was read.
+    state = orm.QueryBuilder().append(orm.ProcessNode, filters={'id': pk}, project='attributes.process_state').one()[0]
+    return state not in {'finished', 'excepted', 'killed'}
+
+
+def zeromq_task_folder() -> pathlib.Path | None:
+    """The folder where the profile's embedded ZeroMQ broker keeps its task queue, or None for another broker."""
+    from aiida.brokers.zeromq.service import ZeromqBrokerService
+    from aiida.manage import get_manager
+    from aiida.manage.configuration import get_config
+
+    profile = get_manager().get_profile()
+    if profile is None or profile.process_control_backend != 'core.zeromq':
+        return None
+    service_dir = get_config().filepaths(profile)['broker_service']['dir']
+    return ZeromqBrokerService.FilepathLayout(service_dir).storage_path / 'tasks'
+
+
+def queued_pids(folder: pathlib.Path) -> set[int]:
+    """Pks of the processes with a task in the ZeroMQ broker's queue: waiting, or handed to a worker and not yet
+    acknowledged (the broker hands a dead worker's tasks to the next one).
+
+    Read-only (the broker's own ``iterate_tasks`` moves the tasks being processed back to waiting). The broker moves a
+    task between ``pending`` and ``processing`` by renaming its file, so the folders are read pending, processing,
+    pending: a task that moves either way while they are read is seen in one of them.
+    """
+    pids = set()
+    for state in ('pending', 'processing', 'pending'):
+        for path in (folder / state).glob('*.json'):
+            try:
+                body = json.loads(path.read_text()).get('body')
+            except (FileNotFoundError, json.JSONDecodeError):  # moved or acknowledged while being read
+                continue
+            if isinstance(body, dict) and isinstance(body.get('args'), dict) and 'pid' in body['args']:
+                pids.add(int(body['args']['pid']))
+    return pids

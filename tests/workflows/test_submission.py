@@ -1,0 +1,85 @@
+"""``submit_once`` when a daemon worker died in the step that submitted a child: the next worker replays that step.
+
+The states a killed worker can leave are made here exactly, rather than by racing a SIGKILL against the step (the
+fault-injection benchmark does that): the parent is submitted while the daemon is stopped, so its first step has not
+run, and its child is made beforehand as the killed worker would have left it.
+"""
+
+from __future__ import annotations
+
+import pytest
+from aiida import orm
+from aiida.engine import submit
+from aiida.manage import get_manager
+from alml_test_calculators.replay import CHILD_LABEL, ReportsOnce, SubmitsOneChild
+
+from aiida_alml.workflows.submission import queued_pids, zeromq_task_folder
+
+pytestmark = [pytest.mark.storage, pytest.mark.daemon]
+
+
+def _stored_child(parent: orm.WorkflowNode, send_task: bool) -> orm.WorkflowNode:
+    """A ``ReportsOnce`` called by ``parent`` under the label ``submit_once`` looks for, with its checkpoint saved, as
+    ``Runner.submit`` leaves it; its task is sent to the broker only if ``send_task``."""
+    runner = get_manager().get_runner()
+    process = _child_of(parent, runner)
+    runner.persister.save_checkpoint(process)
+    process.close()
+    if send_task:
+        runner.controller.continue_process(process.pid, nowait=False, no_reply=True)
+    return process.node
+
+
+def _child_of(parent: orm.WorkflowNode, runner) -> ReportsOnce:
+    """A stored ``ReportsOnce`` called by ``parent`` under the label ``submit_once`` looks for."""
+    return ReportsOnce(runner=runner, inputs={'metadata': {'call_link_label': CHILD_LABEL}}, parent_pid=parent.pk)
+
+
+def _reports(node: orm.ProcessNode) -> list[str]:
+    return [entry.message for entry in orm.Log.collection.get_logs_for(node)]
+
+
+def _runs(child: orm.ProcessNode) -> int:
+    """How many times ``child``'s one step ran."""
+    return sum(message.endswith(': ran') for message in _reports(child))
+
+
+def test_a_child_whose_task_never_reached_the_broker_is_sent_again(stopped_daemon_client, submit_and_await):
+    parent = submit(SubmitsOneChild)
+    child = _stored_child(parent, send_task=False)
+    folder = zeromq_task_folder()
+    assert parent.pk in queued_pids(folder) and child.pk not in queued_pids(folder)
+
+    parent = submit_and_await(parent, timeout=120)  # before the fix: the child waited for ever, and the parent too
+    assert parent.is_finished_ok, parent.exit_message
+    (called,) = parent.called
+    assert called.pk == child.pk and called.is_finished_ok
+    assert _runs(called) == 1
+    assert any('never reached the broker; sent it again' in message for message in _reports(parent))
+
+
+def test_a_child_with_its_task_queued_is_reused_and_runs_once(stopped_daemon_client, submit_and_await):
+    parent = submit(SubmitsOneChild)
+    child = _stored_child(parent, send_task=True)
+    assert child.pk in queued_pids(zeromq_task_folder())
+
+    parent = submit_and_await(parent, timeout=120)
+    assert parent.is_finished_ok, parent.exit_message
+    (called,) = parent.called
+    assert called.pk == child.pk and called.is_finished_ok
+    assert _runs(called) == 1
+    assert not any('sent it again' in message for message in _reports(parent))
+
+
+def test_a_child_stored_without_a_checkpoint_is_replaced(stopped_daemon_client, submit_and_await):
+    parent = submit(SubmitsOneChild)
+    process = _child_of(parent, get_manager().get_runner())
+    process.node.delete_checkpoint()  # the worker died between storing the node and saving its first checkpoint
+    process.close()
+
+    parent = submit_and_await(parent, timeout=120)
+    assert parent.is_finished_ok, parent.exit_message
+    stale = orm.load_node(process.node.pk)
+    assert stale.is_killed and 'never launched' in stale.process_status, stale.process_status
+    replacement = next(node for node in parent.called if node.pk != stale.pk)
+    assert replacement.is_finished_ok and _runs(replacement) == 1

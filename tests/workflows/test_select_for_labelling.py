@@ -77,32 +77,3 @@ def test_random_physical_baseline_draws_every_physical_frame_but_never_the_crush
         drawn.update(picks)
     # whatever σ says: the accurate frame is drawn as readily as the uncertain ones
     assert drawn == {1, 2, 3, 4}
-
-
-def test_contact_threshold_comes_from_the_data_given_not_from_the_loops_own_picks(emt_labelled):
-    # A compressed frame the loop labelled must not lower the threshold that let it in: the same frame given by the
-    # user (no selection reason in its metadata) does lower it.
-    from ase.calculators.emt import EMT
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    from aiida_alml.data import ConfigurationSet
-    from aiida_alml.engines.md import closest_distance
-
-    compressed = emt_labelled[0].copy()
-    compressed.positions[1] = compressed.positions[0] + [1.7, 0.0, 0.0]
-    compressed.calc = EMT()
-    compressed.calc = SinglePointCalculator(compressed, energy=compressed.get_potential_energy(),
-                                            forces=compressed.get_forces(), stress=compressed.get_stress())
-    given = min(closest_distance(atoms, 6.0) for atoms in emt_labelled)
-    assert given > 1.9  # the premise: the compressed frame is closer than anything the user gave
-    frames, sigmas = _frames_with_a_crushed_one()
-    fraction = SELECTION_DEFAULTS['contact_fraction']
-
-    def threshold(metadata):
-        training = ConfigurationSet.from_ase([*emt_labelled, compressed], include_info=False,
-                                             metadata=[{}] * len(emt_labelled) + [metadata])
-        record = _select(training, frames, sigmas, mode='weighted', labels_per_iteration=2)['record']
-        return record.base.attributes.get('min_closest')
-
-    assert np.isclose(threshold({'iteration': 0, 'selection_reason': 'weighted'}), fraction * given)
-    assert np.isclose(threshold({}), fraction * closest_distance(compressed, 6.0))

@@ -46,7 +46,7 @@ from aiida_alml.workflows.links import (
 )
 from aiida_alml.workflows.seeds import iteration_seeds
 from aiida_alml.workflows.stability import StabilityWorkChain
-from aiida_alml.workflows.submission import submit_once
+from aiida_alml.workflows.submission import EndsInterruptedFunctions, submit_once
 
 __all__ = ('ActiveLearningWorkChain',)
 
@@ -56,7 +56,7 @@ def elapsed_seconds(node) -> float:
     return (node.mtime - node.ctime).total_seconds()
 
 
-class ActiveLearningWorkChain(WorkChain):
+class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
     """Active learning of a MACE committee; every structure, label, model and selection decision is a node."""
 
     @classmethod

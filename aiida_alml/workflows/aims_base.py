@@ -8,6 +8,7 @@ from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, calcfunctio
 
 from aiida_alml.calculations.aims import AimsCalculation
 from aiida_alml.protocols import get_protocol_inputs
+from aiida_alml.workflows.submission import EndsInterruptedFunctions
 
 __all__ = ('AimsBaseWorkChain', 'kpoints_from_distance', 'kpoints_mesh')
 
@@ -21,7 +22,7 @@ RESCUE_SMEARING = 0.1
 WALLTIME_FACTOR = 1.5
 
 
-class AimsBaseWorkChain(BaseRestartWorkChain):
+class AimsBaseWorkChain(EndsInterruptedFunctions, BaseRestartWorkChain):
     """Run an :class:`AimsCalculation`, restarting it with adjusted settings when it fails in a recoverable way.
 
     SCF non-convergence: a ladder of FHI-aims mixing strategies (more iterations, smaller ``charge_mix_param``,

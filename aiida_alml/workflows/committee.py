@@ -9,7 +9,7 @@ from aiida.engine import ToContext, WorkChain, calcfunction, while_
 from aiida_alml.calculations.mace_train import MaceTrainCalculation, is_isolated_atom
 from aiida_alml.data import ConfigurationSet, MlipModel
 from aiida_alml.workflows.relaunch import RelaunchesInterruptedJobs, define_relaunch_input
-from aiida_alml.workflows.submission import submit_once
+from aiida_alml.workflows.submission import EndsInterruptedFunctions, submit_once
 
 __all__ = ('CommitteeWorkChain', 'bootstrap_resample', 'summarize_committee')
 
@@ -60,7 +60,7 @@ def _validate_inputs(inputs, _):
     return None
 
 
-class CommitteeWorkChain(RelaunchesInterruptedJobs, WorkChain):
+class CommitteeWorkChain(EndsInterruptedFunctions, RelaunchesInterruptedJobs, WorkChain):
     """Train ``num_members`` MACE models concurrently; member ``i`` gets ``seeds[i]`` (default ``i + 1``).
 
     The training inputs are those of ``alml.mace.train`` (namespace ``train``) except ``seed``. With ``bootstrap``

@@ -8,7 +8,7 @@ from aiida.engine import ToContext, WorkChain, calcfunction, while_
 from aiida_alml.calculations.md import MdCalculation, check_md_grid
 from aiida_alml.engines.md import MdParameterError, validate_parameters
 from aiida_alml.workflows.relaunch import RelaunchesInterruptedJobs, define_relaunch_input
-from aiida_alml.workflows.submission import submit_once
+from aiida_alml.workflows.submission import EndsInterruptedFunctions, submit_once
 
 __all__ = ('ExploreWorkChain', 'tabulate_md_runs')
 
@@ -57,7 +57,7 @@ def _validate_inputs(inputs, ctx):
     return check_md_grid(inputs)
 
 
-class ExploreWorkChain(RelaunchesInterruptedJobs, WorkChain):
+class ExploreWorkChain(EndsInterruptedFunctions, RelaunchesInterruptedJobs, WorkChain):
     """Run ``alml.md`` for every structure in ``structures`` under every entry of ``conditions``.
 
     Each condition is a dict of MD parameters laid over ``parameters`` (e.g. ``{'ensemble': 'npt_berendsen',

@@ -35,7 +35,7 @@ from aiida_alml.label_settings import SETTINGS_KEY, inconsistent_settings, label
 from aiida_alml.atoms.suggest import did_you_mean
 from aiida_alml.workflows.aims_base import AimsBaseWorkChain, kpoints_mesh
 from aiida_alml.workflows.relaunch import RelaunchesInterruptedJobs, define_relaunch_input
-from aiida_alml.workflows.submission import submit_once
+from aiida_alml.workflows.submission import EndsInterruptedFunctions, submit_once
 
 __all__ = (
     'LabelWorkChain', 'merge_labelled', 'parse_shell_labels', 'declare_label_settings', 'inconsistent_settings',
@@ -309,7 +309,7 @@ def _aims_label_problem(inputs) -> str | None:
     return None
 
 
-class LabelWorkChain(RelaunchesInterruptedJobs, WorkChain):
+class LabelWorkChain(EndsInterruptedFunctions, RelaunchesInterruptedJobs, WorkChain):
     """Label every configuration of ``structures`` with the chosen labeller and gather the labels in one set."""
 
     @classmethod

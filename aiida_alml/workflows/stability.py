@@ -17,7 +17,7 @@ from aiida.engine import ToContext, WorkChain, calcfunction
 from aiida_alml.calculations.md import MdCalculation, check_md_grid
 from aiida_alml.engines.md import MdParameterError, validate_parameters
 from aiida_alml.selection.stability import STABILITY_DEFAULTS, assess_run
-from aiida_alml.workflows.submission import submit_once
+from aiida_alml.workflows.submission import EndsInterruptedFunctions, submit_once
 
 __all__ = ('StabilityWorkChain', 'assess_stability')
 
@@ -71,7 +71,7 @@ def _validate_inputs(inputs, ctx):
     return check_md_grid(inputs)
 
 
-class StabilityWorkChain(WorkChain):
+class StabilityWorkChain(EndsInterruptedFunctions, WorkChain):
     """Validate a committee by MD from every structure in every ensemble; see the module docstring."""
 
     @classmethod

@@ -1,4 +1,5 @@
-"""Submit a child process at most once, even when the daemon worker dies in the middle of the step submitting it."""
+"""Replaying a step after the daemon worker died in it: submit each child at most once, and end the process functions
+the dead worker was running."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from aiida import orm
 from aiida.common.links import LinkType
 from plumpy import ProcessState
 
-__all__ = ('submit_once',)
+__all__ = ('EndsInterruptedFunctions', 'submit_once')
 
 
 def submit_once(process, process_class, **inputs):
@@ -105,3 +106,24 @@ def queued_pids(folder: pathlib.Path) -> set[int]:
             if isinstance(body, dict) and isinstance(body.get('args'), dict) and 'pid' in body['args']:
                 pids.add(int(body['args']['pid']))
     return pids
+
+
+class EndsInterruptedFunctions:
+    """Work-chain mixin: when the work chain is loaded from its checkpoint, mark killed the process functions it called
+    that never ended.
+
+    A calcfunction runs inside the worker that runs its caller's step, without a checkpoint of its own; a worker
+    killed while it runs leaves its node "running" for ever (``verdi process list`` shows it, ``verdi process kill``
+    cannot reach it), while the next worker replays the step and runs the function again as a new node. A work chain
+    runs in one worker at a time, so when it is loaded, a function it called that has not ended is one of those.
+    """
+
+    def load_instance_state(self, saved_state, load_context):
+        super().load_instance_state(saved_state, load_context)
+        for child in self.node.called:
+            if isinstance(child, (orm.CalcFunctionNode, orm.WorkFunctionNode)) and not child.is_terminated:
+                child.set_process_state(ProcessState.KILLED)
+                child.set_process_status('interrupted: the daemon worker running it died; the step was run again')
+                child.seal()
+                self.report(f'<{child.pk}> ({child.process_label}) was interrupted with the daemon worker running it; '
+                            'marked killed')

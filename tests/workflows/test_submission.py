@@ -1,4 +1,5 @@
-"""``submit_once`` when a daemon worker died in the step that submitted a child: the next worker replays that step.
+"""Replays after a daemon worker died in a step: ``submit_once`` (a child submitted at most once) and
+``EndsInterruptedFunctions`` (a process function the dead worker was running does not stay "running" for ever).
 
 The states a killed worker can leave are made here exactly, rather than by racing a SIGKILL against the step (the
 fault-injection benchmark does that): the parent is submitted while the daemon is stopped, so its first step has not
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 from aiida import orm
-from aiida.engine import submit
+from aiida.common.links import LinkType
+from aiida.engine import ProcessState, submit
 from aiida.manage import get_manager
 from alml_test_calculators.replay import CHILD_LABEL, ReportsOnce, SubmitsOneChild
 
@@ -83,3 +85,30 @@ def test_a_child_stored_without_a_checkpoint_is_replaced(stopped_daemon_client, 
     assert stale.is_killed and 'never launched' in stale.process_status, stale.process_status
     replacement = next(node for node in parent.called if node.pk != stale.pk)
     assert replacement.is_finished_ok and _runs(replacement) == 1
+
+
+def _function_called_by(parent: orm.WorkflowNode, state: ProcessState) -> orm.CalcFunctionNode:
+    """A calcfunction node called by ``parent`` in ``state``, as a worker leaves it (running: killed while in it)."""
+    node = orm.CalcFunctionNode()
+    node.set_process_label('score')
+    node.base.links.add_incoming(parent, LinkType.CALL_CALC, f'score_{state.value}')
+    node.set_process_state(state)
+    if state == ProcessState.FINISHED:
+        node.set_exit_status(0)
+    node.store()
+    if state == ProcessState.FINISHED:
+        node.seal()
+    return node
+
+
+def test_a_calcfunction_left_running_by_a_dead_worker_is_marked_killed(stopped_daemon_client, submit_and_await):
+    parent = submit(SubmitsOneChild)
+    interrupted = _function_called_by(parent, ProcessState.RUNNING)
+    ended = _function_called_by(parent, ProcessState.FINISHED)
+
+    parent = submit_and_await(parent, timeout=120)
+    assert parent.is_finished_ok, parent.exit_message
+    interrupted = orm.load_node(interrupted.pk)
+    assert interrupted.is_killed and interrupted.is_sealed and 'daemon worker' in interrupted.process_status
+    assert orm.load_node(ended.pk).is_finished_ok
+    assert sum('was interrupted with the daemon worker' in message for message in _reports(parent)) == 1

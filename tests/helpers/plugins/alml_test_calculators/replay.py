@@ -1,10 +1,10 @@
-"""Two tiny work chains for the tests of ``submit_once`` through the daemon: a parent whose one step submits a child
+"""Two tiny work chains for the tests of ``submit_once`` and ``EndsInterruptedFunctions`` through the daemon: a parent whose one step submits a child
 under a fixed call link label, and a child that does nothing but report that it ran (the tests count those reports).
 They live in this installed package so that daemon workers can load them from a checkpoint."""
 
 from aiida.engine import ToContext, WorkChain
 
-from aiida_alml.workflows.submission import submit_once
+from aiida_alml.workflows.submission import EndsInterruptedFunctions, submit_once
 
 CHILD_LABEL = 'child'
 
@@ -26,7 +26,7 @@ class ReportsOnce(WorkChain):
         self.report('ran')
 
 
-class SubmitsOneChild(WorkChain):
+class SubmitsOneChild(EndsInterruptedFunctions, WorkChain):
     """Submits one ``ReportsOnce`` with ``submit_once`` and fails unless it finished."""
 
     @classmethod

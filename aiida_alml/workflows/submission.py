@@ -12,6 +12,8 @@ from plumpy import ProcessState
 
 __all__ = ('EndsInterruptedFunctions', 'submit_once')
 
+_TERMINAL_STATES = {state.value for state in (ProcessState.FINISHED, ProcessState.EXCEPTED, ProcessState.KILLED)}
+
 
 def submit_once(process, process_class, **inputs):
     """``process.submit(process_class, **inputs)``, unless an interrupted run of this step already submitted it.
@@ -37,11 +39,8 @@ def submit_once(process, process_class, **inputs):
         child = link.node
         if link.link_label != label:
             continue
-        if child.is_terminated:
-            process.report(f'{label}: reusing <{child.pk}>, submitted before the daemon worker was interrupted')
-            return child
-        if child.checkpoint is not None:
-            if _task_lost(process, child.pk):
+        if child.is_terminated or child.checkpoint is not None:
+            if not child.is_terminated and _task_lost(process, child.pk):
                 process.runner.controller.continue_process(child.pk, nowait=False, no_reply=True)
                 process.report(
                     f'{label}: <{child.pk}> was stored before the daemon worker was interrupted, but its task never '
@@ -72,7 +71,7 @@ def _task_lost(process, pk: int) -> bool:
         return False
     # It may have ended (and its task been acknowledged) while the queue was read.
     state = orm.QueryBuilder().append(orm.ProcessNode, filters={'id': pk}, project='attributes.process_state').one()[0]
-    return state not in {'finished', 'excepted', 'killed'}
+    return state not in _TERMINAL_STATES
 
 
 def zeromq_task_folder() -> pathlib.Path | None:

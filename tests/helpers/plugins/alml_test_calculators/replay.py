@@ -1,6 +1,7 @@
-"""Two tiny work chains for the tests of ``submit_once`` and ``EndsInterruptedFunctions`` through the daemon: a parent whose one step submits a child
-under a fixed call link label, and a child that does nothing but report that it ran (the tests count those reports).
-They live in this installed package so that daemon workers can load them from a checkpoint."""
+"""Two tiny work chains for the tests of ``submit_once`` and ``EndsInterruptedFunctions`` through the daemon: a
+parent whose one step submits a child under a fixed call link label, and a child that does nothing but report that it
+ran (the tests count those reports). They live in this installed package so that daemon workers can load them from a
+checkpoint."""
 
 from aiida.engine import ToContext, WorkChain
 

@@ -75,8 +75,12 @@ def iteration_table(node) -> list[dict]:
             summary = select.outputs.summary.get_dict()
             row.update({key: summary.get(key) for key in ('frames', 'frames_counted', 'accurate_fraction',
                                                             'candidate_fraction', 'failed_fraction', 'max_uncertainty')})
+        if train.is_finished_ok and 'summary' in train.outputs:
+            row['train_metrics'] = train.outputs.summary.get_dict()
         if (score := step('score')) is not None and score.is_finished_ok:
-            row['test_force_rmse'] = score.outputs.result.get_dict()['force_rmse']
+            result = score.outputs.result.get_dict()
+            row['test_force_rmse'] = result['force_rmse']
+            row['test_energy_rmse_per_atom'] = result.get('energy_rmse_per_atom')
         if (label := step('label')) is not None and label.is_terminated:
             row['wall_time_s']['label'] = elapsed_seconds(label)
             if 'labelled' in label.outputs:
@@ -100,10 +104,23 @@ def current_stage(node) -> str:
     return max(running, key=lambda entry: entry.node.ctime).link_label
 
 
+def worst_validation_energy_rmse(train_metrics: dict | None) -> float | None:
+    """The largest validation energy RMSE (eV/atom) among a committee's members (``summary`` of alml.committee)."""
+    values = [member.get('metrics', {}).get('valid', {}).get('rmse_e_per_atom')
+              for member in (train_metrics or {}).values() if isinstance(member, dict)]
+    values = [value for value in values if isinstance(value, (int, float))]
+    return max(values) if values else None
+
+
+def _milli(value):
+    return value * 1000 if isinstance(value, (int, float)) else None
+
+
 def format_table(rows: list[dict]) -> str:
     """A fixed-width table of :func:`iteration_table` rows."""
     header = (f'{"iter":>4} {"frames":>6} {"accurate":>8} {"cand.":>6} {"failed":>6} {"new":>4} '
-              f'{"oos F-RMSE":>10} {"test F-RMSE":>11} {"calib":>6} {"train s":>8} {"explore s":>9} {"label s":>8}')
+              f'{"oos F-RMSE":>10} {"test F-RMSE":>11} {"valid E-RMSE":>12} {"test E-RMSE":>11} {"calib":>6} '
+              f'{"train s":>8} {"explore s":>9} {"label s":>8}')
     lines = [header]
 
     def number(value, fmt):
@@ -116,6 +133,8 @@ def format_table(rows: list[dict]) -> str:
             f'{number(row.get("accurate_fraction"), "8.1%"):>8} {number(row.get("candidate_fraction"), "6.1%"):>6} '
             f'{number(row.get("failed_fraction"), "6.1%"):>6} {number(row.get("labels_new"), "4d"):>4} '
             f'{number(row.get("oos_force_rmse"), "10.3f"):>10} {number(row.get("test_force_rmse"), "11.3f"):>11} '
+            f'{number(_milli(worst_validation_energy_rmse(row.get("train_metrics"))), "12.1f"):>12} '
+            f'{number(_milli(row.get("test_energy_rmse_per_atom")), "11.1f"):>11} '
             f'{number(row.get("fitted_calibration_factor"), "6.2f"):>6} '
             f'{number(times.get("train"), "8.1f"):>8} {number(times.get("explore"), "9.1f"):>9} '
             f'{number(times.get("label"), "8.1f"):>8}'
@@ -123,5 +142,6 @@ def format_table(rows: list[dict]) -> str:
     lines.append('frames: counted frames (starting structures and copies of training data left out); failed includes '
                  'frames MD runs never reached. Force RMSE in eV/Å per Cartesian component: oos = on the frames this '
                  'iteration labelled, before training on them (biased by what the loop chose); test = on the held-out '
-                 'test set.')
+                 'test set. Energy RMSE in meV/atom: valid = the worst member on its validation split at the end of '
+                 'its training, test = the committee mean on the held-out test set.')
     return '\n'.join(lines)

@@ -14,7 +14,7 @@ from aiida_alml.data import ConfigurationSet, MlipModel, ModelIntegrityError
 from aiida_alml.formats.mace_options import MaceOptionError, check_parameters, to_command_line
 from aiida_alml.parsers.interruption import define_interruption_exit_code
 
-__all__ = ('MaceTrainCalculation', 'isolated_atom_energies')
+__all__ = ('MaceTrainCalculation', 'average_e0s', 'isolated_atom_energies')
 
 MODEL_NAME = 'mace'  # mace_run_train --name: MACE writes mace.model, alml-train converts it to mace.alml
 MODEL_FILE = f'{MODEL_NAME}.alml'
@@ -27,6 +27,8 @@ ISOLATED_ATOM = 'IsolatedAtom'  # MACE's config_type for the configurations that
 # MACE defaults used by the input checks (they do not change between 0.3.x versions).
 DEFAULT_BATCH_SIZE = 10
 DEFAULT_VALID_FRACTION = 0.1
+#: mace_run_train's names of the stage-two switch; stage two is on unless ``parameters`` sets one of them.
+STAGE_TWO_SWITCHES = ('swa', 'stage_two')
 
 
 def is_isolated_atom(metadata: dict, n_atoms: int) -> bool:
@@ -46,6 +48,21 @@ def isolated_atom_energies(configurations) -> dict[str, float]:
             number = int(configurations.numbers[configurations.atom_slice(index)][0])
             energies[chemical_symbols[number]] = float(configurations.energy[index])
     return energies
+
+
+def average_e0s(configurations) -> dict[str, float]:
+    """E0 per element fitted to the labelled energies (least squares of energy on composition), as MACE's ``--E0s
+    average`` does: the E0s of ``e0s: average``, computed here on the whole current set and passed to MACE as numbers,
+    so that they are recorded and a warm start uses them (MACE would keep the parent model's)."""
+    from ase.data import chemical_symbols
+
+    numbers = sorted({int(z) for z in configurations.numbers})
+    counts = np.zeros((len(configurations), len(numbers)))
+    for index in range(len(configurations)):
+        present = configurations.numbers[configurations.atom_slice(index)]
+        counts[index] = [np.count_nonzero(present == z) for z in numbers]
+    solution, *_ = np.linalg.lstsq(counts, np.asarray(configurations.energy, dtype=np.float64), rcond=None)
+    return {chemical_symbols[z]: float(energy) for z, energy in zip(numbers, solution)}
 
 
 def _split_isolated(configurations) -> list[int]:
@@ -220,6 +237,8 @@ class MaceTrainCalculation(CalcJob):
         e0s = _resolve_e0s(self.inputs, training)
         # Isolated atoms give the E0s; MACE would drop them from training anyway (keep_isolated_atoms=False).
         keep = _split_isolated(training)
+        if e0s == 'average':
+            e0s = average_e0s(training.select(keep))
         from aiida_alml.atoms.configurations import write_extxyz
 
         write_extxyz(training.select(keep), folder.get_abs_path(TRAIN_FILE))
@@ -230,7 +249,7 @@ class MaceTrainCalculation(CalcJob):
         if 'test_set' in self.inputs:
             self.inputs.test_set.write_extxyz(folder.get_abs_path(TEST_FILE))
             arguments += ['--test_file', TEST_FILE]
-        arguments += ['--E0s', e0s if isinstance(e0s, str) else repr(_by_atomic_number(e0s))]
+        arguments += ['--E0s', repr(_by_atomic_number(e0s))]
         arguments += ['--energy_key', 'REF_energy', '--forces_key', 'REF_forces', '--stress_key', 'REF_stress']
         arguments += ['--work_dir', '.']
         if 'parent_model' in self.inputs:
@@ -246,7 +265,13 @@ class MaceTrainCalculation(CalcJob):
                 (remote.computer.uuid, f'{remote.get_remote_path()}/checkpoints', 'checkpoints')
             )
             arguments.append('--restart_latest')
-        arguments += to_command_line(self.inputs.parameters.get_dict())
+        parameters = self.inputs.parameters.get_dict()
+        if not any(name in parameters for name in STAGE_TWO_SWITCHES):
+            # MACE's recipe for learning energies: the last quarter of the epochs with energy weight 1000 (forces
+            # 100). With the first stage's weights alone (energy 1, forces 100) energies were not learned: models
+            # missed their own training energies by 60-175 meV/atom (issue 28).
+            arguments.append('--swa')
+        arguments += to_command_line(parameters)
 
         codeinfo = datastructures.CodeInfo()
         codeinfo.code_uuid = self.inputs.code.uuid

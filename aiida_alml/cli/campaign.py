@@ -32,6 +32,9 @@ def show_status(node) -> None:
     state = node.process_state.value if node.process_state else 'created'
     click.echo(f'{node.process_label}<{node.pk}>  state: {state}  stage: {current_stage(node)}')
     click.echo(budget_line(node.inputs.max_labels.value, initial_label_count(node.inputs)))
+    if 'e0s' in node.outputs:
+        e0s = ', '.join(f'{element} {energy:.4f}' for element, energy in node.outputs.e0s.get_dict().items())
+        click.echo(f'E0s (isolated atoms, labelled with the reference): {e0s} eV')
     click.echo(format_table(iteration_table(node)))
     if node.is_terminated:
         if 'learning_curve' in node.outputs:
@@ -47,6 +50,13 @@ def show_status(node) -> None:
             if final:
                 test = (f', held-out force RMSE {final["test_force_rmse"]:.3f} eV/Å (per component)'
                         if 'test_force_rmse' in final else '')
+                if final.get('test_energy_rmse_per_atom') is not None:
+                    test += f', energy RMSE {final["test_energy_rmse_per_atom"] * 1000:.1f} meV/atom'
+                from aiida_alml.progress import worst_validation_energy_rmse
+
+                valid = worst_validation_energy_rmse(final.get('train_metrics'))
+                if valid is not None:
+                    test += f' (validation energy RMSE {valid * 1000:.1f} meV/atom, worst member)'
                 state = 'FAILED' if final.get('failed') else f'{final["labels_total"]} configurations{test}'
                 click.echo(f'final training on the whole dataset: {state}')
             validation = curve.get('validation')

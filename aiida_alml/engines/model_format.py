@@ -23,8 +23,8 @@ import os
 from typing import Any, BinaryIO
 
 __all__ = (
-    'FORMAT', 'ModelFormatError', 'load_model', 'read_header', 'save_model', 'sha256_of_file', 'sha256_of_stream',
-    'to_mace_pickle',
+    'FORMAT', 'ModelFormatError', 'load_model', 'read_header', 'save_model', 'set_atomic_energies', 'sha256_of_file',
+    'sha256_of_stream', 'to_mace_pickle',
 )
 
 FORMAT = 'alml.mace.v1'
@@ -133,7 +133,8 @@ def _read(path: str | os.PathLike, device: str = 'cpu') -> dict:
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
-    """What the file says about the model: ``elements``, ``r_max``, ``dtype``, ``model_class``, ``config``."""
+    """What the file says about the model: ``elements``, ``r_max``, ``dtype``, ``model_class``, ``config`` and ``e0s``
+    ({symbol: eV}, the isolated-atom energies its weights hold, first head: what the model really adds per atom)."""
     from ase.data import chemical_symbols
 
     payload = _read(path)
@@ -147,8 +148,12 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
     weights = payload['state_dict'].get('atomic_energies_fn.atomic_energies')
     if weights is None:
         raise ModelFormatError(f'{path}: the weights lack atomic_energies_fn.atomic_energies')
+    if weights.numel() % len(numbers):
+        raise ModelFormatError(f'{path}: {weights.numel()} atomic energies for {len(numbers)} elements')
+    first_head = weights.reshape(-1, len(numbers))[0].tolist()
+    e0s = {chemical_symbols[z]: float(energy) for z, energy in zip(numbers, first_head)}
     return {'model_class': payload['model_class'], 'elements': elements, 'atomic_numbers': numbers,
-            'r_max': r_max, 'dtype': str(weights.dtype).removeprefix('torch.'), 'config': config}
+            'r_max': r_max, 'dtype': str(weights.dtype).removeprefix('torch.'), 'config': config, 'e0s': e0s}
 
 
 def _constructor_arguments(config: dict, path) -> dict[str, Any]:
@@ -199,8 +204,32 @@ def load_model(path: str | os.PathLike, device: str = 'cpu'):
     return model.to(device)
 
 
-def to_mace_pickle(path: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Rebuild a model from our file and save it as MACE's own pickle (for ``mace_run_train --foundation_model``)."""
+def to_mace_pickle(
+    path: str | os.PathLike, target: str | os.PathLike, atomic_energies: dict[int, float] | None = None
+) -> None:
+    """Rebuild a model from our file and save it as MACE's own pickle (for ``mace_run_train --foundation_model``).
+
+    ``atomic_energies`` ({Z: eV}) replace the model's E0s for those elements. A warm start needs it: MACE copies every
+    buffer of the foundation model into the new one, E0s included, so the E0s given to ``mace_run_train --E0s`` are
+    logged ("Atomic Energies used") but never used, and a campaign's models kept the E0s of its first training.
+    """
     import torch
 
-    torch.save(load_model(path), target)
+    model = load_model(path)
+    if atomic_energies:
+        set_atomic_energies(model, atomic_energies)
+    torch.save(model, target)
+
+
+def set_atomic_energies(model, atomic_energies: dict[int, float]) -> None:
+    """Set the E0s of ``model`` (every head) for the elements in ``atomic_energies`` ({Z: eV}); others stay."""
+    import torch
+
+    numbers = [int(z) for z in model.atomic_numbers]
+    unknown = sorted(set(atomic_energies) - set(numbers))
+    if unknown:
+        raise ModelFormatError(f'E0s for elements {unknown} that the model does not have (it has {numbers})')
+    buffer = model.atomic_energies_fn.atomic_energies
+    with torch.no_grad():
+        for z, energy in atomic_energies.items():
+            buffer[..., numbers.index(int(z))] = float(energy)

@@ -1,9 +1,10 @@
 """``alml-train``: ``mace_run_train`` followed by writing the model in aiida-alml's format (no pickle leaves the job).
 
 Takes exactly ``mace_run_train``'s command line. Before training, a ``--foundation_model`` in our format is rebuilt
-into the pickle MACE expects (inside this job, from plain data); after training, ``<name>.model`` (MACE's pickle,
-written by this job) is converted to ``<name>.alml`` (:mod:`aiida_alml.engines.model_format`), the only model file
-the calculation retrieves. Runs on the compute node; no AiiDA import.
+into the pickle MACE expects (inside this job, from plain data), carrying the E0s of ``--E0s`` (MACE would otherwise
+keep the foundation's: it copies every buffer of it); after training, ``<name>_stagetwo.model`` (with stage two) or
+``<name>.model`` (MACE's pickle, written by this job) is converted to ``<name>.alml``
+(:mod:`aiida_alml.engines.model_format`), the only model file the calculation retrieves. Runs on the compute node; no AiiDA import.
 """
 
 from __future__ import annotations
@@ -34,6 +35,16 @@ def _replace_option(argv: list[str], name: str, value: str) -> list[str]:
     return out
 
 
+def _explicit_e0s(value: str | None) -> dict[int, float] | None:
+    """The E0s of ``--E0s`` when it is a literal {Z: eV} (the calculation always passes one), else None."""
+    import ast
+
+    if value is None or not value.strip().startswith('{'):
+        return None
+    e0s = ast.literal_eval(value)
+    return {int(z): float(energy) for z, energy in e0s.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from aiida_alml.engines.model_format import ModelFormatError, read_header, save_model, to_mace_pickle
@@ -46,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f'alml-train: --foundation_model {foundation}: {exception}', file=sys.stderr)
             return EXIT_BAD_FOUNDATION
         rebuilt = f'{Path(foundation).stem}.mace-pickle.model'
-        to_mace_pickle(foundation, rebuilt)
+        try:
+            to_mace_pickle(foundation, rebuilt, atomic_energies=_explicit_e0s(_option(argv, '--E0s')))
+        except ModelFormatError as exception:
+            print(f'alml-train: --foundation_model {foundation}: {exception}', file=sys.stderr)
+            return EXIT_BAD_FOUNDATION
         argv = _replace_option(argv, '--foundation_model', rebuilt)
 
     import torch
@@ -57,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
 
     name = _option(argv, '--name', 'MACE_model')
     model_dir = Path(_option(argv, '--model_dir') or _option(argv, '--work_dir', '.'))
-    pickled = model_dir / f'{name}.model'
+    # With stage two (``--swa``: the energy weight raised for the last epochs) MACE writes both models; the stage-two
+    # one is the trained result.
+    pickled = model_dir / f'{name}_stagetwo.model'
+    if not pickled.is_file():
+        pickled = model_dir / f'{name}.model'
     if not pickled.is_file():
         print(f'alml-train: mace_run_train wrote no {pickled}', file=sys.stderr)
         return EXIT_NO_MODEL

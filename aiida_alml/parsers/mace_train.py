@@ -14,7 +14,7 @@ from aiida.engine import ExitCode
 
 from aiida_alml.calculations.mace_train import MODEL_FILE, MODEL_NAME, STDOUT_FILE
 from aiida_alml.data import MlipModel
-from aiida_alml.engines.model_format import ModelFormatError
+from aiida_alml.engines.model_format import ModelFormatError, read_header
 from aiida_alml.engines.disk import disk_full_line
 from aiida_alml.parsers.interruption import SCHEDULER_STDERR, InterruptionAwareParser
 
@@ -72,11 +72,6 @@ def parse_error_tables(log: str) -> dict[str, dict[str, float]]:
     return metrics
 
 
-def _log_value(pattern: str, log: str) -> str | None:
-    match = re.search(pattern, log)
-    return match.group(1) if match else None
-
-
 class MaceTrainParser(InterruptionAwareParser):
     """Store the model as an :class:`MlipModel`, the final metrics and the validation curve per epoch."""
 
@@ -122,7 +117,9 @@ class MaceTrainParser(InterruptionAwareParser):
         except ModelFormatError as exception:
             return self.exit_codes.ERROR_NO_MODEL.format(details=str(exception))
         self.out('model', model)
-        self.out('metrics', orm.Dict(self._metrics(log, evals)))
+        metrics = self._metrics(log, evals)
+        metrics['e0s'] = self._e0s
+        self.out('metrics', orm.Dict(metrics))
         return ExitCode(0)
 
     # ------------------------------------------------------------------ pieces
@@ -148,12 +145,17 @@ class MaceTrainParser(InterruptionAwareParser):
             path = pathlib.Path(folder) / model_name
             with self.retrieved.base.repository.open(model_name, mode='rb') as source:
                 path.write_bytes(source.read())
+            # The E0s the weights hold (MACE's log names the ones it was given, which a warm start used to ignore).
+            self._e0s = read_header(path)['e0s']
             return MlipModel(file=path, seed=self.node.inputs.seed.value)
 
     def _metrics(self, log: str, evals: list[dict]) -> dict:
         metrics: dict = parse_error_tables(log)
-        # The log names the epoch whose checkpoint became the model (the best on the validation set).
-        best = _log_value(r'Loaded Stage \w+ model from epoch (\d+)', log)
+        # The log names the epoch whose checkpoint became the model (the best on the validation set); with stage two
+        # (higher energy weight at the end) it names stage one's, then stage two's, which is the model.
+        loaded = re.findall(r'Loaded Stage (\w+) model from epoch (\d+)', log)
+        best = loaded[-1][1] if loaded else None
+        metrics['stage_two'] = bool(loaded) and loaded[-1][0] == 'two'
         if best is not None:
             metrics['best_epoch'] = int(best)
             chosen = [r for r in evals if r.get('epoch') == int(best)]

@@ -32,6 +32,8 @@ from aiida_alml.workflows.functions import (
     assemble_learning_curve,
     calibrate_committee,
     evaluate_predictions,
+    isolated_atom_e0s,
+    isolated_atoms,
     merge_training_sets,
     perturb_structures,
     record_iteration,
@@ -41,8 +43,8 @@ from aiida_alml.workflows.functions import (
 )
 from aiida_alml.workflows.label import LabelWorkChain
 from aiida_alml.workflows.links import (
-    LABEL_INITIAL, LEARNING_CURVE, MERGE_INITIAL, PERTURB_INITIAL, STARTING_POINTS, TRAIN_FINAL, VALIDATE,
-    iteration_label,
+    E0S, ISOLATED_ATOMS, LABEL_INITIAL, LABEL_ISOLATED_ATOMS, LEARNING_CURVE, MERGE_INITIAL, PERTURB_INITIAL,
+    STARTING_POINTS, TRAIN_FINAL, VALIDATE, iteration_label,
 )
 from aiida_alml.workflows.seeds import iteration_seeds
 from aiida_alml.workflows.stability import StabilityWorkChain
@@ -113,6 +115,12 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
                    help='Train once more on the whole dataset when the last committee has not seen every label.')
         spec.input('final_train_parameters', valid_type=orm.Dict, required=False,
                    help='mace_run_train options for that final training (e.g. more epochs).')
+        spec.input('isolated_atom_box', valid_type=orm.Float, default=lambda: orm.Float(20.0),
+                   validator=lambda box, _: None if box.value > 0 else f'isolated_atom_box: must be > 0 Å, got {box.value}',
+                   help='Edge (Å) of the empty, non-periodic box in which one atom of each element is labelled with '
+                        'the campaign\'s reference to give the E0s of every training. Not done when `train.train.e0s` '
+                        'is given ("average" or {element: eV}) or the initial dataset has IsolatedAtom '
+                        'configurations for every element.')
         spec.input('validation', valid_type=orm.Dict, required=False, validator=validate_validation,
                    help='Run the final committee\'s MD longer and hotter than exploration (alml.stability): '
                         '{temperature_factor, steps, ensembles, max_excursion_fraction, max_nve_drift}.')
@@ -120,6 +128,7 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
 
         spec.outline(
             cls.setup,
+            if_(cls.needs_isolated_atoms)(cls.run_isolated_atoms, cls.inspect_isolated_atoms),
             if_(cls.has_initial_structures)(cls.run_initial_labelling, cls.inspect_initial_labelling),
             while_(cls.should_continue)(
                 cls.run_training,
@@ -142,6 +151,9 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
         spec.output_namespace('models', valid_type=orm.Data, dynamic=True,
                               help='The final committee, trained on `dataset`.')
         spec.output('dataset', valid_type=ConfigurationSet, help='All labelled configurations (the training set).')
+        spec.output('e0s', valid_type=orm.Dict, required=False,
+                    help='The E0s of every training, {element: eV}: energies of isolated atoms labelled with the '
+                         'campaign\'s reference (absent when they were given).')
         spec.output('learning_curve', valid_type=orm.Dict,
                     help='Per iteration: labels, fractions, errors, timings (the `iterations` rows in order), and '
                          'how the run ended.')
@@ -155,6 +167,9 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
         spec.exit_code(401, 'ERROR_MAX_ITERATIONS', message='Not converged within {iterations} iterations.')
         spec.exit_code(402, 'ERROR_LABEL_BUDGET_SPENT', message='The label budget of {budget} is spent, not converged.')
         spec.exit_code(410, 'ERROR_INITIAL_LABELLING_FAILED', message='Labelling the initial structures failed.')
+        spec.exit_code(416, 'ERROR_ISOLATED_ATOMS_FAILED',
+                       message='Labelling the isolated atoms that give the E0s failed: {detail}. Give '
+                               '`train.train.e0s` ({{element: eV}} or "average") to go without them.')
         spec.exit_code(411, 'ERROR_TRAINING_FAILED', message='Training the committee failed in iteration {iteration}.')
         spec.exit_code(412, 'ERROR_EXPLORATION_FAILED', message='Exploration failed in iteration {iteration}.')
         spec.exit_code(413, 'ERROR_LABELLING_FAILED',
@@ -182,8 +197,47 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
         self.ctx.models_trained_on = None
         self.ctx.final = None
         self.ctx.validation_report = None
+        self.ctx.e0s = None
         exploration = self.inputs.get('exploration_structures') or self.inputs.get('initial_structures')
         self.ctx.starting_points = split_structures(exploration, metadata={'call_link_label': STARTING_POINTS})
+
+    def _elements(self) -> list[str]:
+        names = ('initial_dataset', 'initial_structures', 'exploration_structures')
+        return sorted({element for name in names if name in self.inputs for element in self.inputs[name].elements})
+
+    def needs_isolated_atoms(self):
+        """E0s are needed from the reference unless given, or the initial dataset has isolated atoms for them all."""
+        if 'e0s' in self.inputs.train.get('train', {}):
+            return False
+        from aiida_alml.calculations.mace_train import isolated_atom_energies
+
+        given = isolated_atom_energies(self.ctx.dataset.configurations) if self.ctx.dataset is not None else {}
+        return not set(self._elements()) <= set(given)
+
+    def run_isolated_atoms(self):
+        """Label one atom of each element alone in a box with the campaign's reference: the E0s of every training
+        (MACE's recommended E0s; the average over the data shifts with every batch the loop adds)."""
+        elements = self._elements()
+        structures = isolated_atoms(orm.List(elements), self.inputs.isolated_atom_box,
+                                    metadata={'call_link_label': ISOLATED_ATOMS})
+        self.report(f'labelling isolated atoms of {", ".join(elements)} for the E0s')
+        # A lone atom in a box that is not periodic has no stress.
+        properties = {'ase': {'properties': orm.List(['energy', 'forces'])}}
+        return ToContext(isolated_labels=self._submit_labelling(structures, LABEL_ISOLATED_ATOMS, properties))
+
+    def inspect_isolated_atoms(self):
+        node = self.ctx.isolated_labels
+        if 'labelled' not in node.outputs:
+            return self.exit_codes.ERROR_ISOLATED_ATOMS_FAILED.format(detail=node.exit_message or 'no labels')
+        try:
+            self.ctx.e0s = isolated_atom_e0s(node.outputs.labelled, orm.List(self._elements()),
+                                             metadata={'call_link_label': E0S})
+        except ValueError as error:
+            return self.exit_codes.ERROR_ISOLATED_ATOMS_FAILED.format(detail=str(error))
+        self.out('e0s', self.ctx.e0s)
+        e0s = ', '.join(f'{element} {energy:.4f} eV' for element, energy in self.ctx.e0s.get_dict().items())
+        self.report(f'E0s from isolated atoms: {e0s}')
+        return None
 
     def has_initial_structures(self):
         return 'initial_structures' in self.inputs
@@ -520,6 +574,8 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
     def _submit_training(self, seeds: list[int], link_label: str, extra_parameters: dict | None = None):
         inputs = self.exposed_inputs(CommitteeWorkChain, namespace='train')
         inputs['train']['training_set'] = self.ctx.dataset
+        if self.ctx.e0s is not None:
+            inputs['train']['e0s'] = self.ctx.e0s
         inputs['seeds'] = orm.List(seeds)
         parameters = inputs['train']['parameters'].get_dict() if 'parameters' in inputs['train'] else {}
         if self.inputs.warm_start.value and self.ctx.models:
@@ -539,15 +595,19 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
             return {}
         scores = score_committee(self.inputs.test_set, **self.ctx.models,
                                  metadata={'call_link_label': link_label}).get_dict()
-        return {'test_force_rmse': scores['force_rmse'], 'test_energy_rmse_per_atom': scores['energy_rmse_per_atom']}
+        return {'test_force_rmse': scores['force_rmse'], 'test_energy_rmse_per_atom': scores['energy_rmse_per_atom'],
+                'test_energy_mean_error_per_atom': scores['energy_mean_error_per_atom']}
 
     def _mismatch(self, labelled: ConfigurationSet) -> str | None:
         """Why ``labelled`` may not join the training set (settings differ from its labels), or None."""
         return labels_mismatch(self.ctx.dataset.configurations.metadata, labelled.configurations.metadata)
 
-    def _submit_labelling(self, structures: ConfigurationSet, link_label: str):
+    def _submit_labelling(self, structures: ConfigurationSet, link_label: str, overrides: dict | None = None):
         inputs = self.exposed_inputs(LabelWorkChain, namespace='label')
         inputs['structures'] = structures
+        for namespace, values in (overrides or {}).items():
+            if namespace in inputs:
+                inputs[namespace] = {**inputs[namespace], **values}
         aims = inputs.get('aims', {})
         if 'kpoints_distance' in aims and 'kpoints_reference' not in aims:
             # One k-mesh per cell shape for the whole campaign: every labelling derives it from the same cells.

@@ -14,7 +14,7 @@ from aiida_alml.selection import (
 )
 
 __all__ = (
-    'score_committee',
+    'isolated_atoms', 'isolated_atom_e0s', 'score_committee',
     'perturb_structures', 'split_structures', 'merge_training_sets', 'select_for_labelling', 'evaluate_predictions',
     'calibrate_committee', 'exploration_accounting', 'record_iteration', 'assemble_learning_curve',
 )
@@ -29,6 +29,38 @@ def perturb_structures(structures: ConfigurationSet, parameters: orm.Dict) -> Co
     images = perturbed_copies(structures.to_ase(), **settings)
     metadata = [{'perturbed_from': index % len(structures), 'iteration': 0} for index in range(len(images))]
     return ConfigurationSet(Configurations.from_ase(images, metadata=metadata, include_info=False))
+
+
+@calcfunction
+def isolated_atoms(elements: orm.List, box: orm.Float) -> ConfigurationSet:
+    """One atom of each element alone in a cubic box of edge ``box`` Å, not periodic: the configurations whose
+    reference energies are the E0s (MACE's ``config_type: IsolatedAtom``)."""
+    from ase import Atoms
+
+    from aiida_alml.calculations.mace_train import ISOLATED_ATOM
+
+    edge = box.value
+    images = [Atoms(element, positions=[[edge / 2] * 3], cell=[edge] * 3, pbc=False) for element in elements.get_list()]
+    metadata = [{'config_type': ISOLATED_ATOM} for _ in images]
+    return ConfigurationSet(Configurations.from_ase(images, metadata=metadata, include_info=False))
+
+
+@calcfunction
+def isolated_atom_e0s(labelled: ConfigurationSet, elements: orm.List) -> orm.Dict:
+    """E0 per element ({symbol: eV}) from the reference energies of its isolated atom: the E0s of every training of a
+    campaign. Raises when an element has no energy (its calculation failed)."""
+    from ase.data import chemical_symbols
+
+    configurations = labelled.configurations
+    e0s = {}
+    for index in range(len(configurations)):
+        numbers = configurations.numbers[configurations.atom_slice(index)]
+        if len(numbers) == 1 and configurations.energy is not None:
+            e0s[chemical_symbols[int(numbers[0])]] = float(configurations.energy[index])
+    missing = sorted(set(elements.get_list()) - set(e0s))
+    if missing:
+        raise ValueError(f'no isolated-atom energy for {missing}')
+    return orm.Dict({element: e0s[element] for element in sorted(e0s)})
 
 
 @calcfunction
@@ -319,6 +351,8 @@ def score_committee(test_set: ConfigurationSet, **models) -> orm.Dict:
     return orm.Dict({
         'num_configurations': len(test_set),
         'energy_rmse_per_atom': float(np.sqrt(np.mean(np.square(energy_errors)))),
+        # The signed mean shows a constant offset (wrong E0s, an energy never learned) that the RMSE mixes in.
+        'energy_mean_error_per_atom': float(np.mean(energy_errors)),
         **force_errors(np.concatenate(differences)),
         'mean_force_sigma': float(np.mean(np.concatenate(sigmas))),
     })

@@ -2,8 +2,9 @@
 
 Every process the loop calls gets a call link label naming its step: ``<step>_<i>`` for the steps of loop iteration
 ``i`` (``train_0``, ``explore_0``, ``select_0``, ``label_0``, ...; ``record_<i>`` is the calcfunction that stores the
-iteration's row), ``<step>_initial`` before the loop (``label_initial``, ...), ``train_final``, ``validate`` and
-``learning_curve`` after it. docs/provenance.md lists them for users.
+iteration's row), ``<step>_initial`` before the loop (``label_initial``, ...; also ``isolated_atoms``,
+``label_isolated_atoms`` and ``e0s``), ``train_final``, ``validate`` and ``learning_curve`` after it.
+docs/provenance.md lists them for users.
 
 No AiiDA import: this is plain string grammar.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import re
 
 __all__ = (
-    'ACTIVE_LEARNING', 'ITERATION_STEPS', 'LABEL_INITIAL', 'LEARNING_CURVE', 'MERGE_INITIAL', 'PERTURB_INITIAL',
+    'ACTIVE_LEARNING', 'E0S', 'ISOLATED_ATOMS', 'ITERATION_STEPS', 'LABEL_INITIAL', 'LABEL_ISOLATED_ATOMS', 'LEARNING_CURVE', 'MERGE_INITIAL', 'PERTURB_INITIAL',
     'STARTING_POINTS', 'TRAIN_FINAL', 'VALIDATE', 'iteration_label', 'parse_iteration_label',
 )
 
@@ -30,6 +31,11 @@ STARTING_POINTS = 'starting_points'
 PERTURB_INITIAL = 'perturb_initial'
 LABEL_INITIAL = 'label_initial'
 MERGE_INITIAL = 'merge_initial'
+#: Before the loop, unless E0s are given: one atom of each element alone in a box, labelled with the campaign's
+#: reference, and the E0s taken from those energies (used by every training of the campaign).
+ISOLATED_ATOMS = 'isolated_atoms'
+LABEL_ISOLATED_ATOMS = 'label_isolated_atoms'
+E0S = 'e0s'
 #: After the loop: the last training on the whole dataset, and the validation MD of the final committee.
 TRAIN_FINAL = 'train_final'
 VALIDATE = 'validate'

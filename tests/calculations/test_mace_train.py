@@ -183,3 +183,70 @@ def test_restart_with_another_seed_is_refused(trained_committee, tiny_mace_input
     member = trained_committee[1][0].creator
     inputs = {**tiny_mace_inputs(), 'seed': orm.Int(99), 'restart_folder': member.outputs.remote_folder}
     _refused(inputs, r'restart_folder: comes from a run with seed 1, this one has seed 99')
+
+
+# ---------------------------------------------------------------------- E0s and the energy weight (issue 28)
+def test_average_e0s_are_maces_least_squares_on_the_current_set(emt_labelled):
+    """``e0s: average`` is computed here, on the set this training gets, the way MACE computes it."""
+    from types import SimpleNamespace
+
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from mace.data.utils import compute_average_E0s
+    from mace.tools import AtomicNumberTable
+
+    from aiida_alml.calculations.mace_train import average_e0s
+
+    images = []
+    for index, atoms in enumerate([bulk('Cu', 'fcc', a=3.6, cubic=True), bulk('Au', 'fcc', a=4.08, cubic=True)] * 3):
+        atoms = atoms.repeat((1, 1, 1 + index % 2))
+        for swap in range(index):
+            atoms[swap].symbol = 'Au' if atoms[swap].symbol == 'Cu' else 'Cu'
+        atoms.rattle(0.05, seed=index)
+        atoms.calc = EMT()
+        atoms.info['REF_energy'] = atoms.get_potential_energy()
+        atoms.arrays['REF_forces'] = atoms.get_forces()
+        atoms.calc = None
+        images.append(atoms)
+    node = ConfigurationSet.from_ase(images)
+    ours = average_e0s(node.configurations)
+    collection = [SimpleNamespace(properties={'energy': atoms.info['REF_energy']}, atomic_numbers=atoms.numbers)
+                  for atoms in images]
+    theirs = compute_average_E0s(collection, AtomicNumberTable([29, 79]))
+    assert ours == pytest.approx({'Cu': theirs[29], 'Au': theirs[79]}, abs=1e-10)
+    assert ours['Cu'] != pytest.approx(ours['Au'], abs=1e-3)  # two elements, two different E0s
+
+
+def _dry_run_command_line(inputs) -> str:
+    inputs = {**inputs, 'metadata': {**inputs['metadata'], 'dry_run': True, 'store_provenance': False}}
+    _, node = run_get_node(MaceTrainCalculation, **inputs)
+    import pathlib
+
+    return (pathlib.Path(node.dry_run_info['folder']) / '_aiidasubmit.sh').read_text()
+
+
+def test_stage_two_is_on_unless_switched_off(tiny_mace_inputs):
+    """MACE's recipe for energies (energy weight raised for the last epochs) is the default; ``swa: false`` (or
+    ``stage_two: false``) leaves it out. E0s always reach MACE as numbers."""
+    script = _dry_run_command_line({**tiny_mace_inputs(), 'e0s': orm.Str('average')})
+    assert "'--swa'" in script or ' --swa' in script
+    assert "'--E0s' '{29:" in script  # average computed here, passed as a number
+    for switch in ('swa', 'stage_two'):
+        assert '--swa' not in _dry_run_command_line(tiny_mace_inputs(**{switch: False}))
+
+
+@pytest.mark.slow
+def test_warm_start_trains_with_the_given_e0s_not_the_parents(trained_committee, tiny_mace_inputs):
+    """MACE copies every buffer of the foundation model, E0s included: the E0s given to a warm start were logged but
+    never used. The child must hold (and record) the E0s it was given."""
+    parent = trained_committee[1][0]
+    assert parent.creator.outputs.metrics['e0s'] == {'Cu': pytest.approx(cu_e0())}
+    shifted = cu_e0() - 0.25
+    inputs = {**tiny_mace_inputs(max_num_epochs=2), 'parent_model': parent, 'e0s': orm.Dict({'Cu': shifted})}
+    _, child = run_get_node(MaceTrainCalculation, **inputs)
+    assert child.is_finished_ok, child.exit_message
+    assert child.outputs.metrics['e0s'] == {'Cu': pytest.approx(shifted)}
+    from aiida_alml.engines.model_format import read_header
+
+    with child.outputs.model.verified_path() as path:
+        assert read_header(path)['e0s'] == {'Cu': pytest.approx(shifted)}

@@ -83,7 +83,9 @@ def test_progress_table_reads_the_recorded_rows_of_a_running_campaign():
     campaign.store()
     row = {'iteration': 0, 'frames': 13, 'frames_counted': 12, 'accurate_fraction': 0.5, 'candidate_fraction': 0.25,
            'failed_fraction': 0.25, 'labels_new': 4, 'oos_force_rmse': 0.12, 'fitted_calibration_factor': 1.5,
-           'wall_time_s': {'train': 10.0, 'explore': 5.0, 'label': 3.0}}
+           'wall_time_s': {'train': 10.0, 'explore': 5.0, 'label': 3.0}, 'test_energy_rmse_per_atom': 0.0123,
+           'train_metrics': {f'member_{i}': {'seed': i, 'metrics': {'valid': {'rmse_e_per_atom': e}}}
+                             for i, e in enumerate((0.004, 0.006))}}
     record = orm.CalcFunctionNode()
     record.base.links.add_incoming(campaign, LinkType.CALL_CALC, 'record_0')
     record.set_process_state('finished')
@@ -99,5 +101,7 @@ def test_progress_table_reads_the_recorded_rows_of_a_running_campaign():
     assert recorded_rows(campaign) == {0: row}
     assert iteration_table(campaign) == [row, {'iteration': 1, 'wall_time_s': {}}]
     lines = format_table(iteration_table(campaign)).splitlines()
-    assert lines[1].split() == ['0', '12', '50.0%', '25.0%', '25.0%', '4', '0.120', '-', '1.50', '10.0', '5.0', '3.0']
+    # energy RMSE in meV/atom: the worst member's validation error, the committee's held-out error
+    assert lines[1].split() == ['0', '12', '50.0%', '25.0%', '25.0%', '4', '0.120', '-', '6.0', '12.3', '1.50', '10.0',
+                                '5.0', '3.0']
     assert lines[2].split()[:2] == ['1', '-']

@@ -44,7 +44,7 @@ from aiida_alml.selection import RANDOM_BASELINES
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEMO = ROOT / 'aiida_alml' / 'protocols' / 'demo'
 MODEL = {
-    'model': 'MACE', 'num_channels': 16, 'max_L': 0, 'r_max': 4.5, 'num_interactions': 2, 'correlation': 2,
+    'model': 'ScaleShiftMACE', 'num_channels': 16, 'max_L': 0, 'r_max': 4.5, 'num_interactions': 2, 'correlation': 2,
     'batch_size': 4, 'valid_batch_size': 8, 'valid_fraction': 0.15, 'max_num_epochs': 25, 'default_dtype': 'float64',
     'device': 'cpu',
 }  # fmt: skip
@@ -140,7 +140,7 @@ def campaign_inputs(codes, initial, start, test_set, args, mode: str, seed: int)
                   'ase': {'code': codes['label'], 'calculator': orm.Dict({'name': 'emt'}),
                           'properties': orm.List(['energy', 'forces'])}},
         'train': {'num_members': orm.Int(args.members),
-                  'train': {'code': codes['train'], 'e0s': orm.Str('average'), 'parameters': orm.Dict(MODEL),
+                  'train': {'code': codes['train'], 'parameters': orm.Dict(MODEL),
                             'metadata': {'options': OPTIONS}}},
         **exploration,
         'selection': orm.Dict({'trust_lo': args.trust_lo, 'trust_hi': args.trust_hi,
@@ -160,6 +160,13 @@ def labels_per_iteration(args, mode: str) -> int:
     """Random campaigns may be given a larger budget (``--random-label-factor``), so that the labels random needs to
     match active learning's final error can be measured rather than only bounded."""
     return args.labels_per_iteration * (1 if is_active(mode) else args.random_label_factor)
+
+
+def energy_curve(node) -> list[tuple[int, float | None]]:
+    """(labels in the training set, held-out energy RMSE per atom, eV) of every committee the campaign trained."""
+    curve = node.outputs.learning_curve.get_dict()
+    rows = [*curve['iterations'], *([curve['final_training']] if curve.get('final_training') else [])]
+    return [(row['labels_total'], row.get('test_energy_rmse_per_atom')) for row in rows if 'test_force_rmse' in row]
 
 
 def learning_curve(node) -> list[tuple[int, float]]:
@@ -318,16 +325,18 @@ def table(summary: dict, runs: list[dict]) -> str:
     baseline = summary['baseline']
     runs = [run for run in runs if is_active(run['mode']) or run['mode'] == baseline]
     lines = [f'### {summary["system"]} (baseline: {baseline})', '',
-             '| mode | seed | labels per iteration | labels → held-out force RMSE (eV/Å, per component) | final '
-             'committee, NVT MD |', '|---|---|---|---|---|']
+             '| mode | seed | labels per iteration | labels → held-out force RMSE (eV/Å, per component) | held-out '
+             'energy RMSE (meV/atom) | final committee, NVT MD |', '|---|---|---|---|---|---|']
     for run in sorted(runs, key=lambda r: (r['mode'], r['seed'])):
         curve = ', '.join(f'{n} → {e:.3f}' for n, e in run['curve'])
+        # Results stored before energies were recorded have no energy curve.
+        energies = ', '.join('-' if e is None else f'{e * 1000:.1f}' for _, e in run.get('energy_curve', [])) or '-'
         stable = run['stability']
         state = 'blew up' if stable['blew_up'] else 'stable'
         closest = f'{stable["closest"]:.2f} Å' if stable['closest'] is not None else '-'
         sigma = f'{stable["max_sigma"]:.2f}' if stable['max_sigma'] is not None else '-'
         per_iteration = run.get('labels_per_iteration', '-')
-        lines.append(f'| {run["mode"]} | {run["seed"]} | {per_iteration} | {curve} | {state} after {stable["steps"]} steps; closest '
+        lines.append(f'| {run["mode"]} | {run["seed"]} | {per_iteration} | {curve} | {energies} | {state} after {stable["steps"]} steps; closest '
                      f'{closest}; max σ {sigma} eV/Å |')
     diagnostics = [(run['mode'], run['seed'], row) for run in sorted(runs, key=lambda r: (r['mode'], r['seed']))
                    for row in run.get('selection', [])]
@@ -456,7 +465,7 @@ def main(argv=None) -> int:
                         continue
                     run = {'mode': mode, 'seed': seed, 'labels_per_iteration': labels_per_iteration(args, mode),
                            'pk': node.pk, 'exit_status': node.exit_status,
-                           'curve': learning_curve(node), 'wall_s': time.perf_counter() - began}
+                           'curve': learning_curve(node), 'energy_curve': energy_curve(node), 'wall_s': time.perf_counter() - began}
                     run['selection'] = selection_diagnostics(node)
                     run['stability'] = stability(dict(node.outputs.models.items()), start, test_temperature,
                                                  args.stability_steps, seed)

@@ -62,6 +62,7 @@ def test_stops_on_label_budget_through_the_daemon(submit_and_await, al_inputs):
                        selection=orm.Dict({'trust_lo': 1e-6, 'trust_hi': 50.0, 'labels_per_iteration': 4}))
     inputs['label']['ase']['calculator'] = orm.Dict({'name': 'alml_test.nan_for_heavy_cells',
                                                      'kwargs': {'max_atoms': 7}})
+    del inputs['train']['train']['e0s']  # the E0s come from an isolated atom labelled with the campaign's reference
     node = submit_and_await(ActiveLearningWorkChain, timeout=1200, **inputs)
     assert node.exit_status == ActiveLearningWorkChain.exit_codes.ERROR_LABEL_BUDGET_SPENT.status, node.exit_message
     curve = node.outputs.learning_curve.get_dict()
@@ -91,6 +92,14 @@ def test_stops_on_label_budget_through_the_daemon(submit_and_await, al_inputs):
     member = calls['train_1'].outputs.models.member_1
     parent = member.creator.inputs.parent_model
     assert isinstance(parent, MlipModel) and parent.uuid == calls['train_0'].outputs.models.member_1.uuid
+    # E0s: a lone Cu atom labelled through the daemon by the campaign's labeller (not charged to the budget), and
+    # every training, warm-started or not, got them and holds them in its weights
+    assert node.outputs.e0s.get_dict() == {'Cu': pytest.approx(3.51, abs=0.01)}
+    assert node.outputs.e0s.creator.inputs.labelled.uuid == calls['label_isolated_atoms'].outputs.labelled.uuid
+    for link in ('train_0', 'train_1', 'train_final'):
+        for model in calls[link].outputs.models.values():
+            assert model.creator.inputs.e0s.uuid == node.outputs.e0s.uuid
+            assert model.creator.outputs.metrics['e0s'] == node.outputs.e0s.get_dict()
     # provenance API: the labelling jobs behind the final dataset, by iteration
     from aiida_alml.provenance import labelling_calculations, labels_of_iteration
 
@@ -105,8 +114,8 @@ def test_stops_on_label_budget_through_the_daemon(submit_and_await, al_inputs):
     assert query.count() >= 1
 
 
-def _hot_test_set(count=6, temperature=1200.0, seed=11):
-    """Held-out labels from independent EMT MD of the vacancy cell, hotter than the exploration."""
+def _hot_test_set(count=6, temperature=1200.0, seed=11, atoms=None):
+    """Held-out labels from independent EMT MD of the vacancy cell (or ``atoms``), hotter than the exploration."""
     import numpy as np
     from ase import units
     from ase.calculators.emt import EMT
@@ -114,8 +123,10 @@ def _hot_test_set(count=6, temperature=1200.0, seed=11):
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
-    atoms = bulk('Cu', 'fcc', a=3.61, cubic=True).repeat((2, 2, 1))
-    del atoms[5]
+    if atoms is None:
+        atoms = bulk('Cu', 'fcc', a=3.61, cubic=True).repeat((2, 2, 1))
+        del atoms[5]
+    atoms = atoms.copy()
     atoms.calc = EMT()
     rng = np.random.default_rng(seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)

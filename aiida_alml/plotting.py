@@ -1,4 +1,5 @@
-"""Figures of an ``alml.active_learning`` run: learning curve, σ against the true error, uncertainty histograms."""
+"""Figures of an ``alml.active_learning`` run: learning curve, energy errors, σ against the true error, uncertainty
+histograms."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ __all__ = ('plot_campaign',)
 
 
 def plot_campaign(node, path: str | pathlib.Path) -> pathlib.Path:
-    """Write a three-panel PNG for a (finished or running) campaign and return its path."""
+    """Write a four-panel PNG for a (finished or running) campaign and return its path."""
     # A Figure of its own (no pyplot): drawing here never switches the backend of the caller's session (Jupyter).
     from matplotlib.figure import Figure
 
@@ -22,8 +23,8 @@ def plot_campaign(node, path: str | pathlib.Path) -> pathlib.Path:
     calls = called_by_label(node)
     settings = {**SELECTION_DEFAULTS, **node.inputs.selection.get_dict()}
     trust_lo, trust_hi = settings['trust_lo'], settings['trust_hi']
-    figure = Figure(figsize=(15, 4.5))
-    curve, calibration, histogram = figure.subplots(1, 3)
+    figure = Figure(figsize=(20, 4.5))
+    curve, energy_curve, calibration, histogram = figure.subplots(1, 4)
 
     iterations = [row['iteration'] for row in rows]
     accurate = [row.get('accurate_fraction', np.nan) for row in rows]
@@ -41,6 +42,23 @@ def plot_campaign(node, path: str | pathlib.Path) -> pathlib.Path:
     lines = curve.get_lines() + twin.get_lines()
     curve.legend(lines, [line.get_label() for line in lines], loc='center right')
     curve.set_title('learning curve')
+
+    from aiida_alml.progress import worst_validation_energy_rmse
+
+    for values, style, label in (
+        ([row.get('test_energy_rmse_per_atom') for row in rows], 'D-', 'committee on the held-out test set'),
+        ([worst_validation_energy_rmse(row.get('train_metrics')) for row in rows], 'o--',
+         'worst member on its validation split'),
+    ):
+        values = [1000 * value if value is not None else np.nan for value in values]
+        if np.isfinite(values).any():
+            energy_curve.plot(iterations, values, style, label=label)
+    energy_curve.set_xlabel('iteration')
+    energy_curve.set_ylabel('energy RMSE (meV/atom)')
+    energy_curve.set_ylim(bottom=0)
+    energy_curve.set_title('energies')
+    if energy_curve.get_legend_handles_labels()[0]:
+        energy_curve.legend(fontsize=8)
 
     for row in rows:
         evaluate = calls.get(iteration_label('evaluate', row['iteration']))

@@ -27,8 +27,12 @@ ISOLATED_ATOM = 'IsolatedAtom'  # MACE's config_type for the configurations that
 # MACE defaults used by the input checks (they do not change between 0.3.x versions).
 DEFAULT_BATCH_SIZE = 10
 DEFAULT_VALID_FRACTION = 0.1
-#: mace_run_train's names of the stage-two switch; stage two is on unless ``parameters`` sets one of them.
+#: mace_run_train's names of the stage-two switch; stage two is on unless ``parameters`` sets one of them, or
+#: trains for fewer than MIN_EPOCHS_STAGE_TWO epochs (MACE starts stage two at 3/4 of them, but after epoch 1 at
+#: the latest).
 STAGE_TWO_SWITCHES = ('swa', 'stage_two')
+MIN_EPOCHS_STAGE_TWO = 8
+DEFAULT_MAX_EPOCHS = 2048
 
 
 def is_isolated_atom(metadata: dict, n_atoms: int) -> bool:
@@ -266,10 +270,12 @@ class MaceTrainCalculation(CalcJob):
             )
             arguments.append('--restart_latest')
         parameters = self.inputs.parameters.get_dict()
-        if not any(name in parameters for name in STAGE_TWO_SWITCHES):
+        epochs = int(parameters.get('max_num_epochs', DEFAULT_MAX_EPOCHS))
+        if not any(name in parameters for name in STAGE_TWO_SWITCHES) and epochs >= MIN_EPOCHS_STAGE_TWO:
             # MACE's recipe for learning energies: the last quarter of the epochs with energy weight 1000 (forces
             # 100). With the first stage's weights alone (energy 1, forces 100) energies were not learned: models
-            # missed their own training energies by 60-175 meV/atom (issue 28).
+            # missed their own training energies by 60-175 meV/atom (issue 28). Not for a few epochs: MACE would
+            # start stage two after the first, and forces would hardly be trained.
             arguments.append('--swa')
         arguments += to_command_line(parameters)
 

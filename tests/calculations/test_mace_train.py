@@ -226,14 +226,16 @@ def _dry_run_command_line(inputs) -> str:
 
 
 def test_stage_two_is_on_unless_switched_off(tiny_mace_inputs, tmp_path, monkeypatch):
-    """MACE's recipe for energies (energy weight raised for the last epochs) is the default; ``swa: false`` (or
-    ``stage_two: false``) leaves it out. E0s always reach MACE as numbers."""
+    """MACE's recipe for energies (energy weight raised for the last epochs) is the default from 8 epochs on;
+    ``swa: false`` (or ``stage_two: false``) leaves it out. E0s always reach MACE as numbers."""
     monkeypatch.chdir(tmp_path)  # a dry run writes its folder under the working directory
-    script = _dry_run_command_line({**tiny_mace_inputs(), 'e0s': orm.Str('average')})
+    script = _dry_run_command_line({**tiny_mace_inputs(max_num_epochs=8), 'e0s': orm.Str('average')})
     assert "'--swa'" in script or ' --swa' in script
     assert "'--E0s' '{29:" in script  # average computed here, passed as a number
     for switch in ('swa', 'stage_two'):
-        assert '--swa' not in _dry_run_command_line(tiny_mace_inputs(**{switch: False}))
+        assert '--swa' not in _dry_run_command_line(tiny_mace_inputs(max_num_epochs=8, **{switch: False}))
+    # with 7 epochs or fewer MACE would begin stage two after the first: forces would hardly be trained
+    assert '--swa' not in _dry_run_command_line(tiny_mace_inputs(max_num_epochs=7))
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from aiida_alml.workflows.active_learning_inputs import (
     SELECTION_DEFAULTS,
     VALIDATION_DEFAULTS,
     validate_active_learning_inputs,
+    validate_isolated_atom_box,
     validate_perturbation,
     validate_selection,
     validate_validation,
@@ -116,7 +117,7 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
         spec.input('final_train_parameters', valid_type=orm.Dict, required=False,
                    help='mace_run_train options for that final training (e.g. more epochs).')
         spec.input('isolated_atom_box', valid_type=orm.Float, default=lambda: orm.Float(20.0),
-                   validator=lambda box, _: None if box.value > 0 else f'isolated_atom_box: must be > 0 Å, got {box.value}',
+                   validator=validate_isolated_atom_box,
                    help='Edge (Å) of the empty, non-periodic box in which one atom of each element is labelled with '
                         'the campaign\'s reference to give the E0s of every training. Not done when `train.train.e0s` '
                         'is given ("average" or {element: eV}) or the initial dataset has IsolatedAtom '

@@ -324,3 +324,10 @@ def validate_active_learning_inputs(inputs, _=None) -> str | None:
     if md_code is not None and md_code.default_calc_job_plugin not in (None, 'alml.md'):
         return f'explore.md.code: is a code for {md_code.default_calc_job_plugin!r}, exploration needs alml.md'
     return None
+
+
+def validate_isolated_atom_box(box, _) -> str | None:
+    """The edge of the box in which isolated atoms are labelled must be a positive length."""
+    if not math.isfinite(box.value) or box.value <= 0:
+        return f'isolated_atom_box: must be a positive length in Å, not {box.value}'
+    return None

@@ -209,9 +209,11 @@ def test_realistic_window_hot_exploration_learns_without_converging(al_inputs):
     ('max_labels', 0, 'max_labels: must be positive'),
     ('max_iterations', -1, 'max_iterations: must be positive'),
     ('initial_perturbation', {'count': 0}, 'count must be a positive integer'),
+    ('isolated_atom_box', 0.0, 'isolated_atom_box: must be a positive length in Å, not 0.0'),
 ])
 def test_bad_inputs_refused_before_running(al_inputs, name, value, message):
-    node = orm.Dict(value) if isinstance(value, dict) else orm.Int(value)
+    types = {dict: orm.Dict, float: orm.Float, int: orm.Int}
+    node = types[type(value)](value)
     with pytest.raises(ValueError, match=message):
         run_get_node(ActiveLearningWorkChain, **al_inputs(**{name: node}))
 

@@ -11,7 +11,7 @@ from aiida.common import datastructures
 from aiida.engine import CalcJob
 
 from aiida_alml.data import ConfigurationSet, MlipModel, ModelIntegrityError
-from aiida_alml.formats.mace_options import MaceOptionError, check_parameters, to_command_line
+from aiida_alml.formats.mace_options import MaceOptionError, check_parameters, known_options, to_command_line
 from aiida_alml.parsers.interruption import define_interruption_exit_code
 
 __all__ = ('MaceTrainCalculation', 'average_e0s', 'isolated_atom_energies')
@@ -32,7 +32,6 @@ DEFAULT_VALID_FRACTION = 0.1
 #: the latest).
 STAGE_TWO_SWITCHES = ('swa', 'stage_two')
 MIN_EPOCHS_STAGE_TWO = 8
-DEFAULT_MAX_EPOCHS = 2048
 
 
 def is_isolated_atom(metadata: dict, n_atoms: int) -> bool:
@@ -240,12 +239,12 @@ class MaceTrainCalculation(CalcJob):
         training = self.inputs.training_set.configurations
         e0s = _resolve_e0s(self.inputs, training)
         # Isolated atoms give the E0s; MACE would drop them from training anyway (keep_isolated_atoms=False).
-        keep = _split_isolated(training)
+        trained = training.select(_split_isolated(training))
         if e0s == 'average':
-            e0s = average_e0s(training.select(keep))
+            e0s = average_e0s(trained)
         from aiida_alml.atoms.configurations import write_extxyz
 
-        write_extxyz(training.select(keep), folder.get_abs_path(TRAIN_FILE))
+        write_extxyz(trained, folder.get_abs_path(TRAIN_FILE))
         arguments = ['--name', MODEL_NAME, '--seed', str(self.inputs.seed.value), '--train_file', TRAIN_FILE]
         if 'validation_set' in self.inputs:
             self.inputs.validation_set.write_extxyz(folder.get_abs_path(VALID_FILE))
@@ -270,7 +269,7 @@ class MaceTrainCalculation(CalcJob):
             )
             arguments.append('--restart_latest')
         parameters = self.inputs.parameters.get_dict()
-        epochs = int(parameters.get('max_num_epochs', DEFAULT_MAX_EPOCHS))
+        epochs = int(parameters.get('max_num_epochs', known_options()['max_num_epochs'].default))
         if not any(name in parameters for name in STAGE_TWO_SWITCHES) and epochs >= MIN_EPOCHS_STAGE_TWO:
             # MACE's recipe for learning energies: the last quarter of the epochs with energy weight 1000 (forces
             # 100). With the first stage's weights alone (energy 1, forces 100) energies were not learned: models

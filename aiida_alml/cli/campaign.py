@@ -26,7 +26,7 @@ def _load_campaign_node(pk):
 
 
 def show_status(node) -> None:
-    from aiida_alml.progress import current_stage, format_table, iteration_table
+    from aiida_alml.progress import current_stage, format_table, iteration_table, worst_validation_energy_rmse
     from aiida_alml.workflows.active_learning_inputs import budget_line, initial_label_count
 
     state = node.process_state.value if node.process_state else 'created'
@@ -52,8 +52,6 @@ def show_status(node) -> None:
                         if 'test_force_rmse' in final else '')
                 if final.get('test_energy_rmse_per_atom') is not None:
                     test += f', energy RMSE {final["test_energy_rmse_per_atom"] * 1000:.1f} meV/atom'
-                from aiida_alml.progress import worst_validation_energy_rmse
-
                 valid = worst_validation_energy_rmse(final.get('train_metrics'))
                 if valid is not None:
                     test += f' (validation energy RMSE {valid * 1000:.1f} meV/atom, worst member)'

@@ -23,7 +23,7 @@ class MlipModel(orm.SinglefileData):
     """A trained MLIP file in aiida-alml's format (:mod:`aiida_alml.engines.model_format`): config + weights.
 
     Attributes: ``architecture`` (``'MACE'``), ``elements`` (sorted symbols), ``r_max`` (Å), ``dtype``
-    (``float32``/``float64``), ``seed`` and ``sha256``. All but ``seed`` are read from the file when the node is
+    (``float32``/``float64``), ``e0s`` ({symbol: eV}), ``seed`` and ``sha256``. All but ``seed`` are read from the file when the node is
     made, never taken from the caller. The file is read without unpickling objects (``weights_only=True``), so a
     pickled model or a payload posing as one is refused instead of run; the hash guards the stored bytes against
     change: :meth:`verified_path` and :meth:`load` check it first.
@@ -41,6 +41,7 @@ class MlipModel(orm.SinglefileData):
                 'elements': header['elements'],
                 'r_max': header['r_max'],
                 'dtype': header['dtype'],
+                'e0s': header['e0s'],
                 'seed': seed,
                 'sha256': sha256_of_file(file),
             }
@@ -61,6 +62,11 @@ class MlipModel(orm.SinglefileData):
     @property
     def dtype(self) -> str:
         return self.base.attributes.get('dtype')
+
+    @property
+    def e0s(self) -> dict[str, float]:
+        """The isolated-atom energies the weights hold, {symbol: eV} (read from the file)."""
+        return self.base.attributes.get('e0s')
 
     @property
     def seed(self) -> int | None:

@@ -4,7 +4,8 @@ Takes exactly ``mace_run_train``'s command line. Before training, a ``--foundati
 into the pickle MACE expects (inside this job, from plain data), carrying the E0s of ``--E0s`` (MACE would otherwise
 keep the foundation's: it copies every buffer of it); after training, ``<name>_stagetwo.model`` (with stage two) or
 ``<name>.model`` (MACE's pickle, written by this job) is converted to ``<name>.alml``
-(:mod:`aiida_alml.engines.model_format`), the only model file the calculation retrieves.Runs on the compute node; no AiiDA import.
+(:mod:`aiida_alml.engines.model_format`), the only model file the calculation retrieves. Runs on
+the compute node; no AiiDA import.
 """
 
 from __future__ import annotations

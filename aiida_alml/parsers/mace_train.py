@@ -14,7 +14,7 @@ from aiida.engine import ExitCode
 
 from aiida_alml.calculations.mace_train import MODEL_FILE, MODEL_NAME, STDOUT_FILE
 from aiida_alml.data import MlipModel
-from aiida_alml.engines.model_format import ModelFormatError, read_header
+from aiida_alml.engines.model_format import ModelFormatError
 from aiida_alml.engines.disk import disk_full_line
 from aiida_alml.parsers.interruption import SCHEDULER_STDERR, InterruptionAwareParser
 
@@ -118,7 +118,8 @@ class MaceTrainParser(InterruptionAwareParser):
             return self.exit_codes.ERROR_NO_MODEL.format(details=str(exception))
         self.out('model', model)
         metrics = self._metrics(log, evals)
-        metrics['e0s'] = self._e0s
+        # The E0s the weights hold (MACE's log names the ones it was given, which a warm start used to ignore).
+        metrics['e0s'] = model.e0s
         self.out('metrics', orm.Dict(metrics))
         return ExitCode(0)
 
@@ -145,8 +146,6 @@ class MaceTrainParser(InterruptionAwareParser):
             path = pathlib.Path(folder) / model_name
             with self.retrieved.base.repository.open(model_name, mode='rb') as source:
                 path.write_bytes(source.read())
-            # The E0s the weights hold (MACE's log names the ones it was given, which a warm start used to ignore).
-            self._e0s = read_header(path)['e0s']
             return MlipModel(file=path, seed=self.node.inputs.seed.value)
 
     def _metrics(self, log: str, evals: list[dict]) -> dict:

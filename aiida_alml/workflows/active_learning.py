@@ -15,6 +15,7 @@ import time
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, if_, while_
 
+from aiida_alml.calculations.mace_train import isolated_atom_energies
 from aiida_alml.data import ConfigurationSet
 from aiida_alml.label_settings import labels_mismatch
 from aiida_alml.selection import MODES, convergence_blockers
@@ -210,8 +211,6 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
         """E0s are needed from the reference unless given, or the initial dataset has isolated atoms for them all."""
         if 'e0s' in self.inputs.train.get('train', {}):
             return False
-        from aiida_alml.calculations.mace_train import isolated_atom_energies
-
         given = isolated_atom_energies(self.ctx.dataset.configurations) if self.ctx.dataset is not None else {}
         return not set(self._elements()) <= set(given)
 

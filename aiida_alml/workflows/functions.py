@@ -49,14 +49,9 @@ def isolated_atoms(elements: orm.List, box: orm.Float) -> ConfigurationSet:
 def isolated_atom_e0s(labelled: ConfigurationSet, elements: orm.List) -> orm.Dict:
     """E0 per element ({symbol: eV}) from the reference energies of its isolated atom: the E0s of every training of a
     campaign. Raises when an element has no energy (its calculation failed)."""
-    from ase.data import chemical_symbols
+    from aiida_alml.calculations.mace_train import isolated_atom_energies
 
-    configurations = labelled.configurations
-    e0s = {}
-    for index in range(len(configurations)):
-        numbers = configurations.numbers[configurations.atom_slice(index)]
-        if len(numbers) == 1 and configurations.energy is not None:
-            e0s[chemical_symbols[int(numbers[0])]] = float(configurations.energy[index])
+    e0s = isolated_atom_energies(labelled.configurations)  # labelling keeps the IsolatedAtom metadata of its inputs
     missing = sorted(set(elements.get_list()) - set(e0s))
     if missing:
         raise ValueError(f'no isolated-atom energy for {missing}')

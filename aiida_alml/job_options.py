@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import re
 
-__all__ = ('CAMPAIGN_OPTION_KEYS', 'THREAD_VARIABLES', 'JobOptionError', 'campaign_metadata', 'campaign_options')
+__all__ = (
+    'CAMPAIGN_OPTION_KEYS', 'THREAD_VARIABLES', 'JobOptionError', 'campaign_metadata', 'campaign_options',
+    'scheduler_option_problem',
+)
 
 #: Options a campaign file may set directly: resources and placement, nothing that is run.
 CAMPAIGN_OPTION_KEYS = frozenset({
@@ -28,6 +31,21 @@ THREAD_VARIABLES = frozenset({
 })
 
 _SAFE_VALUE = re.compile(r'^[A-Za-z0-9_.,:+-]*$')
+
+#: Options AiiDA's scheduler plugins write into the job script as they are, unquoted (SLURM:
+#: ``#SBATCH --partition={queue_name}``): a newline would start a command line of its own, a space or quote another
+#: word. Names of partitions, accounts and QoS are plain words (SLURM allows a comma-separated list of partitions).
+SCHEDULER_WORDS = ('queue_name', 'account', 'qos')
+_SCHEDULER_WORD = re.compile(r'^[A-Za-z0-9_.,+-]{1,128}$')
+#: ``priority`` becomes SLURM's ``--nice=N`` (-10000 to 10000) or PBS's ``-p N``: a signed whole number.
+_PRIORITY = re.compile(r'^[+-]?[0-9]{1,5}$')
+
+#: Upper bounds on what one job may ask for: far beyond any machine, low enough that a typo or a hostile file does not
+#: reach the scheduler (``gpus: 1000000`` was accepted) or overflow its fields.
+MAX_WALLCLOCK_SECONDS = 366 * 24 * 3600  # a year
+MAX_MEMORY_KB = 1 << 40  # 1 PiB
+MAX_GPUS = 64  # per job, as one ``--gres=gpu:N`` request
+MAX_RESOURCE_COUNT = 1 << 20  # machines, MPI processes or cores
 
 _WHERE_INSTEAD = {
     'prepend_text': 'shell commands belong on the code (verdi code create ... --prepend-text)',
@@ -59,6 +77,65 @@ def campaign_metadata(metadata, where: str) -> dict:
     return converted
 
 
+def scheduler_option_problem(options: dict, where: str) -> str | None:
+    """Why job ``options`` would put something other than a plain value into a job script, or None.
+
+    For every caller, the Python API included (a newline in ``queue_name`` is never a partition name): the words
+    AiiDA writes unquoted, the names of environment variables (written as ``export NAME=...``) and control characters
+    in any text option.
+    """
+    try:
+        _check_scheduler_values(options, where, counts=False)
+    except JobOptionError as exception:
+        return str(exception)
+    return None
+
+
+def _check_scheduler_values(options: dict, where: str, counts: bool = True) -> None:
+    for key in SCHEDULER_WORDS:
+        value = options.get(key)
+        if value is not None and (not isinstance(value, str) or not _SCHEDULER_WORD.fullmatch(value)):
+            raise JobOptionError(
+                f'`{where}.{key}`: {value!r} is not a plain scheduler name (letters, digits and _ . , + - only): '
+                'the scheduler plugin writes it into the job script as it is'
+            )
+    priority = options.get('priority')
+    if priority is not None and (isinstance(priority, bool) or not _PRIORITY.fullmatch(str(priority))):
+        raise JobOptionError(f'`{where}.priority`: {priority!r} is not a whole number (a scheduling priority)')
+    for key, value in options.items():
+        if isinstance(value, str) and _CONTROL.search(value):
+            raise JobOptionError(f'`{where}.{key}`: {value!r} contains a control character (a newline would start a '
+                                 'line of its own in the job script)')
+    variables = options.get('environment_variables')
+    if isinstance(variables, dict):
+        for name in variables:
+            if not isinstance(name, str) or not _VARIABLE_NAME.fullmatch(name):
+                raise JobOptionError(f'`{where}.environment_variables`: {name!r} is not an environment variable name')
+    if counts:
+        _check_counts(options, where)
+
+
+_CONTROL = re.compile(r'[\x00-\x1f\x7f]')
+_VARIABLE_NAME = re.compile(r'^[A-Za-z_][A-Za-z0-9_]{0,127}$')
+
+
+def _check_counts(options: dict, where: str) -> None:
+    """Positive, bounded numbers where a campaign file gives times, memory and resources."""
+    bounds = {'max_wallclock_seconds': MAX_WALLCLOCK_SECONDS, 'max_memory_kb': MAX_MEMORY_KB}
+    for key, bound in bounds.items():
+        value = options.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and not 0 < value <= bound:
+            raise JobOptionError(f'`{where}.{key}`: {value} is outside 1 to {bound}')
+    resources = options.get('resources')
+    if resources is None:
+        return
+    if not isinstance(resources, dict):
+        raise JobOptionError(f'`{where}.resources`: expected a mapping such as {{num_machines: 1}}')
+    for key, value in resources.items():
+        if isinstance(value, int) and not isinstance(value, bool) and not 0 < value <= MAX_RESOURCE_COUNT:
+            raise JobOptionError(f'`{where}.resources.{key}`: {value} is outside 1 to {MAX_RESOURCE_COUNT}')
+
+
 def campaign_options(options, where: str) -> dict:
     """Check the job options of a campaign file; ``gpus: N`` becomes SLURM's ``--gres=gpu:N`` directive."""
     if not isinstance(options, dict):
@@ -68,6 +145,7 @@ def campaign_options(options, where: str) -> dict:
             reason = _WHERE_INSTEAD.get(key, f'allowed here: {", ".join(sorted(CAMPAIGN_OPTION_KEYS))}')
             raise JobOptionError(f'`{where}.{key}` may not be set in a campaign file: {reason} (docs/security.md)')
     converted = dict(options)
+    _check_scheduler_values(options, where)
     variables = options.get('environment_variables', {})
     if not isinstance(variables, dict):
         raise JobOptionError(f'`{where}.environment_variables`: expected a mapping of names to values')
@@ -77,13 +155,17 @@ def campaign_options(options, where: str) -> dict:
                 f'`{where}.environment_variables.{name}` may not be set in a campaign file: only '
                 f'{", ".join(sorted(THREAD_VARIABLES))} (others belong on the code or computer; docs/security.md)'
             )
-        if not isinstance(value, (str, int)) or isinstance(value, bool) or not _SAFE_VALUE.match(str(value)):
+        if not isinstance(value, (str, int)) or isinstance(value, bool) or not _SAFE_VALUE.fullmatch(str(value)):
             raise JobOptionError(f'`{where}.environment_variables.{name}`: {value!r} is not a plain count or list')
+    if 'priority' in options:
+        converted['priority'] = str(options['priority'])  # AiiDA takes it as text; YAML gives `priority: -10` a number
     if 'environment_variables' in options:
         converted['environment_variables'] = {name: str(value) for name, value in variables.items()}
     if 'gpus' in options:
         gpus = converted.pop('gpus')
         if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
             raise JobOptionError(f'`{where}.gpus`: {gpus!r} is not a positive number of GPUs per job')
+        if gpus > MAX_GPUS:
+            raise JobOptionError(f'`{where}.gpus`: {gpus} GPUs for one job; at most {MAX_GPUS}')
         converted['custom_scheduler_commands'] = f'#SBATCH --gres=gpu:{gpus}'
     return converted

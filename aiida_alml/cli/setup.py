@@ -10,6 +10,8 @@ import sys
 
 import click
 
+from aiida_alml.cli.options import PROFILE
+
 #: Codes created on localhost: label -> (executable, default CalcJob plugin).
 LOCAL_CODES = {
     'alml-label': ('alml-label', 'alml.ase'),
@@ -381,3 +383,36 @@ def setup(profile_name: str | None, email: str, production: bool, **service_opti
     for label, (executable, plugin) in LOCAL_CODES.items():
         _ensure_code(computer, label, executable, plugin)
     click.secho(f'Profile {profile_name!r} is ready. Start the daemon with: verdi -p {profile_name} daemon start', fg='green')
+
+
+@click.command('allow-labeller')
+@PROFILE
+@click.argument('code_label')
+@click.option('--revoke', is_flag=True, help='Take the declaration back: the shell labeller refuses the code again.')
+def allow_labeller(profile_name, code_label: str, revoke: bool):
+    """Declare CODE_LABEL (label@computer) a reference program that the shell labeller may run.
+
+    A campaign file is data and may name any code: the shell labeller runs only codes their owner declared here
+    (the extra alml_labeller on the code node; docs/security.md). aiida-alml's own programs never qualify.
+    """
+    from aiida import orm
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
+
+    from aiida_alml.cli.options import load_profile as load_named_profile
+    from aiida_alml.workflows.shell_labelling import LABELLER_EXTRA, allow_labeller as declare
+
+    load_named_profile(profile_name)
+    try:
+        code = orm.load_code(code_label)
+    except (NotExistent, MultipleObjectsError) as exception:
+        raise click.ClickException(f'{code_label}: {exception}') from exception
+    if revoke:
+        if LABELLER_EXTRA in code.base.extras.keys():
+            code.base.extras.delete(LABELLER_EXTRA)
+        click.echo(f'{code.full_label}: no longer a shell labeller')
+        return
+    try:
+        declare(code)
+    except ValueError as exception:
+        raise click.ClickException(str(exception)) from exception
+    click.echo(f'{code.full_label}: the shell labeller may run it (extra {LABELLER_EXTRA} = true)')

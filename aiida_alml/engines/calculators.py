@@ -16,8 +16,11 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any
 
+from aiida_alml.atoms.suggest import did_you_mean
+
 __all__ = (
-    'ENTRY_POINT_GROUP', 'KNOWN_CALCULATORS', 'CalculatorSpecError', 'available_calculators', 'build_calculator',
+    'ENTRY_POINT_GROUP', 'KNOWN_CALCULATORS', 'CalculatorSpecError', 'accepted_kwargs', 'available_calculators',
+    'build_calculator',
     'resolve_calculator', 'validate_spec',
 )
 
@@ -84,6 +87,32 @@ def resolve_calculator(name: str) -> type:
     return cls
 
 
+#: Keyword arguments of ASE's ``Calculator`` base class that read or write files (``restart`` reads a results file,
+#: ``directory`` and ``label`` choose where files go) or take objects: never from a campaign file.
+_BASE_KWARGS = frozenset({'restart', 'ignore_bad_restart_file', 'label', 'atoms', 'directory', 'command', 'profile'})
+_PLAIN = (type(None), bool, int, float, str, list, tuple, dict)
+
+
+def accepted_kwargs(cls: type) -> list[str]:
+    """The keyword arguments a specification may give ``cls``: its parameters, not the base class's file handling.
+
+    ASE calculators take their physical parameters through ``**kwargs`` into ``default_parameters`` and silently keep
+    a misspelt one (``LennardJones(sigmaa=2)`` labels with sigma 1), so only the keys of ``default_parameters`` and the
+    named arguments of the class's own ``__init__`` whose defaults are plain values are accepted.
+    """
+    import inspect
+
+    names = set(getattr(cls, 'default_parameters', {}) or {})
+    for klass in cls.__mro__:
+        if klass.__module__.startswith('ase.calculators.calculator') or '__init__' not in vars(klass):
+            continue
+        for parameter in inspect.signature(klass.__init__).parameters.values():
+            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY) \
+                    and parameter.name != 'self' and isinstance(parameter.default, _PLAIN):
+                names.add(parameter.name)
+    return sorted(names - _BASE_KWARGS)
+
+
 def validate_spec(spec: dict[str, Any], properties: list[str]) -> type:
     """Check a specification and the requested properties; return the calculator class."""
     unknown = set(spec) - {'name', 'kwargs'}
@@ -94,6 +123,13 @@ def validate_spec(spec: dict[str, Any], properties: list[str]) -> type:
     if not isinstance(spec.get('kwargs', {}), dict):
         raise CalculatorSpecError('calculator kwargs must be a dictionary of keyword arguments')
     cls = resolve_calculator(spec['name'])
+    unknown = sorted(set(spec.get('kwargs', {})) - set(accepted_kwargs(cls)))
+    if unknown:
+        hint = did_you_mean(unknown[0], accepted_kwargs(cls))
+        raise CalculatorSpecError(
+            f'calculator {spec["name"]!r} does not take kwargs {unknown}{hint}; it takes '
+            f'{", ".join(sorted(accepted_kwargs(cls))) or "none"}'
+        )
     if not properties:
         raise CalculatorSpecError(f'properties must name at least one of {PROPERTIES}')
     bad = [prop for prop in properties if prop not in PROPERTIES]

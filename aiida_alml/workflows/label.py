@@ -33,8 +33,11 @@ from aiida_alml.data.configurations import ConfigurationSet
 from aiida_alml.formats.aims_input import AimsInputError, run_changing_keywords, validate_keywords
 from aiida_alml.label_settings import SETTINGS_KEY, inconsistent_settings, labels_mismatch, with_label_settings
 from aiida_alml.atoms.suggest import did_you_mean
+from aiida_alml.job_options import scheduler_option_problem
 from aiida_alml.workflows.aims_base import AimsBaseWorkChain, kpoints_mesh
 from aiida_alml.workflows.relaunch import RelaunchesInterruptedJobs, define_relaunch_input
+from aiida_alml.workflows.namespaces import unknown_input_problem
+from aiida_alml.workflows.shell_labelling import GEOMETRY_PLACEHOLDER, shell_label_problem
 from aiida_alml.workflows.submission import EndsInterruptedFunctions, submit_once
 
 __all__ = (
@@ -42,7 +45,6 @@ __all__ = (
     'labels_mismatch', 'fixed_kpoint_meshes', 'fixed_kpoints', 'record_failures',
 )
 
-GEOMETRY_PLACEHOLDER = '{geometry}'
 #: A cell shares the k-point mesh of a reference cell when it is that cell strained by at most this much: every
 #: element of the deformation F (cell = reference @ F, rows are lattice vectors) within this of the identity's.
 KPOINTS_CELL_TOLERANCE = 0.15
@@ -212,10 +214,16 @@ def declare_label_settings(labelled: ConfigurationSet, settings: orm.Dict) -> Co
     return ConfigurationSet(labelled.configurations.replace(metadata=metadata))
 
 
-def validate_label_inputs(inputs, _):
+def validate_label_inputs(inputs, namespace):
+    if (problem := unknown_input_problem(namespace, inputs)):
+        return problem
     labeller = inputs['labeller'].value
     if labeller not in LABELLERS:
         return f'labeller: {labeller!r} is not one of {tuple(LABELLERS)}'
+    unused = sorted(name for name in LABELLERS if name != labeller and inputs.get(name))
+    if unused:
+        # A block the chosen labeller ignores is a mistake (settings the user believes apply), never harmless.
+        return f'{unused[0]}: settings for labeller {unused[0]!r}, but labeller is {labeller!r}: remove one of them'
     if (problem := LABELLERS[labeller].problem(inputs)):
         return problem
     fraction = inputs['max_failed_fraction'].value
@@ -227,17 +235,7 @@ def validate_label_inputs(inputs, _):
 
 
 def _shell_label_problem(inputs) -> str | None:
-    shell = inputs.get('shell', {})
-    for name in ('code', 'arguments', 'output_filename'):
-        if name not in shell:
-            return f'shell.{name}: needed for labeller shell'
-    if not any(GEOMETRY_PLACEHOLDER in arg for arg in shell['arguments'].get_list()):
-        return f'shell.arguments: none contains the placeholder {GEOMETRY_PLACEHOLDER} for the geometry file'
-    if 'options' in shell:
-        from aiida_shell import ShellJob
-
-        return _options_problem(ShellJob, shell['options'], 'shell.options')
-    return None
+    return shell_label_problem(inputs, _options_problem)
 
 
 def _options_problem(process_class, options: orm.Dict, name: str) -> str | None:
@@ -247,6 +245,8 @@ def _options_problem(process_class, options: orm.Dict, name: str) -> str | None:
     unknown = sorted(set(given) - set(namespace))
     if unknown:
         return f'{name}.{unknown[0]}: not a job option{did_you_mean(unknown[0], namespace)}'
+    if (problem := scheduler_option_problem(given, name)):
+        return problem.replace('`', '')
     error = namespace.validate(namespace.pre_process(given))
     if error is None:
         return None

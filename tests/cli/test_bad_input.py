@@ -46,6 +46,11 @@ AIMS_LABEL = {
     },
 }
 
+SHELL_LABEL = {
+    'labeller': 'shell',
+    'shell': {'code': 'ref-program@localhost', 'arguments': ['{geometry}'], 'output_filename': 'labels.xyz'},
+}
+
 # A structure file with one copper atom whose x coordinate is NaN, and one with two atoms 0.1 Å apart.
 NAN_XYZ = '1\nLattice="3.6 0 0 0 3.6 0 0 0 3.6" pbc="T T T"\nCu nan 0.0 0.0\n'
 OVERLAP_XYZ = '2\nLattice="3.6 0 0 0 3.6 0 0 0 3.6" pbc="T T T"\nCu 0.0 0.0 0.0\nCu 0.1 0.0 0.0\n'
@@ -110,6 +115,11 @@ def yaml_text(change: Callable[[str], str]) -> Edit:
 def with_aims(*edits: Edit) -> Edit:
     """Label with FHI-aims (``AIMS_LABEL``) instead of EMT, then apply ``edits``."""
     return both(setting('label', copy.deepcopy(AIMS_LABEL)), *edits)
+
+
+def with_shell(*edits: Edit) -> Edit:
+    """Label with a declared reference program through aiida-shell (``SHELL_LABEL``), then apply ``edits``."""
+    return both(setting('label', copy.deepcopy(SHELL_LABEL)), *edits)
 
 
 def both(*edits: Edit) -> Edit:
@@ -383,6 +393,54 @@ FHI_AIMS = [
         with_aims(setting('label.aims.kpoints_distance', True)), r'`label.aims.kpoints_distance`: True is a yes/no value'),
 ]
 
+SCHEDULER_SCRIPTS = [
+    Bad('label.ase.options.queue_name', '"debug\\ntouch /tmp/x"', 'a newline puts a command on its own line of the '
+        'SLURM script', setting('label.ase.options', {'queue_name': 'debug\ntouch /tmp/x'}),
+        r'`label.ase.options.queue_name`: .* is not a plain scheduler name'),
+    Bad('train.train.metadata.options.account', '"proj; id"', 'ends the shell word',
+        setting('train.train.metadata.options.account', 'proj; id'), r'is not a plain scheduler name'),
+    Bad('explore.md.metadata.options.qos', '"$(id)"', 'command substitution',
+        setting('explore.md.metadata.options.qos', '$(id)'), r'is not a plain scheduler name'),
+    Bad('label.ase.options.priority', '"1\\nid"', 'not a whole number', setting('label.ase.options', {'priority': '1\nid'}),
+        r'`label.ase.options.priority`: .* is not a whole number'),
+    Bad('explore.md.metadata.options.gpus', '1000000', 'more GPUs than any machine has',
+        setting('explore.md.metadata.options.gpus', 1000000), r'1000000 GPUs for one job; at most 64'),
+    Bad('train.train.metadata.options.resources.num_machines', '-1', 'a negative number of machines',
+        setting('train.train.metadata.options.resources', {'num_machines': -1}), r'-1 is outside 1 to'),
+    Bad('label.ase.options.max_wallclock_seconds', '-5', 'a negative walltime',
+        setting('label.ase.options', {'max_wallclock_seconds': -5}), r'-5 is outside 1 to'),
+]
+
+SHELL_LABELLER = [
+    Bad('label.shell.geometry_filename', '../../../../tmp/x', 'writes the geometry outside the job folder',
+        with_shell(setting('label.shell.geometry_filename', '../../../../tmp/x')), r'is not a plain file name'),
+    Bad('label.shell.output_filename', '../../../../etc/hostname', 'would store a file of the daemon\'s machine',
+        with_shell(setting('label.shell.output_filename', '../../../../etc/hostname')), r'is not a plain file name'),
+    Bad('label.shell.code', 'mace-train@localhost', 'our own training program with free arguments',
+        with_shell(setting('label.shell.code', 'mace-train@localhost')), r"is a code for 'alml.mace.train', not a "
+                                                                        r'reference program'),
+    Bad('label.shell.code', 'a code not declared a reference program', 'only codes their owner declared run',
+        with_shell(setting('label.shell.code', 'undeclared-program@localhost')),
+        r'is not declared a reference program: .*aiida-alml allow-labeller'),
+    Bad('label.shell.arguments', "[1, '{geometry}']", 'a number where a word is expected',
+        with_shell(setting('label.shell.arguments', [1, '{geometry}'])), r'label.shell.arguments\[0\]: 1 is not a string'),
+    Bad('label.shell.arguments', "['{geometry}', '{model}']", 'an unknown placeholder',
+        with_shell(setting('label.shell.arguments', ['{geometry}', '{model}'])), r'unknown placeholder \{model\}'),
+    Bad('label.shell.geometry_format', 'xyzz', 'not a format ASE writes',
+        with_shell(setting('label.shell.geometry_format', 'xyzz')), r"'xyzz' is not a format ASE can write"),
+    Bad('label.shell.output_format', 'xyzz', 'not a format ASE reads',
+        with_shell(setting('label.shell.output_format', 'xyzz')), r"'xyzz' is not a format ASE can read"),
+    Bad('label.aims', 'an aims block beside labeller: ase', 'settings the chosen labeller ignores',
+        setting('label.aims', copy.deepcopy(AIMS_LABEL['aims'])), r"label.aims: settings for labeller 'aims', but "
+                                                                  r"labeller is 'ase'"),
+    Bad('label.ase.calculator', '{name: lj, kwargs: {sigmaa: 2}}', 'a misspelt parameter LJ would ignore',
+        setting('label.ase.calculator', {'name': 'lj', 'kwargs': {'sigmaa': 2}}),
+        r"calculator 'lj' does not take kwargs \['sigmaa'\] \(did you mean sigma"),
+    Bad('label.ase.calculator', '{name: emt, kwargs: {directory: /tmp}}', 'file handling of the calculator base class',
+        setting('label.ase.calculator', {'name': 'emt', 'kwargs': {'directory': '/tmp'}}),
+        r"calculator 'emt' does not take kwargs \['directory'\]; it takes asap_cutoff"),
+]
+
 MODEL_FILES = [
     Bad('train.parent_models.member_0', 'a file name', 'models are nodes (MlipModel), not files',
         setting('train.parent_models', {'member_0': 'model.model', 'member_1': 'model.model'}),
@@ -390,7 +448,7 @@ MODEL_FILES = [
 ]
 
 CATALOGUE = (CAMPAIGN_KEYS + STRUCTURES + CODES + REFERENCE_CALCULATORS + JOB_OPTIONS + SCHEDULES_AND_MD + MACE_OPTIONS
-             + FHI_AIMS + MODEL_FILES)
+             + FHI_AIMS + MODEL_FILES + SCHEDULER_SCRIPTS + SHELL_LABELLER)
 
 
 # ---------------------------------------------------------------------- fixtures and tests
@@ -399,13 +457,18 @@ def codes(aiida_localhost):
     """The codes the campaign names, on a computer labelled localhost (stand-ins: nothing runs here)."""
     from aiida.common.exceptions import NotExistent
 
+    from aiida_alml.workflows.shell_labelling import allow_labeller
+
     for label, plugin in (('alml-label', 'alml.ase'), ('mace-train', 'alml.mace.train'), ('alml-md', 'alml.md'),
-                          ('aims-bad-input', 'alml.aims')):
+                          ('aims-bad-input', 'alml.aims'), ('ref-program', 'core.shell'),
+                          ('undeclared-program', 'core.shell')):
         try:
             orm.load_code(f'{label}@localhost')
         except NotExistent:
-            orm.InstalledCode(label=label, computer=aiida_localhost, filepath_executable='/bin/true',
-                              default_calc_job_plugin=plugin).store()
+            code = orm.InstalledCode(label=label, computer=aiida_localhost, filepath_executable='/bin/true',
+                                     default_calc_job_plugin=plugin).store()
+            if label == 'ref-program':
+                allow_labeller(code)
 
 
 @pytest.fixture
@@ -430,11 +493,11 @@ def _demo() -> dict:
     return yaml.safe_load(DEMO.read_text())
 
 
-@pytest.mark.parametrize('edit', [both(), with_aims()], ids=['emt', 'fhi-aims'])
+@pytest.mark.parametrize('edit', [both(), with_aims(), with_shell()], ids=['emt', 'fhi-aims', 'shell'])
 def test_the_unedited_campaigns_are_valid(codes, folder, edit):
     """Each row fails because of its edit: the campaigns it edits load and validate."""
     inputs = load_campaign(_write(folder, edit(_demo(), folder)))
-    assert inputs['label']['labeller'].value in ('ase', 'aims')
+    assert inputs['label']['labeller'].value in ('ase', 'aims', 'shell')
 
 
 @pytest.mark.parametrize('row', CATALOGUE, ids=[row.id for row in CATALOGUE])

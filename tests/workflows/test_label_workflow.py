@@ -11,6 +11,7 @@ from helpers.aims import DATA, aims_inputs, mock_aims_code, water
 from aiida_alml.data.configurations import ConfigurationSet
 from aiida_alml.label_settings import with_label_settings
 from aiida_alml.workflows.label import LabelWorkChain, inconsistent_settings, labels_mismatch, merge_labelled
+from aiida_alml.workflows.shell_labelling import allow_labeller
 
 
 def _aims_namespace(code):
@@ -68,6 +69,7 @@ def test_shell_path_with_a_real_program(aiida_localhost, cu_images):
     # The program is a real executable (python running data/aims/emt_program.py); it also writes to stderr.
     code = ShellCode(label='emt-program', computer=aiida_localhost, filepath_executable=sys.executable,
                      default_calc_job_plugin='core.shell').store()
+    allow_labeller(code)
     structures = ConfigurationSet.from_ase(cu_images[:2])
     results, node = run_get_node(
         LabelWorkChain, structures=structures, labeller=orm.Str('shell'),
@@ -108,9 +110,91 @@ def test_bad_label_inputs_refused(aiida_localhost):
     with pytest.raises(ValueError, match="labeller: 'vasp' is not one of"):
         run_get_node(LabelWorkChain, structures=structures, labeller=orm.Str('vasp'))
     code = orm.InstalledCode(computer=aiida_localhost, filepath_executable='/bin/true').store()
+    allow_labeller(code)
     with pytest.raises(ValueError, match=r'shell.arguments: none contains the placeholder \{geometry\}'):
         run_get_node(LabelWorkChain, structures=structures, labeller=orm.Str('shell'),
                      shell={'code': code, 'arguments': orm.List(['in.xyz']), 'output_filename': orm.Str('o.xyz')})
+
+
+def _shell(code, **changes):
+    """Shell-labeller inputs, with ``changes`` given as plain values (made into nodes here, not at collection)."""
+    node_types = {str: orm.Str, list: orm.List, dict: orm.Dict, int: orm.Int}
+    inputs = {'code': code, 'arguments': ['{geometry}'], 'output_filename': 'labels.xyz', **changes}
+    return {key: value if key == 'code' else node_types[type(value)](value) for key, value in inputs.items()}
+
+
+@pytest.mark.parametrize(('changes', 'message'), [
+    ({'geometry_filename': ('../../../../tmp/x')}, r"shell.geometry_filename: '\.\./\.\./\.\./\.\./tmp/x' is not a "
+                                                           r'plain file name'),
+    ({'geometry_filename': ('/etc/passwd')}, r'shell.geometry_filename: .* not a plain file name'),
+    ({'output_filename': ('../../../../etc/hostname')}, r'shell.output_filename: .* not a plain file name'),
+    ({'output_filename': ('..')}, r'shell.output_filename: .* not a plain file name'),
+    ({'arguments': ([1, '{geometry}'])}, r'shell.arguments\[0\]: 1 is not a string'),
+    ({'arguments': (['{geometry}', '{model}'])}, r'shell.arguments\[1\]: unknown placeholder \{model\}'),
+    ({'arguments': (['{geometry'])}, r'shell.arguments\[0\]: .*expected'),
+    ({'arguments': (['{geometry}', 'a\nb'])}, r'shell.arguments\[1\]: .*control character'),
+    ({'geometry_format': ('nosuchformat')}, r"shell.geometry_format: 'nosuchformat' is not a format ASE can "
+                                                   r'write'),
+    ({'output_format': ('nosuchformat')}, r"shell.output_format: 'nosuchformat' is not a format ASE can read"),
+    ({'output_filename': ('labels')}, r'shell.output_format: not given, and ASE cannot tell the format'),
+    ({'options': ({'queue_name': 'debug\ntouch /tmp/x'})}, r'shell.options.queue_name: .* not a plain '
+                                                                   r'scheduler name'),
+])
+def test_shell_labeller_refuses_files_outside_the_job_and_unknown_placeholders(aiida_localhost, changes, message):
+    from aiida_shell import ShellCode
+
+    code = ShellCode(label='ref-program', computer=aiida_localhost, filepath_executable='/bin/true',
+                     default_calc_job_plugin='core.shell').store()
+    allow_labeller(code)
+    before = orm.QueryBuilder().append(orm.ProcessNode).count()
+    with pytest.raises(ValueError, match=message):
+        run_get_node(LabelWorkChain, structures=ConfigurationSet.from_ase([water()]), labeller=orm.Str('shell'),
+                     shell=_shell(code, **changes))
+    assert orm.QueryBuilder().append(orm.ProcessNode).count() == before
+
+
+def test_shell_labeller_runs_only_codes_declared_reference_programs(aiida_localhost, label_code):
+    """Not declared: refused; the project's own programs and other plugins' codes: refused even when declared."""
+    from aiida_shell import ShellCode
+
+    from aiida_alml.workflows.shell_labelling import LABELLER_EXTRA
+
+    structures = ConfigurationSet.from_ase([water()])
+    plain = ShellCode(label='undeclared', computer=aiida_localhost, filepath_executable='/bin/true',
+                      default_calc_job_plugin='core.shell').store()
+    with pytest.raises(ValueError, match=r'shell.code: undeclared@localhost is not declared a reference program: .*'
+                                         r'aiida-alml allow-labeller undeclared@localhost'):
+        run_get_node(LabelWorkChain, structures=structures, labeller=orm.Str('shell'), shell=_shell(plain))
+    # The attack of issue 22: alml-train as the "reference program", with arguments that load any model file.
+    train = ShellCode(label='train-as-shell', computer=aiida_localhost, filepath_executable='/venv/bin/alml-train',
+                      default_calc_job_plugin='core.shell').store()
+    with pytest.raises(ValueError, match=r'runs alml-train, one of aiida-alml\'s own programs'):
+        allow_labeller(train)
+    train.base.extras.set(LABELLER_EXTRA, True)  # set by hand (or by an imported archive): still refused
+    with pytest.raises(ValueError, match=r'shell.code: train-as-shell@localhost runs alml-train'):
+        run_get_node(LabelWorkChain, structures=structures, labeller=orm.Str('shell'), shell=_shell(train))
+    label_code.base.extras.set(LABELLER_EXTRA, True)
+    with pytest.raises(ValueError, match=r"shell.code: .* is a code for 'alml.ase', not a reference program"):
+        run_get_node(LabelWorkChain, structures=structures, labeller=orm.Str('shell'), shell=_shell(label_code))
+
+
+def test_label_namespace_refuses_unknown_keys_and_unused_blocks(aiida_localhost, label_code):
+    structures = ConfigurationSet.from_ase([water()])
+    ase = {'code': label_code, 'calculator': orm.Dict({'name': 'emt'})}
+    # alml.active_learning exposes these inputs as `label`, a namespace AiiDA marks dynamic: it would take any key.
+    from aiida_alml.workflows.active_learning import ActiveLearningWorkChain
+
+    namespace = ActiveLearningWorkChain.spec().inputs['label']
+    error = namespace.validate(namespace.pre_process({'labeller': orm.Str('ase'), 'ase': ase, 'asee': {'x': orm.Int(1)}}))
+    assert error is not None and 'asee: unknown input (did you mean ase' in error.message
+    assert namespace.validate(namespace.pre_process({'labeller': orm.Str('ase'), 'ase': ase})) is None
+    with pytest.raises(ValueError, match=r"shell: settings for labeller 'shell', but labeller is 'ase'"):
+        run_get_node(LabelWorkChain, structures=structures, labeller=orm.Str('ase'), ase=ase,
+                     shell={'output_filename': orm.Str('x.xyz')})
+    with pytest.raises(ValueError, match=r"ase.calculator: calculator 'lj' does not take kwargs \['sigmaa'\] "
+                                         r'\(did you mean sigma'):
+        run_get_node(LabelWorkChain, structures=structures, labeller=orm.Str('ase'),
+                     ase={'code': label_code, 'calculator': orm.Dict({'name': 'lj', 'kwargs': {'sigmaa': 2}})})
 
 
 def _labelled(settings, element_hashes=None):

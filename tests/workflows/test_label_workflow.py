@@ -439,3 +439,26 @@ def test_kpoint_inputs_refused(aiida_code_installed, extra, parameters, message)
     with pytest.raises(ValueError, match=message):
         run_get_node(LabelWorkChain, structures=ConfigurationSet.from_ase([water()]), labeller=orm.Str('aims'),
                      aims=namespace)
+
+
+def test_allow_labeller_command_declares_and_revokes(aiida_localhost, aiida_profile):
+    from aiida_shell import ShellCode
+    from click.testing import CliRunner
+
+    from aiida_alml.cli.setup import allow_labeller as command
+    from aiida_alml.workflows.shell_labelling import LABELLER_EXTRA
+
+    code = ShellCode(label='xtb-like', computer=aiida_localhost, filepath_executable='/bin/true',
+                     default_calc_job_plugin='core.shell').store()
+    result = CliRunner().invoke(command, ['-p', aiida_profile.name, 'xtb-like@localhost'])
+    assert result.exit_code == 0, result.output
+    assert orm.load_code('xtb-like@localhost').base.extras.get(LABELLER_EXTRA) is True
+    result = CliRunner().invoke(command, ['-p', aiida_profile.name, 'xtb-like@localhost', '--revoke'])
+    assert result.exit_code == 0 and LABELLER_EXTRA not in orm.load_code(code.pk).base.extras.keys()
+    train = orm.InstalledCode(label='train-code', computer=aiida_localhost, filepath_executable='/x/alml-train',
+                              default_calc_job_plugin='alml.mace.train').store()
+    result = CliRunner().invoke(command, ['-p', aiida_profile.name, train.full_label])
+    assert result.exit_code != 0 and "is a code for 'alml.mace.train', not a reference program" in result.output
+    assert LABELLER_EXTRA not in train.base.extras.keys()
+    result = CliRunner().invoke(command, ['-p', aiida_profile.name, 'nothere@localhost'])
+    assert result.exit_code != 0 and 'nothere@localhost' in result.output

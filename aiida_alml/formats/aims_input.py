@@ -166,7 +166,7 @@ def validate_keywords(parameters: Mapping, unchecked: Sequence[str] = ()) -> Non
     if not isinstance(parameters, Mapping):
         raise AimsInputError(f'parameters: expected a mapping of control.in keywords to values, got {parameters!r}')
     for keyword, value in parameters.items():
-        if not isinstance(keyword, str) or not _KEYWORD.match(keyword):
+        if not isinstance(keyword, str) or not _KEYWORD.fullmatch(keyword):
             raise AimsInputError(
                 f'parameters: {keyword!r} is not a control.in keyword (lower-case letters, digits and `_` only)'
             )

@@ -36,6 +36,7 @@ from aiida_alml.atoms.suggest import did_you_mean
 from aiida_alml.job_options import scheduler_option_problem
 from aiida_alml.workflows.aims_base import AimsBaseWorkChain, kpoints_mesh
 from aiida_alml.workflows.relaunch import RelaunchesInterruptedJobs, define_relaunch_input
+from aiida_alml.workflows.job_resources import resources_problem
 from aiida_alml.workflows.namespaces import unknown_input_problem
 from aiida_alml.workflows.shell_labelling import GEOMETRY_PLACEHOLDER, shell_label_problem
 from aiida_alml.workflows.submission import EndsInterruptedFunctions, submit_once
@@ -238,8 +239,9 @@ def _shell_label_problem(inputs) -> str | None:
     return shell_label_problem(inputs, _options_problem)
 
 
-def _options_problem(process_class, options: orm.Dict, name: str) -> str | None:
-    """Why ``options`` cannot be the ``metadata.options`` of a ``process_class`` job (unknown key, wrong type)."""
+def _options_problem(process_class, options: orm.Dict, name: str, code=None) -> str | None:
+    """Why ``options`` cannot be the ``metadata.options`` of a ``process_class`` job of ``code`` (unknown key, wrong
+    type, a word that would end a line of the job script, resources the computer's scheduler does not take)."""
     namespace = process_class.spec().inputs['metadata']['options']
     given = options.get_dict()
     unknown = sorted(set(given) - set(namespace))
@@ -249,7 +251,7 @@ def _options_problem(process_class, options: orm.Dict, name: str) -> str | None:
         return problem.replace('`', '')
     error = namespace.validate(namespace.pre_process(given))
     if error is None:
-        return None
+        return resources_problem(code, given, name)
     key = error.port.split('.', 1)[1] if '.' in error.port else ''
     return f'{name}{"." + key if key else ""}: {error.message}'
 
@@ -272,7 +274,7 @@ def _ase_label_problem(inputs) -> str | None:
             # CalculatorSpecError is a ValueError; TypeError and ImportError: what an odd name makes importlib raise.
             return f'{name}: {error}'
     if 'options' in ase:
-        return _options_problem(CalculationFactory('alml.ase'), ase['options'], 'ase.options')
+        return _options_problem(CalculationFactory('alml.ase'), ase['options'], 'ase.options', ase['code'])
     return None
 
 

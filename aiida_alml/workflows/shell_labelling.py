@@ -82,7 +82,7 @@ def shell_label_problem(inputs, options_problem) -> str | None:
     if 'options' in shell:
         from aiida_shell import ShellJob
 
-        return options_problem(ShellJob, shell['options'], 'shell.options')
+        return options_problem(ShellJob, shell['options'], 'shell.options', code)
     return None
 
 

@@ -407,6 +407,9 @@ SCHEDULER_SCRIPTS = [
         setting('explore.md.metadata.options.gpus', 1000000), r'1000000 GPUs for one job; at most 64'),
     Bad('train.train.metadata.options.resources.num_machines', '-1', 'a negative number of machines',
         setting('train.train.metadata.options.resources', {'num_machines': -1}), r'-1 is outside 1 to'),
+    Bad('label.ase.options.resources', '{num_machines: 1, gpus_per_node: 2}', 'a key the scheduler does not take',
+        setting('label.ase.options', {'resources': {'num_machines': 1, 'gpus_per_node': 2}}),
+        r'label.ase.options.resources: .* do not fit the core.direct scheduler of localhost'),
     Bad('label.ase.options.max_wallclock_seconds', '-5', 'a negative walltime',
         setting('label.ase.options', {'max_wallclock_seconds': -5}), r'-5 is outside 1 to'),
 ]

@@ -78,6 +78,7 @@ def test_geometry_round_trip():
         ({'xc': 'pbe # comment'}, 'water', "parameters['xc']"),
         ({'Xc': 'pbe'}, 'water', "'Xc' is not a control.in keyword"),
         ({'xc pbe': True}, 'water', 'is not a control.in keyword'),
+        ({'xc\n': 'pbe'}, 'water', 'is not a control.in keyword'),  # `$` of a regular expression matches before \n
         ({'compute_forces': False}, 'water', "parameters['compute_forces'] may not be set"),
         ({'compute_analytical_stress': False}, 'silicon', 'must stay .true.'),
         ({'sc_iter_limit': 0}, 'water', "parameters['sc_iter_limit'] must be a positive integer"),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from typing import Any, BinaryIO
 
@@ -129,6 +130,10 @@ def _read(path: str | os.PathLike, device: str = 'cpu') -> dict:
         raise ModelFormatError(f'{path}: the model config is not JSON ({exception})') from exception
     if not isinstance(payload['config'], dict):
         raise ModelFormatError(f'{path}: the model config is not a mapping')
+    weights = payload['state_dict']
+    if not isinstance(weights, dict) or not all(
+            isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in weights.items()):
+        raise ModelFormatError(f'{path}: the weights (state_dict) are not a mapping of names to tensors')
     return payload
 
 
@@ -141,10 +146,16 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
     config = payload['config']
     try:
         numbers = [int(z) for z in config['atomic_numbers']]
-        elements = sorted(chemical_symbols[z] for z in numbers)
         r_max = float(config['r_max'])
-    except (KeyError, TypeError, ValueError, IndexError) as exception:
+    except (KeyError, TypeError, ValueError, OverflowError) as exception:
         raise ModelFormatError(f'{path}: the model config has no valid atomic_numbers and r_max ({exception})')
+    # A negative number would index chemical_symbols from the end (-1 is Og) instead of failing.
+    if not numbers or any(not 0 < z < len(chemical_symbols) for z in numbers) or len(set(numbers)) != len(numbers):
+        raise ModelFormatError(f'{path}: atomic_numbers {numbers} are not distinct elements (1 to '
+                               f'{len(chemical_symbols) - 1})')
+    if not math.isfinite(r_max) or r_max <= 0:
+        raise ModelFormatError(f'{path}: r_max {r_max} is not a positive cutoff')
+    elements = sorted(chemical_symbols[z] for z in numbers)
     weights = payload['state_dict'].get('atomic_energies_fn.atomic_energies')
     if weights is None:
         raise ModelFormatError(f'{path}: the weights lack atomic_energies_fn.atomic_energies')

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ('CLOSE_CONTACT', 'LABELS', 'Configurations', 'ConfigurationError', 'close_contact', 'read_extxyz',
-           'write_extxyz')
+__all__ = ('CLOSE_CONTACT', 'LABELS', 'MAX_COORDINATE', 'Configurations', 'ConfigurationError', 'close_contact',
+           'far_coordinate', 'read_extxyz', 'write_extxyz')
 
 #: Labels a configuration can carry, in the order they are stored.
 LABELS = ('energy', 'forces', 'stress')
@@ -36,6 +36,11 @@ _MAX_Z = 118
 #: Å: two atoms closer than this are a broken structure (the shortest bond, H2, is 0.74 Å; EMT gives NaN forces for
 #: overlapping atoms and DFT codes fail or waste a job). The MD engine stops at the same distance by default.
 CLOSE_CONTACT = 0.5
+#: Å: the largest coordinate or cell entry (in size) a given structure may have. 10^4 Å is 1 µm: a cell that wide holds
+#: some 10^11 atoms, far beyond any structure a reference method labels or a committee explores; larger numbers are a
+#: unit mistake or garbage (at 1e300 distances overflow to inf). Checked on the structures a campaign is given
+#: (:func:`far_coordinate`), not on MD frames, where an atom that flew off is a finding to record.
+MAX_COORDINATE = 1e4
 # |det(cell)| below this (in Å^3) is treated as singular for a periodic structure.
 _SINGULAR_VOLUME = 1e-8
 
@@ -258,7 +263,7 @@ class Configurations:
         found: dict[str, list] = {label: [] for label in LABELS}
         metas = []
         for index, atoms in enumerate(images):
-            labels = _labels_of(atoms, keys)
+            labels = _labels_of(atoms, keys, index)
             for label in LABELS:
                 found[label].append(labels.get(label))
             n = len(atoms)
@@ -371,6 +376,18 @@ class Configurations:
         )
 
 
+def far_coordinate(configurations: Configurations, bound: float = MAX_COORDINATE) -> tuple[int, str, float] | None:
+    """The first configuration with a position or cell entry larger than ``bound`` Å in size: (configuration,
+    'positions' or 'cell', the entry), or None."""
+    for name, array, per_atom in (('positions', configurations.positions, True), ('cell', configurations.cells, False)):
+        far = (np.abs(array) > bound).reshape(len(array), -1).any(axis=1)
+        if far.any():
+            row = int(np.argmax(far))
+            value = float(array[row].flat[int(np.argmax(np.abs(array[row]).reshape(-1)))])
+            return (configurations._owner(row) if per_atom else row), name, value
+    return None
+
+
 def close_contact(configurations: Configurations, minimum: float = CLOSE_CONTACT) -> tuple[int, int, int, float] | None:
     """The first pair of atoms closer than ``minimum`` Å: (configuration, atom i, atom j, distance), or None.
 
@@ -423,7 +440,7 @@ def _gram_determinant(vectors: np.ndarray) -> float:
 
 
 def _voigt(stress: Any, index: int) -> np.ndarray:
-    stress = np.asarray(stress, dtype=np.float64)
+    stress = _numbers(stress, index, 'stress')
     if stress.shape == (6,):
         return stress
     if stress.shape == (9,):
@@ -433,7 +450,19 @@ def _voigt(stress: Any, index: int) -> np.ndarray:
     raise ConfigurationError(f'configuration {index}: stress must have 6 (Voigt) or 3x3 components, got {stress.shape}')
 
 
-def _labels_of(atoms, keys: dict[str, str]) -> dict[str, Any]:
+def _numbers(value: Any, index: int, label: str) -> np.ndarray:
+    """A label as float64, or a :class:`ConfigurationError` naming it (a file may hold ``REF_energy=abc``)."""
+    try:
+        array = np.asarray(value)
+        if array.dtype.kind not in 'iufO':  # text, and true/false, which numpy would take as 1 and 0
+            raise TypeError(f'{array.dtype} is not numeric')
+        return array.astype(np.float64)
+    except (TypeError, ValueError) as exception:
+        shown = repr(value) if len(repr(value)) <= 60 else f'{repr(value)[:60]}...'
+        raise ConfigurationError(f'configuration {index}: the {label} label {shown} is not a number') from exception
+
+
+def _labels_of(atoms, keys: dict[str, str], index: int = 0) -> dict[str, Any]:
     """Labels from ``info``/``arrays`` first, then from the calculator's stored results (never computed here)."""
     labels: dict[str, Any] = {}
     results = getattr(atoms.calc, 'results', None) or {}
@@ -444,10 +473,13 @@ def _labels_of(atoms, keys: dict[str, str]) -> dict[str, Any]:
         elif label in results:
             labels[label] = results[label]
     if 'energy' in labels:
-        value = labels['energy']
-        if not isinstance(value, numbers.Real) and np.shape(value) != ():
-            raise ConfigurationError(f'energy label must be a number, got shape {np.shape(value)}')
+        value = _numbers(labels['energy'], index, 'energy')
+        if value.shape != ():
+            raise ConfigurationError(f'configuration {index}: the energy label must be one number, got shape '
+                                     f'{value.shape}')
         labels['energy'] = float(value)
+    if 'forces' in labels:
+        labels['forces'] = _numbers(labels['forces'], index, 'forces')
     return labels
 
 

@@ -227,6 +227,8 @@ class MaceTrainCalculation(CalcJob):
         define_interruption_exit_code(spec)
 
         spec.exit_code(300, 'ERROR_MISSING_OUTPUT', message='mace_run_train wrote no log: it did not run or crashed.')
+        spec.exit_code(301, 'ERROR_REFUSED_BY_ALML_TRAIN',
+                       message='alml-train refused the command line or a file before training: {details}')
         spec.exit_code(302, 'ERROR_DISK_FULL', message='The working directory on the compute machine is full (no space '
                        'left or over quota): {details}')
         spec.exit_code(310, 'ERROR_NO_MODEL', message='mace_run_train wrote no model file: {details}')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import pathlib
@@ -16,9 +17,10 @@ from aiida_alml.calculations.mace_train import MODEL_FILE, MODEL_NAME, STDOUT_FI
 from aiida_alml.data import MlipModel
 from aiida_alml.engines.model_format import ModelFormatError
 from aiida_alml.engines.disk import disk_full_line
+from aiida_alml.engines.train import REFUSED
 from aiida_alml.parsers.interruption import SCHEDULER_STDERR, InterruptionAwareParser
 
-__all__ = ('MaceTrainParser', 'parse_error_tables', 'parse_results_lines')
+__all__ = ('MaceTrainParser', 'alml_train_refusal', 'parse_error_tables', 'parse_results_lines')
 
 #: Arrays of the training curve, from MACE's per-epoch evaluation of the validation set (eV, eV/Å).
 CURVE_KEYS = ('loss', 'rmse_e_per_atom', 'mae_e_per_atom', 'rmse_f', 'mae_f')
@@ -43,6 +45,16 @@ _SCHEDULER_OUT_OF_WALLTIME = 120
 def parse_results_lines(text: str) -> list[dict]:
     """The JSON records of MACE's ``results/*_train.txt`` (one per line; NaN is written as ``NaN``)."""
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def alml_train_refusal(output: str) -> str | None:
+    """What alml-train refused before training (its message and the indented lines under it), or None."""
+    lines = output.splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith(REFUSED):
+            details = itertools.takewhile(lambda text: text.startswith('  '), lines[index + 1:])
+            return '\n'.join([line.removeprefix(REFUSED).strip(), *details])
+    return None
 
 
 def parse_error_tables(log: str) -> dict[str, dict[str, float]]:
@@ -94,6 +106,8 @@ class MaceTrainParser(InterruptionAwareParser):
         stdout = retrieved.base.repository.get_object_content(STDOUT_FILE, mode='r') if STDOUT_FILE in names else ''
         if MODEL_FILE not in names and (line := disk_full_line(stdout)):
             return self.exit_codes.ERROR_DISK_FULL.format(details=line)
+        if MODEL_FILE not in names and (refusal := alml_train_refusal(stdout)):
+            return self.exit_codes.ERROR_REFUSED_BY_ALML_TRAIN.format(details=refusal)
         if 'logs' not in names or log_name not in _list(retrieved, 'logs'):
             return self.exit_codes.ERROR_MISSING_OUTPUT
         log = retrieved.base.repository.get_object_content(log_name, mode='r')

@@ -71,8 +71,8 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
         spec.input('initial_structures', valid_type=ConfigurationSet, required=False,
                    help='Structures labelled first (after perturbation, if `initial_perturbation` is given).')
         spec.input('initial_perturbation', valid_type=orm.Dict, required=False, validator=validate_perturbation,
-                   help='Make rattled/strained copies of `initial_structures` first: {count, rattle_std (Å), '
-                        'max_strain, seed}.')
+                   help='Make rattled/strained copies of `initial_structures` first: {count (at most 10^4, built '
+                        'at launch), rattle_std (Å), max_strain (below 1/3), seed}.')
         spec.input('exploration_structures', valid_type=ConfigurationSet, required=False,
                    help='Starting points of the MD runs (default: `initial_structures`).')
         spec.input('test_set', valid_type=ConfigurationSet, required=False,
@@ -86,23 +86,27 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
                            namespace_options={'help': 'How the committee explores (alml.explore inputs).'})
         spec.input('explore_schedule', valid_type=orm.List, required=False,
                    help='Per-iteration MD overrides laid over every condition, e.g. [{"temperature": 300}, '
-                        '{"temperature": 600}]; the last entry holds for later iterations.')
+                        '{"temperature": 600}]; the last entry holds for later iterations (at most 1000 entries; '
+                        'MD bounds as for explore.conditions).')
         spec.input('seed', valid_type=orm.Int, default=lambda: orm.Int(0),
                    help='Campaign seed: the member and MD seeds of iteration i derive from (seed, i), so every '
                         'iteration is a new observation and a rerun repeats the campaign.')
         spec.input('selection', valid_type=orm.Dict, default=lambda: orm.Dict(SELECTION_DEFAULTS),
                    validator=validate_selection,
-                   help='trust_lo/trust_hi (eV/Å), labels_per_iteration, min_distance (descriptor units), mode '
-                        f'({", ".join(MODES)}), rescue_failed, seed, descriptor_r_cut (Å), descriptor_bins.')
+                   help='trust_lo/trust_hi (eV/Å), labels_per_iteration (at most 10^5), min_distance (descriptor '
+                        f'units), mode ({", ".join(MODES)}), rescue_failed, seed, descriptor_r_cut (Å, at most 20), '
+                        'descriptor_bins (2 to 256).')
         spec.input('target_accurate_fraction', valid_type=orm.Float, default=lambda: orm.Float(0.99),
                    help='Converged when at least this fraction of explored frames is accurate ...')
         spec.input('patience', valid_type=orm.Int, default=lambda: orm.Int(2),
                    help='... with no failed or missing frame and σ calibrated, for this many consecutive iterations.')
-        spec.input('max_iterations', valid_type=orm.Int, default=lambda: orm.Int(6), help='Iteration limit.')
+        spec.input('max_iterations', valid_type=orm.Int, default=lambda: orm.Int(6),
+                   help='Iteration limit (at most 1000; so are patience and calibration_window).')
         spec.input('max_labels', valid_type=orm.Int, default=lambda: orm.Int(500),
                    help='Budget of reference calculations in all: the initial labelling (one per initial structure, '
                         'or per perturbed copy) and failed calculations count too, so the loop buys at most '
-                        'max_labels minus the initial ones; that must be at least selection.labels_per_iteration.')
+                        'max_labels minus the initial ones; that must be at least selection.labels_per_iteration. '
+                        'At most 10^6.')
         spec.input('warm_start', valid_type=orm.Bool, default=lambda: orm.Bool(False),
                    help='From the second iteration on, member i continues from member i of the previous committee.')
         spec.input('warm_start_parameters', valid_type=orm.Dict, required=False,
@@ -122,10 +126,11 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
                    help='Edge (Å) of the empty, non-periodic box in which one atom of each element is labelled with '
                         'the campaign\'s reference to give the E0s of every training. Not done when `train.train.e0s` '
                         'is given ("average" or {element: eV}) or the initial dataset has IsolatedAtom '
-                        'configurations for every element.')
+                        'configurations for every element. At most 100 Å.')
         spec.input('validation', valid_type=orm.Dict, required=False, validator=validate_validation,
                    help='Run the final committee\'s MD longer and hotter than exploration (alml.stability): '
-                        '{temperature_factor, steps, ensembles, max_excursion_fraction, max_nve_drift}.')
+                        '{temperature_factor, steps, ensembles, max_excursion_fraction, max_nve_drift}; its '
+                        'temperature and steps obey the MD bounds of explore.conditions.')
         spec.inputs.validator = validate_active_learning_inputs
 
         spec.outline(

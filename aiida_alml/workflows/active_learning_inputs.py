@@ -8,7 +8,9 @@ from aiida_alml.selection.select import MODES
 from aiida_alml.selection.trust import validate_trust_window
 from aiida_alml.atoms.suggest import did_you_mean
 
-__all__ = ('SELECTION_DEFAULTS', 'PERTURBATION_KEYS', 'VALIDATION_DEFAULTS', 'MAX_STRAIN_BOUND', 'validate_selection',
+__all__ = ('SELECTION_DEFAULTS', 'PERTURBATION_KEYS', 'VALIDATION_DEFAULTS', 'MAX_STRAIN_BOUND', 'MAX_LABELS',
+           'MAX_LABELS_PER_ITERATION', 'MAX_ITERATIONS', 'MAX_PERTURBED_COPIES', 'MAX_PERTURBED_ATOMS',
+           'MAX_DESCRIPTOR_BINS', 'MAX_DESCRIPTOR_R_CUT', 'MAX_MD_RUNS', 'MAX_ISOLATED_ATOM_BOX', 'validate_selection',
            'validate_perturbation', 'validate_validation', 'validate_active_learning_inputs', 'initial_label_count',
            'budget_line')
 
@@ -38,6 +40,29 @@ VALIDATION_DEFAULTS = {
     'max_nve_drift': 0.005,
 }
 
+
+# Upper bounds of counts and sizes, generous for production; each stops an input that would run for years, fill the
+# disk or exhaust memory at launch.
+#: max_labels: reference calculations in all. The largest published MLIP training sets hold 10^5-10^6 structures.
+MAX_LABELS = 10**6
+#: selection.labels_per_iteration: reference calculations one iteration queues; 10^5 is a whole large training set.
+MAX_LABELS_PER_ITERATION = 10**5
+#: max_iterations (and patience, calibration_window, explore_schedule entries): each iteration trains a committee;
+#: campaigns converge in 5-30.
+MAX_ITERATIONS = 1000
+#: initial_perturbation.count: the copies are built and checked at launch and each is labelled first; 10^4 is beyond
+#: any first training set. Their atoms together (copies x atoms per structure) must stay below MAX_PERTURBED_ATOMS.
+MAX_PERTURBED_COPIES = 10**4
+MAX_PERTURBED_ATOMS = 10**7
+#: selection.descriptor_bins: bins finer than the descriptors' Gaussian width (0.15 Å; 33 bins over 5 Å) add nothing.
+MAX_DESCRIPTOR_BINS = 256
+#: Å, selection.descriptor_r_cut: MACE cutoffs are 4-6 Å; neighbour lists grow as r_cut^3 (some 3000 neighbours per
+#: atom of a metal at 20 Å).
+MAX_DESCRIPTOR_R_CUT = 20.0
+#: MD runs of one exploration (exploration structures x conditions), each a job submitted at once.
+MAX_MD_RUNS = 10**4
+#: Å, isolated_atom_box: isolated atoms are labelled in boxes of 10-30 Å; a periodic code's cost grows with the volume.
+MAX_ISOLATED_ATOM_BOX = 100.0
 
 #: initial_perturbation.max_strain must stay below this. Each strain component is drawn in ±max_strain and the
 #: symmetric strain tensor E has eigenvalues within ±3·max_strain (Gershgorin), so the deformed cell (I + E)·cell keeps
@@ -81,6 +106,8 @@ def validate_selection(value, _=None) -> str | None:
     count = settings['labels_per_iteration']
     if not _is_whole(count) or count < 1:
         return f'selection: labels_per_iteration must be a positive integer, got {count!r}'
+    if count > MAX_LABELS_PER_ITERATION:
+        return f'selection: labels_per_iteration must be at most {MAX_LABELS_PER_ITERATION}, got {count}'
     if settings['mode'] not in MODES:
         return f"selection: mode must be one of {', '.join(MODES)}, got {settings['mode']!r}"
     if not isinstance(settings['rescue_failed'], bool):
@@ -98,6 +125,11 @@ def validate_selection(value, _=None) -> str | None:
         return f"selection: descriptor must be 'local' or 'radial', got {settings['descriptor']!r}"
     if settings['descriptor_r_cut'] <= 0 or int(settings['descriptor_bins']) < 2:
         return 'selection: descriptor_r_cut must be positive and descriptor_bins at least 2'
+    if settings['descriptor_r_cut'] > MAX_DESCRIPTOR_R_CUT:
+        return (f'selection: descriptor_r_cut must be at most {MAX_DESCRIPTOR_R_CUT:g} Å, got '
+                f'{settings["descriptor_r_cut"]:g}')
+    if settings['descriptor_bins'] > MAX_DESCRIPTOR_BINS:
+        return f'selection: descriptor_bins must be at most {MAX_DESCRIPTOR_BINS}, got {settings["descriptor_bins"]}'
     fraction = settings['contact_fraction']
     if not _is_number(fraction) or not 0 < fraction <= 1:
         return f'selection: contact_fraction must be a number in (0, 1], got {fraction!r}'
@@ -112,6 +144,9 @@ def validate_perturbation(value, _=None) -> str | None:
         return message
     if not _is_whole(settings.get('count')) or settings['count'] < 1:
         return f'initial_perturbation: count must be a positive integer, got {settings.get("count")!r}'
+    if settings['count'] > MAX_PERTURBED_COPIES:
+        return (f'initial_perturbation: count must be at most {MAX_PERTURBED_COPIES} (the copies are built at launch '
+                f'and each is labelled first), got {settings["count"]}')
     for key in ('rattle_std', 'max_strain'):
         if key in settings and (not _is_number(settings[key]) or settings[key] < 0):
             return f'initial_perturbation: {key} must be a non-negative number, got {settings[key]!r}'
@@ -136,9 +171,16 @@ def validate_validation(value, _=None) -> str | None:
             return f'validation: {key} must be a non-negative number, got {value!r}'
     if settings['temperature_factor'] <= 0 or settings['steps_factor'] <= 0:
         return 'validation: temperature_factor and steps_factor must be positive'
+    if settings['max_excursion_fraction'] > 1:
+        return ('validation: max_excursion_fraction is a fraction of frames, at most 1, got '
+                f'{settings["max_excursion_fraction"]}')
     steps = settings['steps']
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         return f'validation: steps must be a positive whole number, got {steps!r}'
+    from aiida_alml.workflows.explore import MAX_MD_STEPS
+
+    if steps is not None and steps > MAX_MD_STEPS:
+        return f'validation: steps must be at most {MAX_MD_STEPS} (weeks of MD in one job), got {steps}'
     from aiida_alml.engines.md import ENSEMBLES
 
     ensembles = settings['ensembles']
@@ -191,37 +233,107 @@ def _budget_problem(inputs) -> str | None:
     return None
 
 
+def _explore_settings(inputs) -> tuple[dict, list, dict]:
+    """The exploration's shared MD parameters, its conditions and its MD jobs' ``metadata.options``."""
+    explore = inputs.get('explore', {})
+    base = explore['parameters'].get_dict() if 'parameters' in explore else {}
+    conditions = explore['conditions'].get_list() if 'conditions' in explore else [{}]
+    options = explore.get('md', {}).get('metadata', {}).get('options', {})
+    return base, conditions, options
+
+
 def _schedule_problem(inputs) -> str | None:
     """Every explore_schedule entry laid over every exploration condition must be valid MD parameters."""
     if 'explore_schedule' not in inputs:
         return None
     from aiida_alml.engines.md import MdParameterError, validate_parameters
+    from aiida_alml.workflows.explore import md_bounds_problem, md_device_problem
 
     schedule = inputs['explore_schedule'].get_list()
     if not schedule:
         return 'explore_schedule: empty; give one entry per iteration (the last holds for later ones) or leave it out'
-    explore = inputs.get('explore', {})
-    base = explore['parameters'].get_dict() if 'parameters' in explore else {}
-    conditions = explore['conditions'].get_list() if 'conditions' in explore else [{}]
+    if len(schedule) > MAX_ITERATIONS:
+        return f'explore_schedule: {len(schedule)} entries, one per iteration, but at most {MAX_ITERATIONS} iterations'
+    base, conditions, options = _explore_settings(inputs)
     for index, entry in enumerate(schedule):
         if not isinstance(entry, dict) or not entry:
             return (f'explore_schedule[{index}]: every entry must be a non-empty mapping of MD parameters laid over '
                     f'the conditions (e.g. {{temperature: 600}}), got {entry!r}')
         for number, condition in enumerate(conditions):
+            where = f' (laid over explore.conditions[{number}])' if len(conditions) > 1 else ''
             try:
-                validate_parameters({**base, **(condition if isinstance(condition, dict) else {}), **entry})
+                parameters = validate_parameters({**base, **(condition if isinstance(condition, dict) else {}),
+                                                  **entry})
             except MdParameterError as error:
-                where = f' (laid over explore.conditions[{number}])' if len(conditions) > 1 else ''
                 return f'explore_schedule[{index}]{where}: {error}'
+            if (problem := md_bounds_problem(parameters) or md_device_problem(parameters['device'], options)):
+                return f'explore_schedule[{index}]{where}: {problem}'
+    return None
+
+
+def _explored_parameters(inputs) -> list[dict]:
+    """The validated MD parameters of every condition in every iteration (each schedule entry laid over each); [] when
+    one is invalid (reported by the exploration's or the schedule's own check)."""
+    from aiida_alml.engines.md import MdParameterError, validate_parameters
+
+    base, conditions, _ = _explore_settings(inputs)
+    schedule = inputs['explore_schedule'].get_list() if 'explore_schedule' in inputs else [{}]
+    try:
+        return [validate_parameters({**base, **condition, **entry}) for entry in schedule for condition in conditions]
+    except (MdParameterError, TypeError):
+        return []
+
+
+def _validation_problem(inputs) -> str | None:
+    """The final committee's MD (``validation``) runs at temperature_factor x the hottest exploration for
+    steps_factor x the longest run (or ``steps``): that too must stay within the MD bounds."""
+    if 'validation' not in inputs or not (explored := _explored_parameters(inputs)):
+        return None
+    from aiida_alml.workflows.explore import MAX_MD_FRAMES, MAX_MD_STEPS, MAX_MD_TEMPERATURE
+
+    settings = {**VALIDATION_DEFAULTS, **inputs['validation'].get_dict()}
+    hottest = max(max(parameters['temperature_start'], parameters['temperature_end']) for parameters in explored)
+    temperature = settings['temperature_factor'] * hottest
+    if temperature > MAX_MD_TEMPERATURE:
+        return (f'validation: temperature_factor {settings["temperature_factor"]:g} x the hottest exploration '
+                f'({hottest:g} K) is {temperature:g} K, above the MD bound of {MAX_MD_TEMPERATURE:.0f} K')
+    longest = max(parameters['steps'] for parameters in explored)
+    steps = settings['steps'] or int(round(settings['steps_factor'] * longest))
+    if steps > MAX_MD_STEPS:
+        return (f'validation: steps_factor {settings["steps_factor"]:g} x the longest exploration ({longest} steps) is '
+                f'{steps} steps, above the MD bound of {MAX_MD_STEPS}')
+    frames = steps // min(parameters['sample_interval'] for parameters in explored)
+    if frames > MAX_MD_FRAMES:
+        return (f'validation: {steps} steps sampled as the exploration samples make {frames} frames per run, more '
+                f'than {MAX_MD_FRAMES}; lower steps or steps_factor, or raise explore sample_interval')
+    return None
+
+
+def _exploration_size_problem(inputs) -> str | None:
+    """How many MD runs one exploration submits (starting structures x conditions), bounded by MAX_MD_RUNS."""
+    structures = inputs.get('exploration_structures', inputs.get('initial_structures'))
+    _, conditions, _ = _explore_settings(inputs)
+    runs = len(structures) * len(conditions)
+    if runs > MAX_MD_RUNS:
+        name = 'exploration_structures' if 'exploration_structures' in inputs else 'initial_structures'
+        return (f'explore.conditions: {len(conditions)} conditions x {len(structures)} {name} make {runs} MD runs per '
+                f'iteration, each a job submitted at once; at most {MAX_MD_RUNS}')
     return None
 
 
 def _structure_problem(inputs) -> str | None:
-    """Atoms closer than CLOSE_CONTACT in any given set, or in the perturbed copies the loop will label first."""
-    from aiida_alml.atoms.configurations import CLOSE_CONTACT, Configurations, close_contact
+    """Coordinates beyond MAX_COORDINATE, or atoms closer than CLOSE_CONTACT, in any given set, or in the perturbed
+    copies the loop will label first."""
+    from aiida_alml.atoms.configurations import (
+        CLOSE_CONTACT, MAX_COORDINATE, ConfigurationError, Configurations, close_contact, far_coordinate,
+    )
     from aiida_alml.atoms.perturb import perturbed_copies
 
     for name in ('initial_structures', 'exploration_structures', 'initial_dataset', 'test_set'):
+        if name in inputs and (found := far_coordinate(inputs[name].configurations)):
+            index, array, value = found
+            return (f'{name}: structure {index} has a {array} entry of {value:g} Å, beyond ±{MAX_COORDINATE:g} Å '
+                    '(1 µm): a unit mistake or not a structure')
         if name in inputs and (found := close_contact(inputs[name].configurations)):
             index, i, j, distance = found
             return (f'{name}: structure {index} has atoms {i} and {j} {distance:.3f} Å apart (closer than '
@@ -229,9 +341,22 @@ def _structure_problem(inputs) -> str | None:
     if 'initial_structures' in inputs and 'initial_perturbation' in inputs:
         # The same deterministic draw the loop makes (perturb_structures), done here so that a rattle too large for
         # the structures is refused before anything runs.
+        settings = inputs['initial_perturbation'].get_dict()
+        n_atoms = inputs['initial_structures'].configurations.n_atoms
+        atoms = sum(int(n_atoms[index % len(n_atoms)]) for index in range(settings['count']))
+        if atoms > MAX_PERTURBED_ATOMS:
+            return (f'initial_perturbation: count {settings["count"]} copies of initial_structures hold {atoms} atoms, '
+                    f'more than {MAX_PERTURBED_ATOMS} (they are built at launch)')
         images = inputs['initial_structures'].to_ase()
-        copies = perturbed_copies(images, **inputs['initial_perturbation'].get_dict())
-        if (found := close_contact(Configurations.from_ase(copies, include_info=False))):
+        copies = perturbed_copies(images, **settings)
+        try:
+            configurations = Configurations.from_ase(copies, include_info=False)
+        except ConfigurationError as error:  # a rattle so large that positions overflow
+            return f'initial_perturbation: the perturbed copies are not structures ({error}): lower rattle_std'
+        if (found := far_coordinate(configurations)):
+            return (f'initial_perturbation: perturbed copy {found[0]} has a {found[1]} entry of {found[2]:g} Å, beyond '
+                    f'±{MAX_COORDINATE:g} Å: lower rattle_std')
+        if (found := close_contact(configurations)):
             index, i, j, distance = found
             return (f'initial_perturbation: perturbed copy {index} (of initial structure {index % len(images)}) has '
                     f'atoms {i} and {j} {distance:.3f} Å apart (closer than {CLOSE_CONTACT} Å): lower rattle_std')
@@ -253,9 +378,13 @@ def _label_property_problem(inputs, structures: set) -> str | None:
 
 
 def validate_active_learning_inputs(inputs, _=None) -> str | None:
-    for name in ('max_iterations', 'max_labels', 'patience', 'calibration_window'):
+    bounds = {'max_iterations': MAX_ITERATIONS, 'max_labels': MAX_LABELS, 'patience': MAX_ITERATIONS,
+              'calibration_window': MAX_ITERATIONS}
+    for name, bound in bounds.items():
         if name in inputs and inputs[name].value < 1:
             return f'{name}: must be positive, got {inputs[name].value}'
+        if name in inputs and inputs[name].value > bound:
+            return f'{name}: must be at most {bound}, got {inputs[name].value}'
     if 'target_accurate_fraction' in inputs and not 0 < inputs['target_accurate_fraction'].value <= 1:
         return f'target_accurate_fraction: must be in (0, 1], got {inputs["target_accurate_fraction"].value}'
     if 'initial_dataset' not in inputs and 'initial_structures' not in inputs:
@@ -288,10 +417,14 @@ def validate_active_learning_inputs(inputs, _=None) -> str | None:
     if missing:
         return (f'exploration_structures: elements {sorted(missing)} are absent from the training data; add '
                 'structures with them to initial_structures so that they are labelled first')
+    if 'test_set' in inputs and (unseen := set(inputs['test_set'].elements) - known):
+        return (f'test_set: elements {sorted(unseen)} are absent from the training data (initial_structures, '
+                'initial_dataset): no committee can predict them, so the set cannot be scored')
 
     if 'seed' in inputs and inputs['seed'].value < 0:
         return f'seed: must be a non-negative integer, got {inputs["seed"].value}'
-    for check in (_budget_problem, _schedule_problem, _structure_problem):
+    for check in (_budget_problem, _exploration_size_problem, _schedule_problem, _validation_problem,
+                  _structure_problem):
         if (message := check(inputs)):
             return message
     if (message := _label_property_problem(inputs, {'initial_structures', 'exploration_structures'} & set(inputs))):
@@ -330,4 +463,6 @@ def validate_isolated_atom_box(box, _) -> str | None:
     """The edge of the box in which isolated atoms are labelled must be a positive length."""
     if not math.isfinite(box.value) or box.value <= 0:
         return f'isolated_atom_box: must be a positive length in Å, not {box.value}'
+    if box.value > MAX_ISOLATED_ATOM_BOX:
+        return f'isolated_atom_box: must be at most {MAX_ISOLATED_ATOM_BOX:g} Å, got {box.value:g}'
     return None

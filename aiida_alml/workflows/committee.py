@@ -44,10 +44,17 @@ def _member_index(key: str) -> int:
     return int(key.rsplit('_', 1)[1])
 
 
+#: The largest committee: published ones have 2-8 members (the spread hardly changes beyond ~10), and each member is
+#: a training job; a typo such as 100000 would submit that many at once.
+MAX_MEMBERS = 64
+
+
 def _validate_inputs(inputs, _):
     count = inputs['num_members'].value
     if count < 2:
         return f'num_members: a committee needs at least two members to estimate an uncertainty, got {count}'
+    if count > MAX_MEMBERS:
+        return f'num_members: at most {MAX_MEMBERS} members (each one is a training job), got {count}'
     parents = inputs.get('parent_models', {})
     if parents and sorted(parents) != [f'member_{i}' for i in range(count)]:
         return f'parent_models: needs exactly member_0 .. member_{count - 1}, got {sorted(parents)}'

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, calcfunction, while_
 
@@ -10,7 +12,22 @@ from aiida_alml.engines.md import MdParameterError, validate_parameters
 from aiida_alml.workflows.relaunch import RelaunchesInterruptedJobs, define_relaunch_input
 from aiida_alml.workflows.submission import EndsInterruptedFunctions, submit_once
 
-__all__ = ('ExploreWorkChain', 'tabulate_md_runs')
+__all__ = ('MAX_MD_FRAMES', 'MAX_MD_PRESSURE', 'MAX_MD_STEPS', 'MAX_MD_TEMPERATURE', 'MAX_MD_TIMESTEP',
+           'ExploreWorkChain', 'md_bounds_problem', 'md_device_problem', 'requested_gpus', 'tabulate_md_runs')
+
+# Upper bounds of MD parameters, generous for production and far below what would run for months or fill the disk.
+#: Steps of one run: a long production run is 10^7 steps (10 ns at 1 fs); 10^8 steps of a committee at ~10 ms per step
+#: take 12 days, beyond any job's walltime.
+MAX_MD_STEPS = 10**8
+#: K: 10^4 K is above the boiling point of every element (tungsten: 5930 K); hotter is a plasma, not a material.
+MAX_MD_TEMPERATURE = 1e4
+#: fs: 0.5-2 fs is usual, 5 fs with heavy atoms only; beyond 10 fs no vibration is resolved and MD explodes.
+MAX_MD_TIMESTEP = 10.0
+#: bar, in size: 10^7 bar is 1 TPa, three times the pressure at the centre of the Earth.
+MAX_MD_PRESSURE = 1e7
+#: Frames a run records (steps / sample_interval): each is stored and scored by the selection; 10^5 is a 10^7-step run
+#: sampled every 100 steps, more than any iteration labels from.
+MAX_MD_FRAMES = 10**5
 
 
 @calcfunction
@@ -36,6 +53,70 @@ def tabulate_md_runs(runs: orm.Dict, **summaries: orm.Dict) -> orm.Dict:
     return orm.Dict(overview)
 
 
+def md_bounds_problem(parameters: dict) -> str | None:
+    """What in validated MD ``parameters`` (:func:`aiida_alml.engines.md.validate_parameters`) is beyond the upper
+    bounds above, the parameter named, or None."""
+    if parameters.get('temperature') is not None:
+        temperatures = {'temperature': parameters['temperature']}
+    else:
+        temperatures = {key: parameters[key] for key in ('temperature_start', 'temperature_end')}
+    for key, value in temperatures.items():
+        if value > MAX_MD_TEMPERATURE:
+            return f'{key} must be at most {MAX_MD_TEMPERATURE:.0f} K, got {value:g}'
+    if parameters['steps'] > MAX_MD_STEPS:
+        return f'steps must be at most {MAX_MD_STEPS} (weeks of MD in one job), got {parameters["steps"]}'
+    if parameters['timestep'] > MAX_MD_TIMESTEP:
+        return f'timestep must be at most {MAX_MD_TIMESTEP:g} fs, got {parameters["timestep"]:g}'
+    if parameters.get('pressure') is not None and abs(parameters['pressure']) > MAX_MD_PRESSURE:
+        return f'pressure must be at most {MAX_MD_PRESSURE:.0e} bar (1 TPa) in size, got {parameters["pressure"]:g}'
+    frames = parameters['steps'] // parameters['sample_interval']
+    if frames > MAX_MD_FRAMES:
+        return (f'steps / sample_interval = {frames} frames per run, more than {MAX_MD_FRAMES} (each is stored and '
+                f'scored); raise sample_interval to at least {-(-parameters["steps"] // MAX_MD_FRAMES)}')
+    return None
+
+
+def requested_gpus(options: dict) -> int | None:
+    """How many GPUs an MD job's ``metadata.options`` give it: the entries of ``CUDA_VISIBLE_DEVICES`` in
+    ``environment_variables`` if set, else the count of a GPU request in ``custom_scheduler_commands`` (what a campaign
+    file's ``gpus: N`` becomes, ``#SBATCH --gres=gpu:N``, also ``--gres=gpu:TYPE:N``, ``--gpus[-per-node|-per-task]=N``
+    and ``-G N``); 0 when they ask for none; None when they mention GPUs in a way not read here."""
+    variables = options.get('environment_variables') or {}
+    if 'CUDA_VISIBLE_DEVICES' in variables:
+        return len([entry for entry in str(variables['CUDA_VISIBLE_DEVICES']).split(',')
+                    if entry.strip() and not entry.strip().startswith('-')])
+    commands = str(options.get('custom_scheduler_commands') or '')
+    counts = [int(count) for count in re.findall(
+        r'--gres[= ](?:\S*,)?gpu(?::[^:,\s]+)?:(\d+)|--gpus(?:-per-node|-per-task)?[= ](?:[^:\s]+:)?(\d+)|-G ?(\d+)',
+        commands) for count in count if count]
+    if counts:
+        return max(counts)
+    if re.search(r'--gres[= ](?:\S*,)?gpu\b', commands):
+        return 1  # `--gres=gpu`: one GPU
+    return None if re.search('gpu', commands, re.IGNORECASE) else 0
+
+
+def md_device_problem(device: str, options: dict) -> str | None:
+    """Why MD on ``device`` cannot run in a job with these ``metadata.options``, or None.
+
+    ``cuda:N`` (``cuda`` is ``cuda:0``) needs the job to see at least N + 1 GPUs: a scheduler numbers the GPUs it grants
+    a job from 0 (SLURM sets CUDA_VISIBLE_DEVICES), and a job that asks for none gets none, so the MD would fail on the
+    compute node after it waited in the queue. The job must say so in its options (:func:`requested_gpus`).
+    """
+    if not isinstance(device, str) or not device.startswith('cuda'):
+        return None
+    needed = int(device.partition(':')[2] or 0) + 1
+    granted = requested_gpus(options)
+    if granted is None or granted >= needed:
+        return None
+    asked = 'ask for no GPU' if granted == 0 else f'ask for {granted} GPU{"s" if granted > 1 else ""} (cuda:0 to ' \
+        f'cuda:{granted - 1})'
+    return (f'device {device!r} needs each MD job to see at least {needed} GPU{"s" if needed > 1 else ""}, but the '
+            f'job options (explore.md.metadata.options) {asked}: give `gpus: {needed}` there (it asks SLURM for '
+            'them), or list the GPUs in environment_variables.CUDA_VISIBLE_DEVICES on a computer without a scheduler; '
+            "or use device 'cpu'")
+
+
 def _conditions(inputs) -> list[dict]:
     base = inputs['parameters'].get_dict() if 'parameters' in inputs else {}
     return [{**base, **condition} for condition in inputs['conditions'].get_list()]
@@ -47,11 +128,14 @@ def _validate_inputs(inputs, ctx):
         return 'conditions: give at least one set of MD conditions'
     if not all(isinstance(condition, dict) for condition in conditions):
         return 'conditions: every entry must be a dict of MD parameters (ensemble, temperature, pressure, steps, ...)'
+    options = inputs.get('md', {}).get('metadata', {}).get('options', {})
     for index, condition in enumerate(_conditions(inputs)):
         try:
-            validate_parameters(condition)
+            parameters = validate_parameters(condition)
         except MdParameterError as error:
             return f'conditions[{index}]: {error}'
+        if (problem := md_bounds_problem(parameters) or md_device_problem(parameters['device'], options)):
+            return f'conditions[{index}]: {problem}'
     if 'structures' not in ctx:
         return None  # exposed by a workflow that supplies structures and models itself, and checks them
     return check_md_grid(inputs)
@@ -71,7 +155,10 @@ class ExploreWorkChain(EndsInterruptedFunctions, RelaunchesInterruptedJobs, Work
         super().define(spec)
         spec.expose_inputs(MdCalculation, namespace='md', exclude=('structure', 'parameters'))
         spec.input_namespace('structures', valid_type=orm.StructureData, dynamic=True, help='Starting structures.')
-        spec.input('conditions', valid_type=orm.List, help='List of MD parameter dicts, one per condition.')
+        spec.input('conditions', valid_type=orm.List,
+                   help='List of MD parameter dicts, one per condition; at most 10^8 steps, 10^4 K, a 10 fs timestep, '
+                        '10^7 bar and 10^5 frames (steps / sample_interval) per run; device cuda:N needs the jobs to '
+                        'ask for N + 1 GPUs (md.metadata.options: gpus, or CUDA_VISIBLE_DEVICES).')
         spec.input('parameters', valid_type=orm.Dict, required=False, help='MD parameters shared by all conditions.')
         define_relaunch_input(spec)
         spec.inputs.validator = _validate_inputs

@@ -194,3 +194,33 @@ def test_metadata_must_be_json(emt_labelled):
 def test_read_extxyz_missing_file(tmp_path):
     with pytest.raises(ConfigurationError, match='does not exist'):
         read_extxyz(tmp_path / 'nope.xyz')
+
+
+@pytest.mark.parametrize('info, message', [
+    ('REF_energy=abc', r"configuration 0: the energy label 'abc' is not a number"),
+    ('REF_energy=T', r'configuration 0: the energy label True is not a number'),
+    ('REF_energy="1 2"', r'configuration 0: the energy label must be one number, got shape \(2,\)'),
+    ('REF_energy=1.0 REF_stress="a b c d e f"', r"configuration 0: the stress label 'a b c d e f' is not a number"),
+])
+def test_labels_that_are_not_numbers_are_refused_naming_them(tmp_path, info, message):
+    """A file's label that ASE reads as text or true/false (a ValueError traceback before, or True taken as 1 eV)."""
+    path = tmp_path / 'labels.xyz'
+    path.write_text(f'1\nLattice="3.6 0 0 0 3.6 0 0 0 3.6" {info} pbc="T T T"\nCu 0.0 0.0 0.0\n')
+    with pytest.raises(ConfigurationError, match=message):
+        read_extxyz(path)
+
+
+def test_far_coordinate_finds_positions_and_cells_beyond_the_bound():
+    from aiida_alml.atoms.configurations import MAX_COORDINATE, far_coordinate
+
+    cubic = bulk('Cu', 'fcc', a=3.6, cubic=True)
+    assert far_coordinate(Configurations.from_ase([cubic, cubic * (2, 2, 2)])) is None
+    flown = cubic * (2, 1, 1)
+    flown.positions[5, 1] = -2 * MAX_COORDINATE
+    assert far_coordinate(Configurations.from_ase([cubic, flown])) == (1, 'positions', -2 * MAX_COORDINATE)
+    long = cubic.copy()
+    long.cell[2, 2] = 1e5
+    assert far_coordinate(Configurations.from_ase([cubic, cubic, long])) == (2, 'cell', 1e5)
+    edge = cubic.copy()
+    edge.positions[0, 0] = MAX_COORDINATE  # at the bound: accepted
+    assert far_coordinate(Configurations.from_ase([edge])) is None

@@ -39,6 +39,77 @@ def test_values_are_checked_with_mace_types():
         check_parameters({'swa': 'yes'})
 
 
+@pytest.mark.parametrize(('parameters', 'message'), [
+    ({'model': 'BOTNet'}, r"`model` 'BOTNet' cannot be trained here: the model file format \(alml.mace.v1\) holds "
+                          r'ScaleShiftMACE, which MACE builds for `model` MACE or ScaleShiftMACE'),
+    ({'distributed': True}, r'`distributed` may not be set: multi-process training \(torch.distributed\)'),
+    ({'launcher': 'torchrun'}, r'`launcher` may not be set: multi-process training'),
+    ({'dry_run': True}, r'`dry_run` may not be set: MACE would stop before training and write no model'),
+    ({'config_type_weights': {'Default': 1.0}}, r'`config_type_weights` may not be set: the training files carry no '
+                                                r'config_type'),
+    ({'config': 'options.yaml'}, r'`config` may not be set: reads options from a YAML file'),
+    ({'statistics_file': '/etc/shadow'}, r'`statistics_file` may not be set: reads a file on the compute node'),
+    ({'pt_train_file': 'mp'}, r'`pt_train_file` may not be set: reads \(or, given `mp`, downloads\)'),
+    ({'pt_valid_file': 'pt.xyz'}, r'`pt_valid_file` may not be set: reads pretraining data'),
+    ({'heads': {'extra': {'train_file': '/etc/passwd'}}}, r'`heads` may not be set: defines heads with their own '
+                                                          r'train_file'),
+    ({'les_arguments': 'les.yaml'}, r'`les_arguments` may not be set: reads a YAML file'),
+    ({'downloads_dir': 'd'}, r'`downloads_dir` may not be set: nothing may be downloaded'),
+    ({'foundation_model_kwargs': {'model': 'x'}}, r'`foundation_model_kwargs` may not be set'),
+    ({'wandb': True}, r'`wandb` may not be set: Weights & Biases'),
+    ({'wandb_project': 'p'}, r'`wandb_project` may not be set: Weights & Biases'),
+    ({'fixedpoint_update_config': '{}'}, r'`fixedpoint_update_config` may not be set: configures PolarMACE only'),
+    ({'swa': True, 'stage_two': True}, r'`stage_two` and `swa` are the same option of mace_run_train: give one'),
+])
+def test_options_that_read_fetch_or_cannot_be_stored_are_refused(parameters, message):
+    with pytest.raises(MaceOptionError, match=message):
+        check_parameters(parameters)
+
+
+@pytest.mark.parametrize(('parameters', 'message'), [
+    ({'max_num_epochs': 10**9}, r'`max_num_epochs`: must be <= 100000, got 1000000000'),
+    ({'num_channels': 2048}, r'`num_channels`: must be <= 1024'),
+    ({'r_max': 25.0}, r'`r_max`: must be <= 20.0'),
+    ({'max_L': 5}, r'`max_L`: must be <= 4'),
+    ({'correlation': 6}, r'`correlation`: must be <= 5'),
+    ({'num_interactions': 9}, r'`num_interactions`: must be <= 8'),
+    ({'batch_size': 10**6}, r'`batch_size`: must be <= 4096'),
+    ({'lora_rank': 10**30}, r'`lora_rank`: must be between -2147483647 and 2147483647'),
+])
+def test_sizes_have_upper_bounds(parameters, message):
+    with pytest.raises(MaceOptionError, match=message):
+        check_parameters(parameters)
+
+
+def test_refusals_go_by_the_option_not_its_spelling(monkeypatch):
+    """A spelling MACE may add for a refused option (argparse ``dest``) is refused too; a new text option is refused
+    until reviewed, since it may take a path."""
+    import argparse
+
+    from aiida_alml.formats import mace_options
+
+    options = dict(mace_options.known_options())
+    options['stats_file'] = options['statistics_file']  # another spelling, same dest
+    options['foundation'] = options['foundation_model']
+    extra = argparse.ArgumentParser()
+    options['new_source'] = extra.add_argument('--new_source', type=str)
+    monkeypatch.setattr(mace_options, 'known_options', lambda: options)
+    with pytest.raises(MaceOptionError, match=r'`stats_file` may not be set: reads a file on the compute node'):
+        check_parameters({'stats_file': 'x'})
+    with pytest.raises(MaceOptionError, match=r'`foundation` is set by the calculation itself: use the `parent_model`'):
+        check_parameters({'foundation': 'x'})
+    with pytest.raises(MaceOptionError, match=r'`new_source` may not be set: takes text that alml-train does not know'):
+        check_parameters({'new_source': 'x'})
+
+
+def test_production_settings_pass():
+    """What real trainings use stays allowed: both model names our format holds, flags switched off, big models."""
+    check_parameters({'model': 'MACE', 'num_channels': 256, 'max_L': 2, 'r_max': 6.0, 'correlation': 3,
+                      'num_interactions': 2, 'batch_size': 64, 'max_num_epochs': 5000, 'distributed': False,
+                      'wandb': False, 'radial_MLP': [64, 64, 64], 'MLP_irreps': '16x0e', 'lr': 0.01})
+    check_parameters({'model': 'ScaleShiftMACE', 'stage_two': True})
+
+
 def test_command_line_mapping():
     arguments = to_command_line({'swa': True, 'ema': False, 'radial_MLP': [8, 8], 'max_num_epochs': 3, 'plot': False})
     assert arguments == ['--max_num_epochs', '3', '--plot', 'False', '--radial_MLP', '[8, 8]', '--swa']
@@ -101,6 +172,17 @@ def test_parent_model_r_max_conflict(tiny_mace_inputs, tmp_path):
 
 
 # ---------------------------------------------------------------------- trained models
+def test_a_refusal_of_alml_train_is_its_own_exit_code(tiny_mace_inputs):
+    """A model file planted in the job folder before training: alml-train refuses it (it would be loaded unpickled
+    as the result) and the calculation says so, instead of 'wrote no log'."""
+    inputs = tiny_mace_inputs()
+    inputs['metadata']['options']['prepend_text'] = 'echo planted > mace.model'
+    _, node = run_get_node(MaceTrainCalculation, **inputs)
+    assert node.exit_status == MaceTrainCalculation.exit_codes.ERROR_REFUSED_BY_ALML_TRAIN.status
+    assert 'mace.model exists before training and would be taken for its result' in node.exit_message
+    assert 'model' not in node.outputs
+
+
 @pytest.mark.slow
 def test_committee_members_are_trained_models(trained_committee):
     node, models = trained_committee
@@ -236,6 +318,26 @@ def test_stage_two_is_on_unless_switched_off(tiny_mace_inputs, tmp_path, monkeyp
         assert '--swa' not in _dry_run_command_line(tiny_mace_inputs(max_num_epochs=8, **{switch: False}))
     # with 7 epochs or fewer MACE would begin stage two after the first: forces would hardly be trained
     assert '--swa' not in _dry_run_command_line(tiny_mace_inputs(max_num_epochs=7))
+
+
+def test_alml_train_accepts_the_calculations_command_line(tiny_mace_inputs, tmp_path, monkeypatch):
+    """What prepare_for_submission writes passes alml-train's own check word for word (warm start included)."""
+    import shlex
+
+    from helpers.mace import model_file
+
+    from mace.tools import build_default_arg_parser
+
+    from aiida_alml.engines.train import argv_problems
+
+    monkeypatch.chdir(tmp_path)
+    parent = MlipModel(file=model_file(tmp_path / 'parent.alml', r_max=4.0))
+    inputs = {**tiny_mace_inputs(max_num_epochs=8, radial_MLP=[8, 8], plot=False), 'parent_model': parent}
+    line = next(line for line in _dry_run_command_line(inputs).splitlines() if 'alml-train' in line)
+    words = shlex.split(line)
+    argv = words[words.index(next(word for word in words if word.endswith('alml-train'))) + 1:words.index('>')]
+    assert '--foundation_model' in argv and '--swa' in argv
+    assert argv_problems(argv, build_default_arg_parser()) == []
 
 
 @pytest.mark.slow

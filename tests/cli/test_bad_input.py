@@ -57,6 +57,17 @@ OVERLAP_XYZ = '2\nLattice="3.6 0 0 0 3.6 0 0 0 3.6" pbc="T T T"\nCu 0.0 0.0 0.0\
 CLUSTER_XYZ = '2\npbc="F F F"\nCu 0.0 0.0 0.0\nCu 2.5 0.0 0.0\n'
 SILVER_XYZ = '1\nLattice="0 2.05 2.05 2.05 0 2.05 2.05 2.05 0" pbc="T T T"\nAg 0.0 0.0 0.0\n'
 
+# A structure 1e300 Å from the origin; a cell 10^5 Å long; a test set whose energy is text; a labelled silver test set.
+FAR_XYZ = '1\nLattice="3.6 0 0 0 3.6 0 0 0 3.6" pbc="T T T"\nCu 1e300 0.0 0.0\n'
+HUGE_CELL_XYZ = '1\nLattice="100000.0 0 0 0 3.6 0 0 0 3.6" pbc="T T T"\nCu 0.0 0.0 0.0\n'
+TEXT_ENERGY_XYZ = ('1\nLattice="3.6 0 0 0 3.6 0 0 0 3.6" Properties=species:S:1:pos:R:3:REF_forces:R:3 REF_energy=abc '
+                   'pbc="T T T"\nCu 0.0 0.0 0.0 0.0 0.0 0.0\n')
+SILVER_LABELLED_XYZ = ('1\nLattice="0 2.05 2.05 2.05 0 2.05 2.05 2.05 0" Properties=species:S:1:pos:R:3:REF_forces:R:3 '
+                       'REF_energy=-0.1 pbc="T T T"\nAg 0.0 0.0 0.0 0.0 0.0 0.0\n')
+# 3.8 KB of "billion laughs": nine lists of nine aliases of the list before, 9^9 values, in the calculator's kwargs.
+LAUGHS = ('      kwargs:\n        l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n'
+          + ''.join(f'        l{i}: &l{i} [' + ', '.join([f'*l{i - 1}'] * 9) + ']\n' for i in range(1, 9)))
+
 
 # ---------------------------------------------------------------------- edits
 Edit = Callable[[dict, pathlib.Path], 'dict | str']
@@ -244,6 +255,11 @@ STRUCTURES = [
     Bad('exploration_structures', 'PK of a set with atoms 0.1 Å apart', 'overlapping atoms, given as a node',
         stored_set('exploration_structures', OVERLAP_XYZ),
         r'exploration_structures: structure 0 has atoms 0 and 1 0.100 Å apart \(closer than 0.5 Å\)'),
+    Bad('initial_structures', '../outside.xyz', 'a file outside the campaign file\'s folder',
+        setting('initial_structures', '../outside.xyz'), r"`initial_structures`: '../outside.xyz' is outside the "
+                                                          r"campaign file's folder"),
+    Bad('test_set', '/etc/hostname', 'an absolute path to any file the launching user can read',
+        setting('test_set', '/etc/hostname'), r"`test_set`: '/etc/hostname' is outside the campaign file's folder"),
     Bad('initial_structures', '3.5', 'neither a file name nor a PK', setting('initial_structures', 3.5),
         r'`initial_structures`: give a structure file name or a node PK/UUID, got 3.5'),
     Bad('initial_structures', 'the PK of a code', 'not a ConfigurationSet', code_pk('alml-md@localhost'),
@@ -359,6 +375,51 @@ MACE_OPTIONS = [
         r'train.train.e0s: a string must be "average"'),
     Bad('warm_start_parameters', 'max_num_epochs: 0', 'no epochs', setting('warm_start_parameters', {'max_num_epochs': 0}),
         r'warm_start_parameters: .*`max_num_epochs`: must be >= 1'),
+    Bad('train.train.parameters', 'model: BOTNet', 'a model the model format cannot hold',
+        setting('train.train.parameters.model', 'BOTNet'),
+        r"train.train.parameters: .*`model` 'BOTNet' cannot be trained here: the model file format"),
+    Bad('train.train.parameters', 'distributed: true', 'multi-process training',
+        setting('train.train.parameters.distributed', True), r'`distributed` may not be set: multi-process training'),
+    Bad('train.train.parameters', 'statistics_file: /etc/shadow', 'reads a file on the compute node',
+        setting('train.train.parameters.statistics_file', '/etc/shadow'),
+        r'`statistics_file` may not be set: reads a file on the compute node'),
+    Bad('train.train.parameters', 'pt_train_file: mp', 'downloads pretraining data',
+        setting('train.train.parameters.pt_train_file', 'mp'), r'`pt_train_file` may not be set: reads \(or, given `mp`, downloads\)'),
+    Bad('train.train.parameters', "heads: {extra: {train_file: /etc/passwd}}", 'file paths read on the compute node',
+        setting('train.train.parameters.heads', {'extra': {'train_file': '/etc/passwd'}}),
+        r'`heads` may not be set: defines heads with their own train_file'),
+    Bad('train.train.parameters', 'les_arguments: les.yaml', 'reads a YAML file on the compute node',
+        setting('train.train.parameters.les_arguments', 'les.yaml'), r'`les_arguments` may not be set: reads a YAML file'),
+    Bad('train.train.parameters', 'config: options.yaml', 'options from a file, not recorded',
+        setting('train.train.parameters.config', 'options.yaml'), r'`config` may not be set: reads options from a YAML file'),
+    Bad('train.train.parameters', 'wandb: true', 'sends data over the network',
+        setting('train.train.parameters.wandb', True), r'`wandb` may not be set: Weights & Biases'),
+    Bad('train.train.parameters', "foundation_model_kwargs: {model: x}", "configures a download of MACE's models",
+        setting('train.train.parameters.foundation_model_kwargs', {'model': 'x'}), r'`foundation_model_kwargs` may not be set'),
+    Bad('train.train.parameters', 'config_type_weights: {Default: 1.0}', 'the training files carry no config_type',
+        setting('train.train.parameters.config_type_weights', {'Default': 1.0}),
+        r'`config_type_weights` may not be set: the training files carry no config_type'),
+    Bad('train.train.parameters', 'dry_run: true', 'no model would be written',
+        setting('train.train.parameters.dry_run', True), r'`dry_run` may not be set: MACE would stop before training'),
+    Bad('train.train.parameters', 'swa: true, stage_two: true', 'one option given twice (two spellings)',
+        both(setting('train.train.parameters.swa', True), setting('train.train.parameters.stage_two', True)),
+        r'`stage_two` and `swa` are the same option of mace_run_train: give one'),
+    Bad('train.train.parameters', 'foundation: x', 'an abbreviation, not an option',
+        setting('train.train.parameters.foundation', 'x'),
+        r'`foundation` is not an option of mace_run_train \(did you mean foundation_'),
+    Bad('train.train.parameters', 'max_num_epochs: 1000000000', 'above the bound (100000)',
+        setting('train.train.parameters.max_num_epochs', 10**9), r'`max_num_epochs`: must be <= 100000, got 1000000000'),
+    Bad('train.train.parameters', 'num_channels: 4096', 'above the bound (1024)',
+        setting('train.train.parameters.num_channels', 4096), r'`num_channels`: must be <= 1024, got 4096'),
+    Bad('train.train.parameters', 'r_max: 50', 'above the bound (20 Å)',
+        setting('train.train.parameters.r_max', 50), r'`r_max`: must be <= 20.0, got 50'),
+    Bad('train.train.parameters', 'correlation: 10', 'above the bound (5)',
+        setting('train.train.parameters.correlation', 10), r'`correlation`: must be <= 5, got 10'),
+    Bad('train.num_members', '100000', 'above the bound (64)', setting('train.num_members', 100000),
+        r'train.num_members: at most 64 members \(each one is a training job\), got 100000'),
+    Bad('warm_start_parameters', 'statistics_file: /etc/shadow', 'reads a file on the compute node',
+        setting('warm_start_parameters', {'statistics_file': '/etc/shadow'}),
+        r'warm_start_parameters: .*`statistics_file` may not be set'),
 ]
 
 FHI_AIMS = [
@@ -444,6 +505,112 @@ SHELL_LABELLER = [
         r"calculator 'emt' does not take kwargs \['directory'\]; it takes asap_cutoff"),
 ]
 
+CAMPAIGN_FILE = [
+    Bad('campaign file', 'a 2 MiB comment', 'larger than 1 MiB (a 100 MB string took 114 s to parse)',
+        yaml_text(lambda text: text + '# ' + 'x' * 2**21 + '\n'),
+        r'bytes, more than a campaign file may hold \(1048576 bytes, 1 MiB\)'),
+    Bad('label.ase.calculator.kwargs', 'billion laughs (3.8 KB, 9^9 values)',
+        'aliases of aliases multiply: launch hung for over 100 s',
+        yaml_text(lambda text: text.replace('      name: emt\n', '      name: emt\n' + LAUGHS)),
+        r'`label.ase.calculator.kwargs.l\d\[\d\]` \(line \d+\): the file holds more than 20000 values, each alias '
+        r'counted as the values it repeats'),
+    Bad('label.ase.calculator.kwargs.loop', '&k {loop: *k}', 'an alias inside its own anchor (RecursionError on store)',
+        yaml_text(lambda text: text.replace('      name: emt\n', '      name: emt\n      kwargs: &k {loop: *k}\n')),
+        r'`label.ase.calculator.kwargs.loop` \(line \d+\): the alias \*k is inside the block it names'),
+    Bad('label.ase.calculator.kwargs.deep', '5000 nested [', 'RecursionError while reading',
+        yaml_text(lambda text: text.replace('      name: emt\n', '      name: emt\n      kwargs: {deep: ' + '[' * 5000
+                                            + ']' * 5000 + '}\n')),
+        r'`label.ase.calculator.kwargs.deep(\[0\])+` \(line \d+\): nested more than 32 levels deep'),
+    Bad('max_labels', '0120', 'YAML 1.1 reads it as octal: 80',
+        yaml_text(lambda text: text.replace('max_labels: 80', 'max_labels: 0120')),
+        r"`max_labels` \(line \d+\): '0120' is not a plain whole number: YAML 1.1 reads a leading 0 as octal"),
+    Bad('max_labels', '1:40', 'YAML 1.1 reads it in base 60: 100',
+        yaml_text(lambda text: text.replace('max_labels: 80', 'max_labels: 1:40')),
+        r"`max_labels` \(line \d+\): '1:40' is not a plain whole number: .*a:b as base 60"),
+    Bad('top level', '1: foo', 'a key that is not a name (a traceback before)',
+        yaml_text(lambda text: text + '1: foo\n'), r'key 1 at the top level \(line \d+\) is not text'),
+    Bad('seed', '!!python/object/apply:os.system [...]', 'a Python tag',
+        yaml_text(lambda text: text + 'seed: !!python/object/apply:os.system [touch /tmp/x]\n'),
+        r'`seed` \(line \d+\): the YAML tag !!python/object/apply:os.system makes a value no input takes'),
+    Bad('initial_structures', '10**30', 'a PK beyond 64 bits (OverflowError)', setting('initial_structures', 10**30),
+        r'`initial_structures` \(line \d+\): 1000000000000000000000000000000 is beyond the 64-bit integers'),
+]
+
+BOUNDS = [
+    Bad('initial_structures', 'a position of 1e300 Å', 'a coordinate beyond 10^4 Å (1 µm)',
+        structure_file('initial_structures', FAR_XYZ),
+        r'`initial_structures`: .*bad.xyz: structure 0 has a positions entry of 1e\+300 Å, beyond ±10000 Å'),
+    Bad('exploration_structures', 'PK of a set with a cell 10^5 Å long', 'a cell entry beyond 10^4 Å, given as a node',
+        stored_set('exploration_structures', HUGE_CELL_XYZ),
+        r'exploration_structures: structure 0 has a cell entry of 100000 Å, beyond ±10000 Å'),
+    Bad('test_set', 'REF_energy=abc', 'an energy that is not a number (ValueError)',
+        structure_file('test_set', TEXT_ENERGY_XYZ),
+        r"`test_set`: .*bad.xyz: configuration 0: the energy label 'abc' is not a number"),
+    Bad('test_set', 'an element never labelled', 'silver held out in a copper campaign: no committee can predict it',
+        structure_file('test_set', SILVER_LABELLED_XYZ),
+        r"test_set: elements \['Ag'\] are absent from the training data"),
+    Bad('explore.conditions', 'steps: 10**12', 'more MD steps than any job runs (10^8 at most)',
+        setting('explore.conditions.0.steps', 10**12), r'explore.conditions\[0\]: steps must be at most 100000000'),
+    Bad('explore.conditions', 'temperature: 1e12', 'hotter than 10^4 K',
+        setting('explore.conditions.1.temperature', 1e12),
+        r'explore.conditions\[1\]: temperature must be at most 10000 K, got 1e\+12'),
+    Bad('explore.conditions', 'timestep: 100', 'a timestep above 10 fs',
+        setting('explore.conditions.0.timestep', 100.0),
+        r'explore.conditions\[0\]: timestep must be at most 10 fs, got 100'),
+    Bad('explore.conditions', 'steps: 10**7, sample_interval: 1', '10^7 frames per run, each stored and scored',
+        both(setting('explore.conditions.0.steps', 10**7), setting('explore.conditions.0.sample_interval', 1)),
+        r'explore.conditions\[0\]: steps / sample_interval = 10000000 frames per run, more than 100000'),
+    Bad('explore.conditions', 'device: cuda:7', 'GPU 7 on jobs that ask for no GPU (failed on the compute node)',
+        setting('explore.conditions.0.device', 'cuda:7'),
+        r"explore.conditions\[0\]: device 'cuda:7' needs each MD job to see at least 8 GPUs, but the job options "
+        r'\(explore.md.metadata.options\) ask for no GPU: give `gpus: 8`'),
+    Bad('explore.conditions', 'device: cuda:2 with gpus: 2', 'SLURM numbers a job\'s two GPUs 0 and 1',
+        both(setting('explore.conditions.0.device', 'cuda:2'), setting('explore.md.metadata.options.gpus', 2)),
+        r"device 'cuda:2' needs each MD job to see at least 3 GPUs, but .* ask for 2 GPUs \(cuda:0 to cuda:1\)"),
+    Bad('explore_schedule', '[{temperature: 1e12}]', 'hotter than 10^4 K',
+        setting('explore_schedule', [{'temperature': 1e12}]),
+        r'explore_schedule\[0\] \(laid over explore.conditions\[0\]\): temperature must be at most 10000 K'),
+    Bad('explore_schedule', '[{device: cuda}]', 'a GPU for jobs that ask for none',
+        setting('explore_schedule', [{'device': 'cuda'}]),
+        r"explore_schedule\[0\].*device 'cuda' needs each MD job to see at least 1 GPU, but"),
+    Bad('explore_schedule', '[{ensemble: npt_berendsen, pressure: 1e9}]', 'a pressure above 10^7 bar (1 TPa)',
+        setting('explore_schedule', [{'ensemble': 'npt_berendsen', 'pressure': 1e9}]),
+        r'explore_schedule\[0\].*pressure must be at most 1e\+07 bar \(1 TPa\)'),
+    Bad('explore_schedule', '1001 entries', 'one entry per iteration, more than 1000 iterations',
+        setting('explore_schedule', [{'temperature': 300}] * 1001),
+        r'explore_schedule: 1001 entries, one per iteration, but at most 1000 iterations'),
+    Bad('validation', 'steps: 10**12', 'more MD steps than any job runs', setting('validation.steps', 10**12),
+        r'validation: steps must be at most 100000000'),
+    Bad('validation', 'temperature_factor: 100', '100 x 600 K: hotter than 10^4 K',
+        setting('validation.temperature_factor', 100),
+        r'validation: temperature_factor 100 x the hottest exploration \(600 K\) is 60000 K, above the MD bound of '
+        r'10000 K'),
+    Bad('validation', 'max_excursion_fraction: 2', 'a fraction above 1',
+        setting('validation.max_excursion_fraction', 2),
+        r'validation: max_excursion_fraction is a fraction of frames, at most 1'),
+    Bad('initial_perturbation', 'count: 10**9', 'a billion copies built at launch',
+        setting('initial_perturbation.count', 10**9), r'initial_perturbation: count must be at most 10000'),
+    Bad('initial_perturbation', 'rattle_std: 1e300', 'copies 1e300 Å away',
+        setting('initial_perturbation.rattle_std', 1e300),
+        r'initial_perturbation: perturbed copy 0 has a positions entry of .* beyond ±10000 Å: lower rattle_std'
+        r'|initial_perturbation: the perturbed copies are not structures'),
+    Bad('selection', 'descriptor_bins: 10**6', 'bins far finer than the descriptors resolve',
+        setting('selection.descriptor_bins', 10**6), r'selection: descriptor_bins must be at most 256, got 1000000'),
+    Bad('selection', 'descriptor_r_cut: 1e6', 'neighbour lists of the whole structure',
+        setting('selection.descriptor_r_cut', 1e6),
+        r'selection: descriptor_r_cut must be at most 20 Å, got 1e\+06'),
+    Bad('selection', 'labels_per_iteration: 10**7', 'more labels per iteration than 10^5',
+        setting('selection.labels_per_iteration', 10**7), r'selection: labels_per_iteration must be at most 100000'),
+    Bad('max_labels', '10**7', 'more than 10^6 reference calculations', setting('max_labels', 10**7),
+        r'max_labels: must be at most 1000000, got 10000000'),
+    Bad('max_iterations', '10**6', 'more than 1000 iterations', setting('max_iterations', 10**6),
+        r'max_iterations: must be at most 1000, got 1000000'),
+    Bad('patience', '10**6', 'more than 1000 iterations', setting('patience', 10**6),
+        r'patience: must be at most 1000, got 1000000'),
+    Bad('isolated_atom_box', '1e6', 'a box far larger than 100 Å', setting('isolated_atom_box', 1e6),
+        r'isolated_atom_box: must be at most 100 Å, got 1e\+06'),
+]
+
 MODEL_FILES = [
     Bad('train.parent_models.member_0', 'a file name', 'models are nodes (MlipModel), not files',
         setting('train.parent_models', {'member_0': 'model.model', 'member_1': 'model.model'}),
@@ -451,7 +618,8 @@ MODEL_FILES = [
 ]
 
 CATALOGUE = (CAMPAIGN_KEYS + STRUCTURES + CODES + REFERENCE_CALCULATORS + JOB_OPTIONS + SCHEDULES_AND_MD + MACE_OPTIONS
-             + FHI_AIMS + MODEL_FILES + SCHEDULER_SCRIPTS + SHELL_LABELLER)
+             + FHI_AIMS + MODEL_FILES + SCHEDULER_SCRIPTS + SHELL_LABELLER
+             + CAMPAIGN_FILE + BOUNDS)
 
 
 # ---------------------------------------------------------------------- fixtures and tests

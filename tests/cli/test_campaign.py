@@ -105,3 +105,88 @@ def test_progress_table_reads_the_recorded_rows_of_a_running_campaign():
     assert lines[1].split() == ['0', '12', '50.0%', '25.0%', '25.0%', '4', '0.120', '-', '6.0', '12.3', '1.50', '10.0',
                                 '5.0', '3.0']
     assert lines[2].split()[:2] == ['1', '-']
+
+
+# ---------------------------------------------------------------------- the YAML file itself is bounded (issue 22)
+def _read(tmp_path, text):
+    from aiida_alml.campaign import read_campaign_yaml
+
+    path = tmp_path / 'campaign.yaml'
+    path.write_text(text)
+    return read_campaign_yaml(path)
+
+
+def test_numbers_and_dates_read_as_yaml_1_2(tmp_path):
+    """1e-3 and 1.0e5 are numbers (YAML 1.1 left them text), dates stay text; 0x, 1_000 and merge keys still work."""
+    config = _read(tmp_path, 'lr: 1e-3\nbig: 1.0e5\nday: 2024-01-01\nhex: 0x1F\nthousand: 1_000\nzero: 0\n'
+                             'base: &base {temperature: 300, steps: 10}\nhot:\n  <<: *base\n  temperature: 600\n')
+    assert config['lr'] == 0.001 and config['big'] == 100000.0
+    assert config['day'] == '2024-01-01'
+    assert (config['hex'], config['thousand'], config['zero']) == (31, 1000, 0)
+    assert config['hot'] == {'temperature': 600, 'steps': 10}
+
+
+@pytest.mark.parametrize('text, message', [
+    ('max_labels: 0120\n', r"`max_labels` \(line 1\): '0120' is not a plain whole number: YAML 1.1 reads a leading "
+                           r'0 as octal \(0120 is 80\)'),
+    ('explore: {conditions: [{steps: 1:40}]}\n', r"`explore.conditions\[0\].steps` \(line 1\): '1:40' is not a plain"),
+    ('1: foo\n', r'key 1 at the top level \(line 1\) is not text'),
+    ('label: {ase: {yes: 1}}\n', r'key yes in `label.ase` \(line 1\) is not text'),
+    ('seed: !!binary aGVsbG8=\n', r'`seed` \(line 1\): the YAML tag !!binary makes a value no input takes'),
+    ('seed: !!int abc\n', r"`seed` \(line 1\): 'abc' is not a plain whole number: give digits only"),
+    ('initial_structures: ' + '9' * 30 + '\n', r'`initial_structures` \(line 1\): 9{30} is beyond the 64-bit integers'),
+    ('a: &loop {b: *loop}\n', r'`a.b` \(line 1\): the alias \*loop is inside the block it names'),
+    ('a: ' + '[' * 5000 + '\n', r'`a(\[0\])+` \(line 1\): nested more than 32 levels deep'),
+    ('a:\n  b: 1\n  b: 2\n', r'key `b` is given twice in one mapping \(line 2 and line 3\)'),
+    ('a: "\x07"\n', r'not valid YAML: unacceptable character'),
+])
+def test_yaml_that_would_be_misread_or_fail_is_refused_naming_key_and_line(tmp_path, text, message):
+    with pytest.raises(CampaignError, match=message):
+        _read(tmp_path, text)
+
+
+def test_size_and_alias_expansion_are_bounded_before_anything_is_built(tmp_path):
+    import time
+
+    from aiida_alml.campaign import MAX_CAMPAIGN_BYTES, read_campaign_yaml
+
+    # A sparse file of 100 MB: refused from its size, without reading it.
+    path = tmp_path / 'huge.yaml'
+    with open(path, 'wb') as handle:
+        handle.truncate(100 * 2**20)
+    with pytest.raises(CampaignError, match=rf'{100 * 2**20} bytes, more than a campaign file may hold'):
+        read_campaign_yaml(path)
+    # A 3.8 KB billion laughs (9^9 values) and a flat list that fills 1 MiB: refused while composing, in well under
+    # the 100 s the laughs took before.
+    laughs = 'l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n' + ''.join(
+        f'l{i}: &l{i} [' + ', '.join([f'*l{i - 1}'] * 9) + ']\n' for i in range(1, 9))
+    flat = 'a: [' + '1,' * ((MAX_CAMPAIGN_BYTES - 10) // 2) + '1]\n'
+    for text in (laughs, flat):
+        start = time.perf_counter()
+        with pytest.raises(CampaignError, match=r'the file holds more than 20000 values, each alias counted'):
+            _read(tmp_path, text)
+        assert time.perf_counter() - start < 5
+    # Aliases that repeat a block a few times are fine.
+    assert _read(tmp_path, 'a: &o {x: 1}\nb: [*o, *o, *o]\n')['b'] == [{'x': 1}] * 3
+
+
+def test_gpu_device_needs_the_md_jobs_to_ask_for_gpus(tmp_path, demo_codes):
+    """`cuda:N` loads when explore.md.metadata.options give the MD jobs N + 1 GPUs (gpus, or CUDA_VISIBLE_DEVICES)."""
+    import yaml
+
+    config = yaml.safe_load(DEMO.read_text())
+    for path in DEMO.parent.glob('*.xyz'):
+        (tmp_path / path.name).write_text(path.read_text())
+    options = config['explore']['md']['metadata']['options']
+    config['explore']['conditions'][0]['device'] = 'cuda:1'
+    for given, accepted in (({}, False), ({'gpus': 1}, False), ({'gpus': 2}, True),
+                            ({'environment_variables': {'CUDA_VISIBLE_DEVICES': '0,1'}}, True)):
+        config['explore']['md']['metadata']['options'] = {**options, **given}
+        path = tmp_path / 'campaign.yaml'
+        path.write_text(yaml.safe_dump(config))
+        if accepted:
+            load_campaign(path)
+        else:
+            with pytest.raises(CampaignError, match=r"explore.conditions\[0\]: device 'cuda:1' needs each MD job to "
+                                                    r'see at least 2 GPUs'):
+                load_campaign(path)

@@ -77,9 +77,11 @@ def train_tiny_mace(
     if model.exists():
         return model
     work_dir.mkdir(parents=True, exist_ok=True)
+    # alml-train reads only files of its own folder, given by plain name: the training set is copied there.
+    shutil.copyfile(train_file, work_dir / 'train.xyz')
     cmd = [
         _alml_train(), '--name', name, '--seed', str(seed),
-        '--train_file', str(train_file), '--valid_fraction', '0.2',
+        '--train_file', 'train.xyz', '--valid_fraction', '0.2',
         '--E0s', '{29: 3.51}', '--model', 'MACE',
         '--num_channels', str(hyper['num_channels']), '--max_L', str(hyper['max_L']),
         '--r_max', str(hyper['r_max']), '--num_interactions', str(hyper['num_interactions']),
@@ -87,7 +89,7 @@ def train_tiny_mace(
         '--batch_size', '5', '--max_num_epochs', str(epochs),
         '--device', 'cpu', '--default_dtype', 'float64',
         '--energy_key', 'REF_energy', '--forces_key', 'REF_forces',
-        '--work_dir', str(work_dir),
+        '--work_dir', '.',
     ]  # fmt: skip
     # Keep each trainer single-threaded-ish so two can run side by side.
     env = {**os.environ, 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1')}

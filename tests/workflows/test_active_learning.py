@@ -218,6 +218,77 @@ def test_bad_inputs_refused_before_running(al_inputs, name, value, message):
         run_get_node(ActiveLearningWorkChain, **al_inputs(**{name: node}))
 
 
+def _conditions(**changes):
+    return orm.List([{'ensemble': 'nvt_langevin', 'temperature': 600.0, 'steps': 60, 'sample_interval': 5,
+                      'timestep': 2.0, 'seed': 3, **changes}])
+
+
+@pytest.mark.parametrize('name, value, message', [
+    ('max_labels', 10**7, 'max_labels: must be at most 1000000, got 10000000'),
+    ('calibration_window', 5000, 'calibration_window: must be at most 1000'),
+    ('selection', {'descriptor_r_cut': 25.0}, 'selection: descriptor_r_cut must be at most 20 Å'),
+    ('initial_perturbation', {'count': 20000}, 'initial_perturbation: count must be at most 10000'),
+    ('validation', {'steps_factor': 10**7}, r'validation: steps_factor 1e\+07 x the longest exploration \(60 steps\)'),
+    ('validation', {'steps': 10**6},
+     r'validation: 1000000 steps sampled as the exploration samples make 200000 frames'),
+    ('isolated_atom_box', 500.0, 'isolated_atom_box: must be at most 100 Å, got 500'),
+])
+def test_counts_and_sizes_above_their_bounds_refused(al_inputs, name, value, message):
+    """Upper bounds of the Python API (the campaign file's are in tests/cli/test_bad_input.py)."""
+    types = {dict: orm.Dict, float: orm.Float, int: orm.Int}
+    with pytest.raises(ValueError, match=message):
+        run_get_node(ActiveLearningWorkChain, **al_inputs(**{name: types[type(value)](value)}))
+
+
+def test_md_runs_per_exploration_and_md_bounds_refused(al_inputs, md_code):
+    many = orm.List(_conditions().get_list() * 10001)
+    with pytest.raises(ValueError, match=r'explore.conditions: 10001 conditions x 1 exploration_structures make 10001 '
+                                         r'MD runs per iteration, each a job submitted at once; at most 10000'):
+        run_get_node(ActiveLearningWorkChain, **al_inputs(explore={'md': {'code': md_code}, 'conditions': many}))
+    hot = {'md': {'code': md_code}, 'conditions': _conditions(temperature_start=300.0, temperature_end=2e4,
+                                                              temperature=None)}
+    with pytest.raises(ValueError, match=r'conditions\[0\]: temperature_end must be at most 10000 K, got 20000'):
+        run_get_node(ActiveLearningWorkChain, **al_inputs(explore=hot))
+
+
+def test_test_set_with_an_element_never_labelled_refused(al_inputs):
+    from ase.calculators.emt import EMT
+
+    silver = bulk('Ag', 'fcc', a=4.09, cubic=True)
+    silver.calc = EMT()
+    silver.get_forces()
+    with pytest.raises(ValueError, match=r"test_set: elements \['Ag'\] are absent from the training data"):
+        run_get_node(ActiveLearningWorkChain, **al_inputs(test_set=ConfigurationSet.from_ase([silver])))
+
+
+def test_md_bounds_and_gpu_rule_as_functions():
+    from aiida_alml.engines.md import validate_parameters
+    from aiida_alml.workflows.explore import (
+        MAX_MD_STEPS, MAX_MD_TEMPERATURE, MAX_MD_TIMESTEP, md_bounds_problem, md_device_problem, requested_gpus,
+    )
+
+    at_bounds = validate_parameters({'temperature': MAX_MD_TEMPERATURE, 'steps': MAX_MD_STEPS,
+                                     'timestep': MAX_MD_TIMESTEP, 'sample_interval': 1000})
+    assert md_bounds_problem(at_bounds) is None
+    assert 'steps must be at most' in md_bounds_problem({**at_bounds, 'steps': MAX_MD_STEPS + 1})
+    assert 'timestep must be at most 10 fs' in md_bounds_problem({**at_bounds, 'timestep': 10.5})
+    # What a job's options say about its GPUs: campaign `gpus: N` (→ --gres=gpu:N), other SLURM spellings,
+    # CUDA_VISIBLE_DEVICES first; a request we cannot read is not refused.
+    assert requested_gpus({}) == 0
+    assert requested_gpus({'custom_scheduler_commands': '#SBATCH --gres=gpu:2'}) == 2
+    assert requested_gpus({'custom_scheduler_commands': '#SBATCH --gres=gpu:a100:4,shard:1'}) == 4
+    assert requested_gpus({'custom_scheduler_commands': '#SBATCH --gpus-per-node=3'}) == 3
+    assert requested_gpus({'custom_scheduler_commands': '#SBATCH --gres=gpu'}) == 1
+    assert requested_gpus({'custom_scheduler_commands': '#PBS -l select=1:ngpus=2'}) is None
+    assert requested_gpus({'environment_variables': {'CUDA_VISIBLE_DEVICES': '0,1,2'},
+                           'custom_scheduler_commands': '#SBATCH --gres=gpu:8'}) == 3
+    assert md_device_problem('cpu', {}) is None and md_device_problem('mps', {}) is None
+    assert md_device_problem('cuda', {'custom_scheduler_commands': '#SBATCH --gres=gpu:1'}) is None
+    assert md_device_problem('cuda:3', {'custom_scheduler_commands': '#PBS -l ngpus=4'}) is None
+    assert 'at least 1 GPU, but' in md_device_problem('cuda', {})
+    assert 'at least 8 GPUs' in md_device_problem('cuda:7', {'custom_scheduler_commands': '#SBATCH --gres=gpu:2'})
+
+
 def test_exploration_elements_without_labeller_refused(al_inputs):
     silver = bulk('Ag', 'fcc', a=4.09, cubic=True)
     with pytest.raises(ValueError, match=r"exploration_structures: elements \['Ag'\] are absent"):

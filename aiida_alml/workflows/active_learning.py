@@ -17,6 +17,7 @@ from aiida.engine import ToContext, WorkChain, if_, while_
 
 from aiida_alml.calculations.mace_train import isolated_atom_energies
 from aiida_alml.data import ConfigurationSet
+from aiida_alml.engines.md import validate_parameters as validate_md_parameters
 from aiida_alml.label_settings import labels_mismatch
 from aiida_alml.selection import MODES, convergence_blockers
 from aiida_alml.workflows.active_learning_inputs import (
@@ -504,7 +505,11 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
 
     def run_validation(self):
         settings = {**VALIDATION_DEFAULTS, **self.inputs.validation.get_dict()}
-        explored = [self._conditions(i) for i in range(max(self.ctx.iteration, 1))]
+        # Complete MD parameters (explore.parameters and the defaults under each condition): a campaign may give
+        # `steps` or `temperature` in explore.parameters only.
+        shared = self.inputs.explore.parameters.get_dict() if 'parameters' in self.inputs.explore else {}
+        explored = [[validate_md_parameters({**shared, **condition}) for condition in self._conditions(i)]
+                    for i in range(max(self.ctx.iteration, 1))]
         hottest = max(max(c.get('temperature') or max(c['temperature_start'], c['temperature_end']) for c in conditions)
                       for conditions in explored)
         longest = max(c['steps'] for conditions in explored for c in conditions)

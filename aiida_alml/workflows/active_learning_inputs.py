@@ -7,6 +7,8 @@ import math
 from aiida_alml.selection.select import MODES
 from aiida_alml.selection.trust import validate_trust_window
 from aiida_alml.atoms.suggest import did_you_mean
+from aiida_alml.workflows.job_resources import resources_problem
+from aiida_alml.workflows.namespaces import unknown_input_problem
 
 __all__ = ('SELECTION_DEFAULTS', 'PERTURBATION_KEYS', 'VALIDATION_DEFAULTS', 'MAX_STRAIN_BOUND', 'MAX_LABELS',
            'MAX_LABELS_PER_ITERATION', 'MAX_ITERATIONS', 'MAX_PERTURBED_COPIES', 'MAX_PERTURBED_ATOMS',
@@ -377,7 +379,9 @@ def _label_property_problem(inputs, structures: set) -> str | None:
     return None
 
 
-def validate_active_learning_inputs(inputs, _=None) -> str | None:
+def validate_active_learning_inputs(inputs, namespace=None) -> str | None:
+    if namespace is not None and (problem := unknown_input_problem(namespace, inputs)):
+        return problem
     bounds = {'max_iterations': MAX_ITERATIONS, 'max_labels': MAX_LABELS, 'patience': MAX_ITERATIONS,
               'calibration_window': MAX_ITERATIONS}
     for name, bound in bounds.items():
@@ -456,6 +460,12 @@ def validate_active_learning_inputs(inputs, _=None) -> str | None:
     md_code = inputs.get('explore', {}).get('md', {}).get('code')
     if md_code is not None and md_code.default_calc_job_plugin not in (None, 'alml.md'):
         return f'explore.md.code: is a code for {md_code.default_calc_job_plugin!r}, exploration needs alml.md'
+    # AiiDA checks resources against the computer's scheduler only when each job is created, in the daemon.
+    for name, code in (('train.train', train_code), ('explore.md', md_code)):
+        step, job = name.split('.')
+        options = inputs.get(step, {}).get(job, {}).get('metadata', {}).get('options', {})
+        if (problem := resources_problem(code, options, f'{name}.metadata.options')):
+            return problem
     return None
 
 

@@ -471,6 +471,14 @@ SCHEDULER_SCRIPTS = [
     Bad('label.ase.options.resources', '{num_machines: 1, gpus_per_node: 2}', 'a key the scheduler does not take',
         setting('label.ase.options', {'resources': {'num_machines': 1, 'gpus_per_node': 2}}),
         r'label.ase.options.resources: .* do not fit the core.direct scheduler of localhost'),
+    Bad('train.train.metadata.options.resources', '{num_machines: 1, gpus_per_node: 2}', 'a key the scheduler does '
+        'not take (failed when the first training job was created)',
+        setting('train.train.metadata.options.resources', {'num_machines': 1, 'gpus_per_node': 2}),
+        r'train.train.metadata.options.resources: .* do not fit the core.direct scheduler of localhost'),
+    Bad('explore.md.metadata.options.resources', '{num_machines: 1, gpus_per_node: 2}', 'a key the scheduler does '
+        'not take (failed when the first MD job was created)',
+        setting('explore.md.metadata.options.resources', {'num_machines': 1, 'gpus_per_node': 2}),
+        r'explore.md.metadata.options.resources: .* do not fit the core.direct scheduler'),
     Bad('label.ase.options.max_wallclock_seconds', '-5', 'a negative walltime',
         setting('label.ase.options', {'max_wallclock_seconds': -5}), r'-5 is outside 1 to'),
 ]

@@ -218,6 +218,19 @@ def test_bad_inputs_refused_before_running(al_inputs, name, value, message):
         run_get_node(ActiveLearningWorkChain, **al_inputs(**{name: node}))
 
 
+def test_unknown_keys_of_exposed_namespaces_refused(al_inputs):
+    """AiiDA marks the exposed namespaces (train, explore, label) dynamic: without our check a misspelt block is
+    dropped without a word (here `train.trian`, whose settings would silently not apply)."""
+    inputs = al_inputs()
+    inputs['train'] = {**inputs['train'], 'trian': {'parameters': orm.Dict({'max_num_epochs': 50})}}
+    with pytest.raises(ValueError, match=r'train.trian: unknown input \(did you mean train'):
+        run_get_node(ActiveLearningWorkChain, **inputs)
+    inputs = al_inputs()
+    inputs['explore'] = {**inputs['explore'], 'condition': orm.List([])}
+    with pytest.raises(ValueError, match=r'explore.condition: unknown input \(did you mean conditions'):
+        run_get_node(ActiveLearningWorkChain, **inputs)
+
+
 def _conditions(**changes):
     return orm.List([{'ensemble': 'nvt_langevin', 'temperature': 600.0, 'steps': 60, 'sample_interval': 5,
                       'timestep': 2.0, 'seed': 3, **changes}])

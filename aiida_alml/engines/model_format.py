@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 __all__ = (
     'FORMAT', 'ModelFormatError', 'load_model', 'read_header', 'save_model', 'set_atomic_energies', 'sha256_of_file',
-    'sha256_of_stream', 'to_mace_pickle',
+    'sha256_of_stream',
 )
 
 FORMAT = 'alml.mace.v1'
@@ -215,25 +215,11 @@ def load_model(path: str | os.PathLike, device: str = 'cpu'):
     return model.to(device)
 
 
-def to_mace_pickle(
-    path: str | os.PathLike, target: str | os.PathLike, atomic_energies: dict[int, float] | None = None
-) -> None:
-    """Rebuild a model from our file and save it as MACE's own pickle (for ``mace_run_train --foundation_model``).
-
-    ``atomic_energies`` ({Z: eV}) replace the model's E0s for those elements. A warm start needs it: MACE copies every
-    buffer of the foundation model into the new one, E0s included, so the E0s given to ``mace_run_train --E0s`` are
-    logged ("Atomic Energies used") but never used, and a campaign's models kept the E0s of its first training.
-    """
-    import torch
-
-    model = load_model(path)
-    if atomic_energies:
-        set_atomic_energies(model, atomic_energies)
-    torch.save(model, target)
-
-
 def set_atomic_energies(model, atomic_energies: dict[int, float]) -> None:
-    """Set the E0s of ``model`` (every head) for the elements in ``atomic_energies`` ({Z: eV}); others stay."""
+    """Set the E0s of ``model`` (every head) for the elements in ``atomic_energies`` ({Z: eV}); others stay.
+
+    A warm start needs it: MACE copies every buffer of the foundation model into the new one, E0s included, so the
+    E0s given to ``mace_run_train --E0s`` are logged ("Atomic Energies used") but never used."""
     import torch
 
     numbers = [int(z) for z in model.atomic_numbers]

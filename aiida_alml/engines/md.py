@@ -25,7 +25,10 @@ from aiida_alml.engines.disk import exit_disk_full, is_disk_full
 from aiida_alml.selection.uncertainty import force_sigma as atom_force_sigma
 from aiida_alml.atoms.suggest import did_you_mean
 
-__all__ = ('DEFAULTS', 'ENSEMBLES', 'MdParameterError', 'committee_uncertainty', 'main', 'run_md', 'validate_parameters')
+__all__ = (
+    'DEFAULTS', 'ENSEMBLES', 'MAX_MD_FRAMES', 'MAX_MD_PRESSURE', 'MAX_MD_STEPS', 'MAX_MD_TEMPERATURE', 'MAX_MD_TIMESTEP',
+    'MdParameterError', 'committee_uncertainty', 'main', 'md_bounds_problem', 'run_md', 'validate_parameters',
+)
 
 ENSEMBLES = ('nvt_langevin', 'nvt_berendsen', 'nvt_nose_hoover', 'npt_berendsen', 'nve')
 #: Every parameter with its default (None: not used unless given). Units: K, bar, fs, eV/Å, Å.
@@ -49,6 +52,21 @@ DEFAULTS = {
     'store_committee_forces': False,  # keep every member's forces per frame (frames x N x n x 3: large)
     'device': 'cpu',
 }
+
+# Upper bounds of MD parameters (checked by validate_parameters, so for every caller), generous for production and far below what would run for months or fill the disk.
+#: Steps of one run: a long production run is 10^7 steps (10 ns at 1 fs); 10^8 steps of a committee at ~10 ms per step
+#: take 12 days, beyond any job's walltime.
+MAX_MD_STEPS = 10**8
+#: K: 10^4 K is above the boiling point of every element (tungsten: 5930 K); hotter is a plasma, not a material.
+MAX_MD_TEMPERATURE = 1e4
+#: fs: 0.5-2 fs is usual, 5 fs with heavy atoms only; beyond 10 fs no vibration is resolved and MD explodes.
+MAX_MD_TIMESTEP = 10.0
+#: bar, in size: 10^7 bar is 1 TPa, three times the pressure at the centre of the Earth.
+MAX_MD_PRESSURE = 1e7
+#: Frames a run records (steps / sample_interval): each is stored and scored by the selection; 10^5 is a 10^7-step run
+#: sampled every 100 steps, more than any iteration labels from.
+MAX_MD_FRAMES = 10**5
+
 TRAJECTORY_FILE = 'trajectory.npz'
 SUMMARY_FILE = 'summary.json'
 
@@ -64,6 +82,29 @@ def _positive(parameters, key, kind=float):
     if not math.isfinite(value) or value <= 0:
         raise MdParameterError(f'{key} must be positive, got {value!r}')
     return kind(value)
+
+
+def md_bounds_problem(parameters: dict) -> str | None:
+    """What in validated MD ``parameters`` (:func:`aiida_alml.engines.md.validate_parameters`) is beyond the upper
+    bounds above, the parameter named, or None."""
+    if parameters.get('temperature') is not None:
+        temperatures = {'temperature': parameters['temperature']}
+    else:
+        temperatures = {key: parameters[key] for key in ('temperature_start', 'temperature_end')}
+    for key, value in temperatures.items():
+        if value > MAX_MD_TEMPERATURE:
+            return f'{key} must be at most {MAX_MD_TEMPERATURE:.0f} K, got {value:g}'
+    if parameters['steps'] > MAX_MD_STEPS:
+        return f'steps must be at most {MAX_MD_STEPS} (weeks of MD in one job), got {parameters["steps"]}'
+    if parameters['timestep'] > MAX_MD_TIMESTEP:
+        return f'timestep must be at most {MAX_MD_TIMESTEP:g} fs, got {parameters["timestep"]:g}'
+    if parameters.get('pressure') is not None and abs(parameters['pressure']) > MAX_MD_PRESSURE:
+        return f'pressure must be at most {MAX_MD_PRESSURE:.0e} bar (1 TPa) in size, got {parameters["pressure"]:g}'
+    frames = parameters['steps'] // parameters['sample_interval']
+    if frames > MAX_MD_FRAMES:
+        return (f'steps / sample_interval = {frames} frames per run, more than {MAX_MD_FRAMES} (each is stored and '
+                f'scored); raise sample_interval to at least {-(-parameters["steps"] // MAX_MD_FRAMES)}')
+    return None
 
 
 def validate_parameters(given: dict) -> dict:
@@ -113,6 +154,8 @@ def validate_parameters(given: dict) -> dict:
     device = parameters['device']
     if not isinstance(device, str) or not re.fullmatch(r'cpu|mps|cuda(:\d+)?', device):
         raise MdParameterError(f"device must be 'cpu', 'cuda', 'cuda:N' (N a GPU index) or 'mps', got {device!r}")
+    if (problem := md_bounds_problem(parameters)):
+        raise MdParameterError(problem)
     return parameters
 
 

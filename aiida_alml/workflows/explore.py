@@ -8,26 +8,16 @@ from aiida import orm
 from aiida.engine import ToContext, WorkChain, calcfunction, while_
 
 from aiida_alml.calculations.md import MdCalculation, check_md_grid
-from aiida_alml.engines.md import MdParameterError, validate_parameters
+from aiida_alml.engines.md import (  # noqa: F401 (the bounds are part of this module's interface too)
+    MAX_MD_FRAMES, MAX_MD_PRESSURE, MAX_MD_STEPS, MAX_MD_TEMPERATURE, MAX_MD_TIMESTEP, MdParameterError,
+    md_bounds_problem, validate_parameters,
+)
 from aiida_alml.workflows.relaunch import RelaunchesInterruptedJobs, define_relaunch_input
 from aiida_alml.workflows.submission import EndsInterruptedFunctions, submit_once
 
 __all__ = ('MAX_MD_FRAMES', 'MAX_MD_PRESSURE', 'MAX_MD_STEPS', 'MAX_MD_TEMPERATURE', 'MAX_MD_TIMESTEP',
            'ExploreWorkChain', 'md_bounds_problem', 'md_device_problem', 'requested_gpus', 'tabulate_md_runs')
 
-# Upper bounds of MD parameters, generous for production and far below what would run for months or fill the disk.
-#: Steps of one run: a long production run is 10^7 steps (10 ns at 1 fs); 10^8 steps of a committee at ~10 ms per step
-#: take 12 days, beyond any job's walltime.
-MAX_MD_STEPS = 10**8
-#: K: 10^4 K is above the boiling point of every element (tungsten: 5930 K); hotter is a plasma, not a material.
-MAX_MD_TEMPERATURE = 1e4
-#: fs: 0.5-2 fs is usual, 5 fs with heavy atoms only; beyond 10 fs no vibration is resolved and MD explodes.
-MAX_MD_TIMESTEP = 10.0
-#: bar, in size: 10^7 bar is 1 TPa, three times the pressure at the centre of the Earth.
-MAX_MD_PRESSURE = 1e7
-#: Frames a run records (steps / sample_interval): each is stored and scored by the selection; 10^5 is a 10^7-step run
-#: sampled every 100 steps, more than any iteration labels from.
-MAX_MD_FRAMES = 10**5
 
 
 @calcfunction
@@ -51,29 +41,6 @@ def tabulate_md_runs(runs: orm.Dict, **summaries: orm.Dict) -> orm.Dict:
             'max_force_sigma': summary['max_force_sigma'],
         }
     return orm.Dict(overview)
-
-
-def md_bounds_problem(parameters: dict) -> str | None:
-    """What in validated MD ``parameters`` (:func:`aiida_alml.engines.md.validate_parameters`) is beyond the upper
-    bounds above, the parameter named, or None."""
-    if parameters.get('temperature') is not None:
-        temperatures = {'temperature': parameters['temperature']}
-    else:
-        temperatures = {key: parameters[key] for key in ('temperature_start', 'temperature_end')}
-    for key, value in temperatures.items():
-        if value > MAX_MD_TEMPERATURE:
-            return f'{key} must be at most {MAX_MD_TEMPERATURE:.0f} K, got {value:g}'
-    if parameters['steps'] > MAX_MD_STEPS:
-        return f'steps must be at most {MAX_MD_STEPS} (weeks of MD in one job), got {parameters["steps"]}'
-    if parameters['timestep'] > MAX_MD_TIMESTEP:
-        return f'timestep must be at most {MAX_MD_TIMESTEP:g} fs, got {parameters["timestep"]:g}'
-    if parameters.get('pressure') is not None and abs(parameters['pressure']) > MAX_MD_PRESSURE:
-        return f'pressure must be at most {MAX_MD_PRESSURE:.0e} bar (1 TPa) in size, got {parameters["pressure"]:g}'
-    frames = parameters['steps'] // parameters['sample_interval']
-    if frames > MAX_MD_FRAMES:
-        return (f'steps / sample_interval = {frames} frames per run, more than {MAX_MD_FRAMES} (each is stored and '
-                f'scored); raise sample_interval to at least {-(-parameters["steps"] // MAX_MD_FRAMES)}')
-    return None
 
 
 def requested_gpus(options: dict) -> int | None:

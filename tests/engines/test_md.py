@@ -259,3 +259,17 @@ def test_engine_refuses_a_model_file_whose_hash_changed(tmp_path):
     path.write_bytes(b'not what was sent')
     with pytest.raises(ModelHashError, match=f'sha256 mismatch for model file {path}'):
         load_calculator([{'path': str(path), 'sha256': '0' * 64}], 'cpu', 'float64')
+
+
+@pytest.mark.parametrize(('changes', 'message'), [
+    ({'steps': 10**12}, r'steps must be at most 100000000'),
+    ({'temperature': 1e12}, r'temperature must be at most 10000 K'),
+    ({'timestep': 100.0}, r'timestep must be at most 10 fs'),
+    ({'ensemble': 'npt_berendsen', 'pressure': 1e9}, r'pressure must be at most'),
+    ({'steps': 10**7, 'sample_interval': 1}, r'10000000 frames per run, more than 100000'),
+])
+def test_md_upper_bounds_hold_for_every_caller(changes, message):
+    """In validate_parameters, so that alml.md and alml.stability used directly, and the engine itself, refuse them."""
+    with pytest.raises(MdParameterError, match=message):
+        validate_parameters({'temperature': 300.0, 'steps': 100, **changes})
+    assert validate_parameters({'temperature': 300.0, 'steps': 100})['steps'] == 100

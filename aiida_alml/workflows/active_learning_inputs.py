@@ -421,6 +421,11 @@ def validate_active_learning_inputs(inputs, namespace=None) -> str | None:
     if missing:
         return (f'exploration_structures: elements {sorted(missing)} are absent from the training data; add '
                 'structures with them to initial_structures so that they are labelled first')
+    e0s = inputs.get('train', {}).get('train', {}).get('e0s')
+    if e0s is not None and hasattr(e0s, 'get_dict') and (strangers := sorted(set(e0s.get_dict()) - known)):
+        # Most likely a typo or a copy from another campaign: an E0 the training data can never use.
+        return (f'train.train.e0s: energies for {strangers}, elements absent from the training data '
+                f'(initial_structures, initial_dataset: {sorted(known)})')
     if 'test_set' in inputs and (unseen := set(inputs['test_set'].elements) - known):
         return (f'test_set: elements {sorted(unseen)} are absent from the training data (initial_structures, '
                 'initial_dataset): no committee can predict them, so the set cannot be scored')

@@ -7,8 +7,9 @@
 #   1. munge, slurmctld, slurmd: one node (this machine), partitions `cpu` (default) and `gpu`; the node offers a
 #      `gpu` GRES whose slots are stand-in device files (/dev/null, ...), so `sbatch --gres=gpu:1` is accepted and
 #      scheduled (nothing on the node is a GPU; jobs set device cpu). Finished jobs are logged for `sacct --completion`.
-#   2. an unprivileged user (ALML_CLUSTER_USER, default alml) that the jobs run as, allowed to execute this
-#      repository's .venv and the Python it links to (directories it needs get world traverse/read bits).
+#   2. an unprivileged user (ALML_CLUSTER_USER, default alml) that the jobs run as, allowed to read and execute
+#      this repository's .venv, its aiida_alml source and the Python the venv links to, nothing else; AiiDA config
+#      folders (.aiida here, in AIIDA_PATH, in the home) are closed to it.
 #   3. an SSH server on 127.0.0.1:ALML_SSH_PORT (default 2222, key login for that user only) and, for the user running
 #      this script (the one running the AiiDA daemon), a key, a known_hosts entry and a `Host alml-cluster` alias.
 #   4. unless --services-only: AiiDA computers slurm-cpu and slurm-gpu and the codes alml-label, alml-md, mace-train on
@@ -26,7 +27,7 @@ PROFILE=
 for arg in "$@"; do
     case "$arg" in
         --services-only) SERVICES_ONLY=1 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         -*) echo "unknown option $arg (use --services-only and/or a profile name)" >&2; exit 2 ;;
         *) PROFILE=$arg ;;
     esac
@@ -155,26 +156,61 @@ fi
 usermod -p '*' "$CLUSTER_USER"
 CLUSTER_HOME=$(getent passwd "$CLUSTER_USER" | cut -d: -f6)
 
-# The jobs run .venv/bin/* as that user: the venv, this repository (an editable install) and the Python the venv
-# links to (e.g. /root/.pyenv/versions/X) must be readable, and every directory above them traversable. Only what is
-# needed is opened: directories above get o+x (enter, not list); the repository and the Python prefix get o+rX.
+ME_HOME=$(getent passwd "$(id -un)" | cut -d: -f6)
+
+# What the jobs may read, and nothing more. They run .venv/bin/* as that user, so they need, read-only: the venv, the
+# package's source (an editable install: the venv's aiida_alml.pth puts this repository on sys.path, and Python lists
+# it to find aiida_alml) and the Python the venv links to (e.g. /root/.pyenv/versions/X). Those three trees get o+rX,
+# the repository's own directory o+rx, the directories above them o+x (enter, not list). The rest of the repository
+# is left as it is: an AiiDA config and its storage can be in it (the demo's AIIDA_PATH=$PWD puts both in .aiida).
 venv_works() {
     runuser -u "$CLUSTER_USER" -- "$REPO/.venv/bin/python" -c \
-        'import ase, torch, mace, aiida_alml.engines.label, aiida_alml.engines.md' >/dev/null 2>&1
+        'import ase, torch, mace, aiida_alml.engines.label, aiida_alml.engines.md, aiida_alml.engines.train' \
+        >/dev/null 2>&1
 }
+base=$("$REPO/.venv/bin/python" -c 'import sys; print(sys.base_prefix)')
+job_trees=("$REPO/.venv" "$REPO/aiida_alml" "$base")
 if ! venv_works; then
-    base=$("$REPO/.venv/bin/python" -c 'import sys; print(sys.base_prefix)')
-    say "opening $REPO and $base to $CLUSTER_USER (o+rX; o+x on the directories above them)"
+    say "opening to $CLUSTER_USER, read-only: ${job_trees[*]} (o+rX; o+rx on $REPO; o+x on the directories above)"
     for target in "$REPO" "$base"; do
         dir=$(dirname "$target")
         while [ "$dir" != / ]; do chmod o+x "$dir"; dir=$(dirname "$dir"); done
-        chmod -R o+rX "$target"
     done
+    chmod o+rx "$REPO"
+    chmod -R o+rX "${job_trees[@]}"
     venv_works || die "$CLUSTER_USER still cannot run $REPO/.venv/bin/python: check the permissions above it"
 fi
+# Read-only: the daemon's user (root here) runs the same venv and Python, so a file the job user could change there
+# would be code run by the daemon's user (the repository's directory too: Python looks for modules in it). Sticky
+# directories (shared scratch, like /tmp) are left as they are.
+writable=(! -type l -perm -o+w ! -perm -1000)
+if [ -n "$(find "$REPO" -maxdepth 0 -perm -o+w)$(find "${job_trees[@]}" "${writable[@]}" -print -quit)" ]; then
+    say "removing write access for others from $REPO and ${job_trees[*]} (o-w)"
+    chmod o-w "$REPO"
+    find "${job_trees[@]}" "${writable[@]}" -exec chmod o-w {} +
+fi
+# Never an AiiDA config or storage: a config folder in this repository, in AIIDA_PATH or in the home of the user
+# running this script (or of the one who ran sudo) is closed to others (o-rwx), whatever opened it (an earlier version
+# of this script ran chmod -R o+rX on the whole repository, .aiida included).
+aiida_dirs=("$REPO/.aiida" "$ME_HOME/.aiida")
+[ -n "${SUDO_USER:-}" ] && aiida_dirs+=("$(getent passwd "$SUDO_USER" | cut -d: -f6)/.aiida")
+IFS=: read -ra entries <<< "${AIIDA_PATH:-}"
+for entry in "${entries[@]}"; do
+    [ -n "$entry" ] || continue
+    entry=${entry/#\~/$ME_HOME}
+    [ "$(basename "$entry")" = .aiida ] && aiida_dirs+=("$entry") || aiida_dirs+=("$entry/.aiida")
+done
+for dir in "${aiida_dirs[@]}"; do
+    [ -d "$dir" ] || continue
+    dir=$(readlink -f "$dir")
+    # A closed folder keeps out everything in it (aiida-alml setup puts the profile's storage there too).
+    if [ -n "$(find "$dir" -maxdepth 0 -perm /o=rwx)" ]; then
+        say "closing the AiiDA config folder $dir to others (o-rwx)"
+        chmod -R o-rwx "$dir"
+    fi
+done
 
 # ---------------------------------------------------------------------------------------------------- SSH
-ME_HOME=$(getent passwd "$(id -un)" | cut -d: -f6)
 KEY=$ME_HOME/.ssh/alml_cluster_ed25519
 install -d -m 0700 "$ME_HOME/.ssh"
 [ -s "$KEY" ] || ssh-keygen -q -t ed25519 -N '' -C "aiida daemon of $(id -un)@$HOST" -f "$KEY"

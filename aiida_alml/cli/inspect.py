@@ -46,9 +46,13 @@ def _compact(value) -> str:
 
 def format_lineage(lineage: dict) -> str:
     """The lineage of :func:`aiida_alml.provenance.model_lineage` as an indented tree."""
+    from aiida_alml.data.model import file_name_problem
+
     model = lineage['model']
+    # A name from an imported archive may hold terminal control sequences: such a name is shown escaped.
+    name = model['filename'] if file_name_problem(model['filename']) is None else json.dumps(model['filename'])
     lines = [
-        f'MlipModel<{model["pk"]}> {model["filename"]}  {model["architecture"]}, elements {",".join(model["elements"])}'
+        f'MlipModel<{model["pk"]}> {name}  {model["architecture"]}, elements {",".join(model["elements"])}'
         f', r_max {model["r_max"]} Å, {model["dtype"]}, sha256 {model["sha256"][:12]}…'
     ]
     training = lineage['training']
@@ -104,6 +108,30 @@ def lineage(profile_name, node, as_json):
     click.echo(json.dumps(result, indent=1, sort_keys=True) if as_json else format_lineage(result))
 
 
+def _model_file_names(models: dict) -> dict:
+    """{output key: file name} of the models to export, each checked to be a plain name before anything is written.
+
+    Both become parts of a path below the export directory, and both come from the database, where a node imported
+    from an archive can carry any link label and any ``filename`` attribute: ``../..`` would climb out.
+    """
+    from aiida_alml.data import MlipModel, ModelIntegrityError
+    from aiida_alml.data.model import file_name_problem
+
+    names = {}
+    for key, model in sorted(models.items()):
+        if (problem := file_name_problem(key)):
+            raise click.ClickException(f'output models.{key!r}: the link label is not a plain file name ({problem}): '
+                                       'refusing to export (aiida-alml never makes such a label; an imported archive '
+                                       'can)')
+        if not isinstance(model, MlipModel):
+            raise click.ClickException(f'output models.{key}: a {type(model).__name__}, not an MlipModel')
+        try:
+            names[key] = model.plain_filename()
+        except ModelIntegrityError as exception:
+            raise click.ClickException(f'models.{key}: {exception}')
+    return names
+
+
 @click.command()
 @PROFILE
 @click.argument('pk')
@@ -132,18 +160,19 @@ def export(profile_name, pk, directory):
     if 'member_0' not in models:
         raise click.ClickException(f'alml.active_learning<{node.pk}> has no output models.member_0')
 
-    targets = {key: directory / 'models' / key / (model.filename or 'model') for key, model in models.items()}
+    targets = {key: directory / 'models' / key / name for key, name in _model_file_names(models).items()}
     files = [*targets.values(), *(directory / name for name in
                                   ('dataset.extxyz', 'learning_curve.json', 'provenance.json'))]
-    existing = [str(path) for path in files if path.exists()]
+    existing = [str(path) for path in files if path.exists() or path.is_symlink()]
     if existing:
         raise click.ClickException(f'{directory}: would overwrite {", ".join(existing)}; choose an empty directory')
 
     for key, model in sorted(models.items()):
         targets[key].parent.mkdir(parents=True, exist_ok=True)
         try:
-            with model.verified_path() as path:
-                shutil.copyfile(path, targets[key])
+            # 'xb': never through a file or link that appeared since the check above.
+            with model.verified_path() as path, open(path, 'rb') as source, open(targets[key], 'xb') as target:
+                shutil.copyfileobj(source, target)
         except ModelIntegrityError as exception:
             raise click.ClickException(f'models.{key}: {exception}')
         click.echo(f'models.{key}: MlipModel<{model.pk}> -> {targets[key]}')

@@ -169,9 +169,10 @@ def parse_shell_labels(output_file: orm.SinglefileData, file_format: orm.Str) ->
 
     from ase.io import read
 
-    # ASE guesses a format from the file name, so read it under its own name.
+    # ASE guesses a format from the file name, so read it under its own name (its last part only: a node from an
+    # imported archive may carry any name, and the file must stay in the temporary folder).
     with tempfile.TemporaryDirectory() as directory:
-        path = pathlib.Path(directory) / output_file.filename
+        path = pathlib.Path(directory) / (pathlib.PurePath(output_file.filename).name or 'output')
         path.write_bytes(output_file.get_content(mode='rb'))
         atoms = read(path, index=-1, format=file_format.value or None)
     results = getattr(atoms.calc, 'results', {}) or {}

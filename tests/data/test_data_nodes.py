@@ -1,10 +1,12 @@
 """ConfigurationSet and MlipModel as stored AiiDA nodes (run on SQLite and again on PostgreSQL)."""
 
 import io
+import tempfile
 
 import numpy as np
 import pytest
 from aiida import orm
+from aiida.common.exceptions import ValidationError
 
 from aiida_alml.data import ConfigurationSet, MlipModel, ModelIntegrityError
 
@@ -117,6 +119,66 @@ def test_model_refuses_tampered_bytes(tmp_path):
             pass
     with pytest.raises(ModelIntegrityError):
         model.load()
+
+
+@pytest.mark.parametrize(('name', 'problem'), [
+    ('../../escaped', 'path separator'),
+    ('models/cu.alml', 'path separator'),
+    ('..\\cu.alml', 'path separator'),
+    ('..', 'names a folder'),
+    ('', 'empty'),
+    ('cu\n.alml', 'control character'),
+    ('cu\x00.alml', 'control character'),
+    ('cu\x1b[2J.alml', 'control character'),
+    ('m' * 256, 'longer than 255 bytes'),
+])
+def test_model_file_name_must_be_plain(tmp_path, name, problem):
+    """A model is written out under its file name (verified_path, export): one that could climb out is refused."""
+    with pytest.raises(ValueError, match=f'file name .* is not a plain file name \\(it .*{problem}'):
+        MlipModel(file=_model_file(tmp_path), filename=name)
+    model = MlipModel(file=_model_file(tmp_path), filename='cu.alml')
+    with pytest.raises(ValueError, match='is not a plain file name'):
+        model.set_file(_model_file(tmp_path), filename=name)
+    assert model.filename == 'cu.alml' and model.base.repository.list_object_names() == ['cu.alml']
+
+
+def test_model_with_a_bad_file_object_is_not_stored(tmp_path):
+    """The name of the one file in the repository becomes ``filename`` on store: it is checked there too."""
+    model = MlipModel(file=_model_file(tmp_path))
+    model.base.repository.put_object_from_filelike(io.BytesIO(model.get_content(mode='rb')), 'cu\\x.alml')
+    model.base.repository.delete_object('cu.alml')
+    with pytest.raises(ValidationError, match="file name 'cu\\\\\\\\x.alml' is not a plain file name"):
+        model.store()
+    assert not model.is_stored
+
+
+def test_imported_model_with_a_climbing_file_name_is_never_written(tmp_path, monkeypatch):
+    """An archive can hold any ``filename``: a model imported with ``../../escaped`` is refused, nothing written."""
+    from helpers.archive import import_edited, rename_single_file
+
+    path = _model_file(tmp_path)
+    model = MlipModel(file=path).store()
+    imported = import_edited([model], tmp_path, lambda db, ids: rename_single_file(db, ids[model.uuid],
+                                                                                  '../../escaped'))[model.uuid]
+    assert imported.filename == '../../escaped' and imported.get_content(mode='rb') == path.read_bytes()
+    # verified_path's temporary folder is made in here: two levels up from it is still inside tmp_path.
+    sandbox = tmp_path / 'sandbox' / 'inner'
+    sandbox.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, 'tempdir', str(sandbox))
+    with pytest.raises(ModelIntegrityError, match=r"file name '../../escaped', which is not a plain file name "
+                                                  r'\(it contains a path separator'):
+        with imported.verified_path():
+            pass
+    for use in (imported.load, imported.verify):
+        with pytest.raises(ModelIntegrityError, match='not a plain file name'):
+            use()
+    # The launch-time check of MD (and of the workflows that run it) refuses it before anything is submitted.
+    from aiida_alml.calculations.md import check_committee
+
+    assert "models: member 1: model node" in check_committee([model, imported])
+    assert "'../../escaped', which is not a plain file name" in check_committee([model, imported])
+    assert not list(tmp_path.rglob('escaped')) and list((tmp_path / 'sandbox').iterdir()) == [sandbox]
+    assert not list(sandbox.iterdir())
 
 
 class _Payload:

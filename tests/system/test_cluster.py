@@ -373,3 +373,54 @@ def test_ssh_server_restarted_mid_campaign_is_absorbed(cluster, submit_and_await
     node = submit_and_await(node, timeout=900)
     assert node.is_finished_ok, _diagnosis(node)
     assert sorted(node.outputs.models) == ['member_0', 'member_1']
+
+
+def _as_job_user(command: str) -> subprocess.CompletedProcess:
+    """``command`` run over SSH on the cluster as its job user, the way the jobs reach this machine's files."""
+    return subprocess.run(['ssh', '-T', '-o', 'BatchMode=yes', '-o', 'ConnectTimeout=10', 'alml-cluster', command],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_job_user_runs_the_programs_but_reads_no_aiida_config(aiida_profile):
+    """scripts/cluster.sh opens to the job user only what jobs run, read-only; never an AiiDA config or storage.
+
+    The demo keeps its profile in the repository (``AIIDA_PATH=$PWD``: ``.aiida/config.json`` and the storage below
+    it). Opened to others as an earlier cluster.sh left it (``chmod -R o+rX`` on the repository), it is closed again.
+    """
+    import shlex
+
+    from aiida.manage.configuration import get_config
+
+    if os.geteuid() != 0:
+        pytest.fail('this test runs scripts/cluster.sh, which needs root')
+    demo = REPO / '.aiida'
+    created = not demo.exists()
+    if created:
+        demo.mkdir()
+        (demo / 'config.json').write_text('{"CONFIG_VERSION": {"CURRENT": 9}, "profiles": {}}\n')
+    try:
+        subprocess.run(['chmod', '-R', 'o+rX', str(demo)], check=True, timeout=60)
+        assert _as_job_user(f'cat {shlex.quote(str(demo / "config.json"))}').returncode == 0, 'the setup did not open it'
+        script = subprocess.run(['bash', str(REPO / 'scripts' / 'cluster.sh'), '--services-only'], capture_output=True,
+                                text=True, timeout=300)
+        assert script.returncode == 0, script.stdout + script.stderr
+        assert f'closing the AiiDA config folder {demo} to others' in script.stdout
+
+        for config in (demo / 'config.json', pathlib.Path(get_config().filepath)):
+            read = _as_job_user(f'cat {shlex.quote(str(config))}')
+            assert read.returncode != 0 and 'Permission denied' in read.stderr, (config, read.stdout, read.stderr)
+        listing = _as_job_user(f'ls {shlex.quote(str(demo))}')
+        assert listing.returncode != 0 and 'Permission denied' in listing.stderr, listing.stderr
+
+        # What the jobs need still works: the programs' Python and package, read-only.
+        run = _as_job_user(f'{REPO}/.venv/bin/python -c "import aiida_alml.engines.label, aiida_alml.engines.md, '
+                           f'aiida_alml.engines.train; print(\'imports ok\')"')
+        assert run.returncode == 0 and run.stdout.strip() == 'imports ok', run.stderr
+        for folder in (REPO, REPO / '.venv' / 'bin', REPO / 'aiida_alml'):
+            write = _as_job_user(f'touch {shlex.quote(str(folder / "written_by_the_job_user"))}')
+            assert write.returncode != 0 and 'Permission denied' in write.stderr, (folder, write.stderr)
+    finally:
+        if created:
+            shutil.rmtree(demo)
+        else:  # the profile that was there stays closed, even if the script did not run
+            subprocess.run(['chmod', '-R', 'o-rwx', str(demo)], check=True, timeout=60)

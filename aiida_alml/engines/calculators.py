@@ -19,16 +19,47 @@ from typing import Any
 from aiida_alml.atoms.suggest import did_you_mean
 
 __all__ = (
-    'ENTRY_POINT_GROUP', 'KNOWN_CALCULATORS', 'CalculatorSpecError', 'accepted_kwargs', 'available_calculators',
-    'build_calculator',
-    'resolve_calculator', 'validate_spec',
+    'ENTRY_POINT_GROUP', 'FIXED_KWARGS', 'KNOWN_CALCULATORS', 'KWARG_RULES', 'SCF_RETRIES', 'CalculatorSpecError',
+    'accepted_kwargs', 'available_calculators', 'build_calculator', 'calculator_kwargs', 'resolve_calculator',
+    'scf_retries', 'validate_spec',
 )
 
-#: Short names for ASE's built-in calculators that need no external program.
+#: Short names for calculators that need no external program: ASE's analytic potentials and tblite's GFN-xTB
+#: (tight binding, in-process through its Python library).
 KNOWN_CALCULATORS = {
     'emt': 'ase.calculators.emt:EMT',
     'lj': 'ase.calculators.lj:LennardJones',
     'morse': 'ase.calculators.morse:MorsePotential',
+    'gfn2-xtb': 'tblite.ase:TBLite',
+    'gfn1-xtb': 'tblite.ase:TBLite',
+}
+
+#: Keyword arguments a short name fixes: the method of an xTB name, and tblite's console output (off).
+FIXED_KWARGS = {
+    'gfn2-xtb': {'method': 'GFN2-xTB', 'verbosity': 0},
+    'gfn1-xtb': {'method': 'GFN1-xTB', 'verbosity': 0},
+}
+
+#: The keyword arguments an xTB name takes, each with its type and range (or choices). Others of tblite's are refused:
+#: ``xtb_config`` reads a parameter file, ``method`` is fixed by the name, ``solvation`` and ``electric_field`` change
+#: the physics beyond what a label's settings record.
+_XTB_KWARGS = {
+    'accuracy': (float, 1e-4, 1e3),  # tblite's numerical accuracy (smaller: tighter); default 1
+    'electronic_temperature': (float, 1.0, 1e5),  # K, Fermi smearing; default 300 K
+    'max_iterations': (int, 1, 10_000),  # SCF cycles; default 250
+    'charge': (int, -100, 100),  # total charge of the cell, e
+    'multiplicity': (int, 1, 101),  # 2S + 1
+    'mixer_damping': (float, 1e-3, 1.0),  # Broyden damping; default 0.4
+    'guess': (('sad', 'eeq'), None, None),  # initial charges: superposition of atomic densities or EEQ charges
+}
+KWARG_RULES = {'gfn2-xtb': _XTB_KWARGS, 'gfn1-xtb': _XTB_KWARGS}
+
+#: When the SCF of a configuration does not converge, it is tried again with these changes, one after the other:
+#: stronger damping, then EEQ charges as the start. They change the path to the SCF solution, not its physics (the
+#: label settings stay those given); ``max_iterations`` stays as given (a cap the user set).
+SCF_RETRIES = {
+    'gfn2-xtb': ({'mixer_damping': 0.2}, {'mixer_damping': 0.1, 'guess': 'eeq'}),
+    'gfn1-xtb': ({'mixer_damping': 0.2}, {'mixer_damping': 0.1, 'guess': 'eeq'}),
 }
 
 #: Installed packages register further calculators here: ``name = 'package.module:Class'``.
@@ -57,7 +88,13 @@ def resolve_calculator(name: str) -> type:
     registered = _registered()
     if name.lower() in KNOWN_CALCULATORS:
         module_name, _, class_name = KNOWN_CALCULATORS[name.lower()].partition(':')
-        cls = getattr(importlib.import_module(module_name), class_name)
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except ImportError as exception:
+            raise CalculatorSpecError(
+                f'calculator {name!r} needs the Python package {module_name.split(".")[0]!r}, which cannot be '
+                f'imported here ({exception})'
+            ) from exception
     elif name in registered:
         try:
             cls = registered[name].load()
@@ -123,13 +160,18 @@ def validate_spec(spec: dict[str, Any], properties: list[str]) -> type:
     if not isinstance(spec.get('kwargs', {}), dict):
         raise CalculatorSpecError('calculator kwargs must be a dictionary of keyword arguments')
     cls = resolve_calculator(spec['name'])
-    unknown = sorted(set(spec.get('kwargs', {})) - set(accepted_kwargs(cls)))
+    rules = KWARG_RULES.get(str(spec['name']).lower())
+    accepted = sorted(rules) if rules is not None else accepted_kwargs(cls)
+    unknown = sorted(set(spec.get('kwargs', {})) - set(accepted))
     if unknown:
-        hint = did_you_mean(unknown[0], accepted_kwargs(cls))
+        hint = did_you_mean(unknown[0], accepted)
         raise CalculatorSpecError(
-            f'calculator {spec["name"]!r} does not take kwargs {unknown}{hint}; it takes '
-            f'{", ".join(sorted(accepted_kwargs(cls))) or "none"}'
+            f'calculator {spec["name"]!r} does not take kwargs {unknown}{hint}; it takes {", ".join(accepted) or "none"}'
         )
+    if rules is not None:
+        for key, value in spec.get('kwargs', {}).items():
+            if (problem := _kwarg_problem(value, *rules[key])):
+                raise CalculatorSpecError(f'calculator {spec["name"]!r}: kwargs[{key!r}] {problem}')
     if not properties:
         raise CalculatorSpecError(f'properties must name at least one of {PROPERTIES}')
     bad = [prop for prop in properties if prop not in PROPERTIES]
@@ -147,6 +189,29 @@ def validate_spec(spec: dict[str, Any], properties: list[str]) -> type:
     return cls
 
 
-def build_calculator(spec: dict[str, Any], properties: list[str]):
+def _kwarg_problem(value, kind, low, high) -> str | None:
+    """Why ``value`` is not of ``kind`` (a type, or a tuple of choices) within [low, high], or None."""
+    if isinstance(kind, tuple):
+        return None if value in kind else f'must be one of {list(kind)}, got {value!r}'
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or (kind is int and float(value) != int(value)):
+        return f'must be {"a whole number" if kind is int else "a number"}, got {value!r}'
+    if not low <= value <= high:
+        return f'must be within [{low:g}, {high:g}], got {value!r}'
+    return None
+
+
+def calculator_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments the calculator of ``spec`` is built with: those a short name fixes, then the given."""
+    return {**FIXED_KWARGS.get(str(spec['name']).lower(), {}), **spec.get('kwargs', {})}
+
+
+def build_calculator(spec: dict[str, Any], properties: list[str], changes: dict[str, Any] | None = None):
+    """The calculator of ``spec`` (checked first); ``changes`` (an SCF retry) are laid over its keyword arguments."""
     cls = validate_spec(spec, properties)
-    return cls(**spec.get('kwargs', {}))
+    return cls(**{**calculator_kwargs(spec), **(changes or {})})
+
+
+def scf_retries(spec: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    """The changes to try, in order, when the SCF of a configuration does not converge (none for other names)."""
+    return SCF_RETRIES.get(str(spec['name']).lower(), ())

@@ -2,7 +2,8 @@
 
 Reads ``structures.npz`` (a :class:`~aiida_alml.atoms.configurations.Configurations` archive) and ``calculator.json``,
 evaluates each configuration, and writes ``labelled.npz`` (successes only, with their labels) and ``report.json``
-(status, error and wall time per configuration). A configuration that fails is recorded and the rest go on.
+(status, error, SCF retries, wall and CPU seconds per configuration). A configuration that fails is recorded and the
+rest go on.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 import numpy as np
 
 from aiida_alml.atoms.configurations import Configurations
-from aiida_alml.engines.calculators import CalculatorSpecError, build_calculator
+from aiida_alml.engines.calculators import CalculatorSpecError, build_calculator, resolve_calculator, scf_retries
 from aiida_alml.engines.disk import exit_disk_full, is_disk_full
 
 __all__ = ('label_configurations', 'main')
@@ -35,30 +36,49 @@ def _evaluate(atoms, calculator, properties: list[str]) -> dict[str, np.ndarray 
     return results
 
 
+def _is_scf_failure(exception: Exception) -> bool:
+    """tblite (through ASE) reports an SCF that did not converge as CalculationFailed('SCF not converged in N cycles')."""
+    from ase.calculators.calculator import CalculationFailed
+
+    return isinstance(exception, CalculationFailed) and 'not converged' in str(exception)
+
+
 def label_configurations(configurations: Configurations, spec: dict, properties: list[str]):
-    """Label every configuration; return (labelled successes or None, per-configuration records)."""
-    calculator = build_calculator(spec, properties)
+    """Label every configuration; return (labelled successes or None, per-configuration records).
+
+    A configuration whose SCF does not converge is tried again with each of :func:`scf_retries` in turn (every attempt
+    recorded under ``attempts``); it fails only when they are exhausted. Each record has its wall and CPU seconds.
+    """
+    build_calculator(spec, properties)  # a bad specification fails the job here, before any configuration
+    retries = scf_retries(spec)
     records, labelled = [], []
     for index in range(len(configurations)):
         atoms = configurations.get_atoms(index)
-        atoms.calc = None
-        start = time.perf_counter()
-        try:
-            results = _evaluate(atoms, calculator, properties)
-        # A reference calculator can raise anything (SCF failure, missing parameters for an element, ...): one bad
-        # configuration must not lose the others, so the error is recorded per configuration instead.
-        except Exception as exception:  # noqa: BLE001
-            records.append(
-                {
-                    'index': index,
-                    'status': 'failed',
-                    'error': f'{type(exception).__name__}: {exception}',
-                    'wall_time': time.perf_counter() - start,
-                }
-            )
-            continue
-        records.append({'index': index, 'status': 'ok', 'wall_time': time.perf_counter() - start})
-        labelled.append((index, atoms, results))
+        start, cpu_start = time.perf_counter(), time.process_time()
+        attempts, results = [], None
+        for rung in range(len(retries) + 1):
+            changes = retries[rung - 1] if rung else {}
+            # A new calculator for every configuration: tblite starts an SCF from the previous one's solution, which
+            # moved forces by up to 1e-4 eV/Å, so that a frame's labels depended on the frames labelled before it.
+            atoms.calc = None
+            try:
+                results = _evaluate(atoms, build_calculator(spec, properties, changes), properties)
+                break
+            # A reference calculator can raise anything (SCF failure, missing parameters for an element, ...): one
+            # bad configuration must not lose the others, so the error is recorded per configuration instead.
+            except Exception as exception:  # noqa: BLE001
+                attempts.append({'changes': changes, 'error': f'{type(exception).__name__}: {exception}'})
+                if not _is_scf_failure(exception):
+                    break
+        record = {'index': index, 'status': 'ok' if results is not None else 'failed',
+                  'wall_time': time.perf_counter() - start, 'cpu_time': time.process_time() - cpu_start}
+        if results is None:
+            record['error'] = attempts[-1]['error']
+        if attempts:
+            record['attempts'] = attempts
+        records.append(record)
+        if results is not None:
+            labelled.append((index, atoms, results))
     if not labelled:
         return None, records
     images = []
@@ -73,6 +93,16 @@ def label_configurations(configurations: Configurations, spec: dict, properties:
         images.append(atoms)
     metadata = [{'source_index': index} for index, _, _ in labelled]
     return Configurations.from_ase(images, metadata=metadata), records
+
+
+def _package_version(cls: type) -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    package = cls.__module__.split('.')[0]
+    try:
+        return {'name': package, 'version': version(package)}
+    except PackageNotFoundError:
+        return {'name': package, 'version': None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import ase
 
+    calculator = resolve_calculator(spec['name'])
     report = {
         'calculator': spec,
         'properties': args.properties,
@@ -104,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         'num_failed': sum(record['status'] != 'ok' for record in records),
         'configurations': records,
         'wall_time': time.perf_counter() - start,
+        'cpu_time': sum(record['cpu_time'] for record in records),
         'ase_version': ase.__version__,
+        # The package the calculator comes from, with its version (tblite's for xTB): part of the label settings.
+        'calculator_package': _package_version(calculator),
         'hostname': platform.node(),
     }
     try:

@@ -10,7 +10,7 @@ from aiida import orm
 from aiida_alml.calculations.ase import LABELLED_FILE, REPORT_FILE
 from aiida_alml.atoms.configurations import ConfigurationError, Configurations
 from aiida_alml.data import ConfigurationSet
-from aiida_alml.engines.calculators import resolve_calculator
+from aiida_alml.engines.calculators import calculator_kwargs, resolve_calculator
 from aiida_alml.engines.disk import disk_full_line
 from aiida_alml.label_settings import with_label_settings
 from aiida_alml.parsers.interruption import SCHEDULER_STDERR, InterruptionAwareParser
@@ -69,17 +69,24 @@ class AseLabelParser(InterruptionAwareParser):
 
 
 def label_settings(node, report: dict) -> dict:
-    """What decides the labels of an ``alml.ase`` job: code, calculator class and keyword arguments, properties, ASE.
+    """What decides the labels of an ``alml.ase`` job: code, calculator class and keyword arguments, properties, ASE
+    (and the version of the calculator's own package, tblite's for xTB).
 
     The calculator is recorded by the class its name resolves to, so ``emt`` and ``ase.calculators.emt:EMT`` agree.
     """
     spec = node.inputs.calculator.get_dict()
     calculator = resolve_calculator(spec['name'])
-    return {
+    settings = {
         'labeller': 'ase',
         'code': node.inputs.code.full_label,
         'plugin': node.process_type.rsplit(':', 1)[-1],
-        'calculator': {'class': f'{calculator.__module__}:{calculator.__qualname__}', 'kwargs': spec.get('kwargs', {})},
+        # With the arguments a short name fixes (the method of gfn1-xtb and gfn2-xtb share a class); not the changes
+        # of an SCF retry, which change how the SCF converges, not the labels.
+        'calculator': {'class': f'{calculator.__module__}:{calculator.__qualname__}', 'kwargs': calculator_kwargs(spec)},
         'properties': sorted(report['properties']),
         'ase_version': report.get('ase_version'),
     }
+    package = report.get('calculator_package') or {}
+    if package.get('name') not in (None, 'ase'):  # ASE's own calculators: ase_version says it
+        settings['calculator_version'] = f'{package["name"]} {package.get("version")}'
+    return settings

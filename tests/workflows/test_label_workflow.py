@@ -462,3 +462,35 @@ def test_allow_labeller_command_declares_and_revokes(aiida_localhost, aiida_prof
     assert LABELLER_EXTRA not in train.base.extras.keys()
     result = CliRunner().invoke(command, ['-p', aiida_profile.name, 'nothere@localhost'])
     assert result.exit_code != 0 and 'nothere@localhost' in result.output
+
+
+def test_xtb_labels_record_method_and_tblite_version_and_do_not_mix(label_code):
+    """Through alml.label with the real alml-label code: the settings name the method (the one class serves both),
+    the given kwargs and tblite's version; GFN1 and GFN2 labels are refused as one training set."""
+    from importlib.metadata import version
+
+    from ase.build import molecule
+
+    from aiida_alml.workflows.functions import merge_training_sets
+
+    box = molecule('H2O')
+    box.set_cell([5.0, 5.0, 5.0])
+    box.pbc = True
+    box.center()
+    labelled = {}
+    for name in ('gfn2-xtb', 'gfn1-xtb'):
+        results, node = run_get_node(
+            LabelWorkChain, structures=ConfigurationSet.from_ase([box]), labeller=orm.Str('ase'),
+            ase={'code': label_code, 'calculator': orm.Dict({'name': name, 'kwargs': {'accuracy': 0.5}})},
+        )
+        assert node.is_finished_ok, node.exit_message
+        labelled[name] = results['labelled']
+        settings = labelled[name].configurations.metadata[0]['label_settings']
+        assert settings['calculator']['class'] == 'tblite.ase:TBLite'
+        assert settings['calculator']['kwargs']['method'] == name.split('-')[0].upper() + '-xTB'
+        assert settings['calculator']['kwargs']['accuracy'] == 0.5
+        assert settings['calculator_version'] == f'tblite {version("tblite")}'
+    problem = labels_mismatch(labelled['gfn2-xtb'].configurations.metadata, labelled['gfn1-xtb'].configurations.metadata)
+    assert problem is not None and 'GFN' in problem
+    with pytest.raises(ValueError, match='label'):
+        merge_training_sets(a=labelled['gfn2-xtb'], b=labelled['gfn1-xtb'])

@@ -61,6 +61,15 @@ def elapsed_seconds(node) -> float:
     return (node.mtime - node.ctime).total_seconds()
 
 
+def reference_cpu_seconds(node) -> float | None:
+    """CPU seconds the reference spent in the labelling ``node``: the sum of what its jobs report (``cpu_time`` of
+    ``alml.ase``'s ``output_parameters``), None when none reports it (FHI-aims, shell programs)."""
+    reported = [child.outputs.output_parameters.get('cpu_time') for child in node.called_descendants
+                if isinstance(child, orm.CalcJobNode) and 'output_parameters' in child.outputs]
+    reported = [seconds for seconds in reported if isinstance(seconds, (int, float))]
+    return float(sum(reported)) if reported else None
+
+
 class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
     """Active learning of a MACE committee; every structure, label, model and selection decision is a node."""
 
@@ -403,6 +412,8 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
         self.ctx.entry['reference_time_s'] = sum(
             elapsed_seconds(child) for child in node.called_descendants if isinstance(child, orm.CalcJobNode)
         )
+        if (cpu := reference_cpu_seconds(node)) is not None:
+            self.ctx.entry['reference_cpu_s'] = cpu
         failures = node.outputs.failures.get_dict() if 'failures' in node.outputs else {}
         labelled = node.outputs.labelled if 'labelled' in node.outputs else None
         failed = attempted - (len(labelled) if labelled is not None else 0)

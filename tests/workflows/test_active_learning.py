@@ -70,6 +70,8 @@ def test_stops_on_label_budget_through_the_daemon(submit_and_await, al_inputs):
     assert curve['stop_reason'] == 'label_budget' and curve['labels_used'] == 18 and curve['labels_failed'] == 4
     first, second = curve['iterations']
     assert (first['labels_new'], second['labels_new']) == (4, 2)  # the cap, then what was left of the budget
+    # what the labels cost: the reference's own CPU seconds (EMT: milliseconds) next to the jobs' wall seconds
+    assert 0 < first['reference_cpu_s'] < first['reference_time_s']
     # 13 frames per trajectory; the starting structure (step 0) is neither counted nor chosen
     assert first['frames'] == 13 and first['frames_counted'] == 12 and first['num_starts'] == 1
     assert first['candidate_fraction'] == 1.0

@@ -1,4 +1,5 @@
-"""``aiida-alml demo``: label rattled/strained copper cells with EMT through the daemon and show the result."""
+"""``aiida-alml demo``: a whole campaign through the daemon (copper with EMT, or liquid water with GFN2-xTB), or just
+label rattled/strained copper cells with EMT, and show the result."""
 
 from __future__ import annotations
 
@@ -74,11 +75,18 @@ def _check_against_in_process(structures, labelled) -> tuple[float, float]:
     return d_energy, d_forces
 
 
-DEMO_CAMPAIGN = 'protocols/demo/copper_vacancy.yaml'
+#: The demo campaigns: system -> (campaign file in the package, label of the work chain).
+DEMO_CAMPAIGNS = {
+    'copper': ('protocols/demo/copper_vacancy.yaml', 'demo: copper with a vacancy'),
+    'water': ('protocols/demo/water_xtb.yaml', 'demo: liquid water, GFN2-xTB'),
+}
 
 
 @click.command()
 @PROFILE
+@click.option('--system', type=click.Choice(sorted(DEMO_CAMPAIGNS)), default='copper', show_default=True,
+              help='copper: a vacancy in bulk copper, EMT (about 10 minutes); water: eight molecules of liquid water, '
+                   'GFN2-xTB through tblite (a real electronic-structure reference).')
 @click.option('--label-only', is_flag=True, help='Only label COUNT perturbed copper cells with EMT (a quick check).')
 @click.option('--count', default=50, show_default=True, type=click.IntRange(1), help='With --label-only: cells.')
 @click.option('--seed', default=1, show_default=True, help='With --label-only: seed of the perturbations.')
@@ -86,10 +94,12 @@ DEMO_CAMPAIGN = 'protocols/demo/copper_vacancy.yaml'
 @click.option('--timeout', default=3600, show_default=True, help='Seconds to wait before giving up.')
 @click.option('--plot', 'plot_path', default='alml-demo.png', show_default=True, type=click.Path(dir_okay=False),
               help='Where the figures of the campaign go.')
-def demo(profile_name, label_only, count, seed, wait, timeout, plot_path):
-    """Run the demo campaign: active learning of copper with a vacancy, EMT reference, tiny MACE committee.
+def demo(profile_name, system, label_only, count, seed, wait, timeout, plot_path):
+    """Run a demo campaign: active learning with a tiny MACE committee of copper with a vacancy (EMT reference) or
+    of liquid water (GFN2-xTB reference).
 
-    The campaign file is aiida_alml/protocols/demo/copper_vacancy.yaml; `aiida-alml launch` runs any such file.
+    The campaign files are aiida_alml/protocols/demo/copper_vacancy.yaml and water_xtb.yaml; `aiida-alml launch`
+    runs any such file.
     """
     load_profile(profile_name)
     from aiida.engine.daemon.client import get_daemon_client
@@ -99,10 +109,10 @@ def demo(profile_name, label_only, count, seed, wait, timeout, plot_path):
     if label_only:
         _label_demo(count, seed, wait, timeout)
     else:
-        _campaign_demo(wait, timeout, plot_path)
+        _campaign_demo(system, wait, timeout, plot_path)
 
 
-def _campaign_demo(wait, timeout, plot_path):
+def _campaign_demo(system, wait, timeout, plot_path):
     import pathlib
 
     from aiida.engine import submit
@@ -112,12 +122,13 @@ def _campaign_demo(wait, timeout, plot_path):
     from aiida_alml.cli.campaign import follow_campaign, show_status
     from aiida_alml.workflows.active_learning import ActiveLearningWorkChain
 
-    config = pathlib.Path(aiida_alml.__file__).parent / DEMO_CAMPAIGN
+    campaign, label = DEMO_CAMPAIGNS[system]
+    config = pathlib.Path(aiida_alml.__file__).parent / campaign
     try:
         inputs = load_campaign(config)
     except CampaignError as exception:
         raise click.ClickException(f'{exception}\nRun `aiida-alml setup` first: it creates the codes the demo uses.')
-    inputs['metadata'] = {'label': 'demo: copper with a vacancy'}
+    inputs['metadata'] = {'label': label}
     try:
         node = submit(ActiveLearningWorkChain, **inputs)
     except ValueError as exception:

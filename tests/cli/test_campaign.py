@@ -46,6 +46,27 @@ def test_demo_campaign_converts_and_validates(demo_codes):
     assert spec.validate(spec.pre_process(inputs)) is None
 
 
+def test_water_demo_campaign_converts_and_validates(demo_codes):
+    """The second demo: liquid water labelled with GFN2-xTB; its held-out set carries GFN2-xTB labels."""
+    inputs = load_campaign(DEMO.with_name('water_xtb.yaml'))
+    assert inputs['initial_structures'].elements == ['H', 'O'] and len(inputs['initial_structures']) == 3
+    assert inputs['label']['ase']['calculator'].get_dict()['name'] == 'gfn2-xtb'
+    test_set = inputs['test_set']
+    assert test_set.num_configurations == 12 and {'energy', 'forces'} <= set(test_set.labels)
+    # the held-out labels are the campaign's reference: GFN2-xTB with tblite's defaults, as the labeller computes them
+    import numpy as np
+
+    from aiida_alml.engines.calculators import build_calculator
+
+    frame = test_set.get_atoms(5)
+    reference = frame.get_potential_energy(), frame.get_forces()
+    frame.calc = build_calculator({'name': 'gfn2-xtb'}, ['energy', 'forces'])
+    assert abs(frame.get_potential_energy() - reference[0]) < 1e-5
+    np.testing.assert_allclose(frame.get_forces(), reference[1], atol=1e-3)
+    spec = ActiveLearningWorkChain.spec().inputs
+    assert spec.validate(spec.pre_process(inputs)) is None
+
+
 def test_unknown_key_names_the_closest(tmp_path, demo_codes):
     path = _write(tmp_path, 'initial_structures: start.xyz\nselecton: {trust_lo: 0.1}\n')
     with pytest.raises(CampaignError, match=r'unknown key `selecton` \(did you mean selection\?\)'):

@@ -65,7 +65,8 @@ class AseLabelCalculation(CalcJob):
             'calculator',
             valid_type=orm.Dict,
             validator=_validate_calculator,
-            help="ASE calculator: {'name': short name (emt, lj, morse) or 'package.module:Class', 'kwargs': {...}}.",
+            help="ASE calculator: {'name': short name (emt, lj, morse, gfn2-xtb, gfn1-xtb) or one registered in the "
+                 "alml.calculators entry-point group, 'kwargs': {...}}.",
         )
         spec.input(
             'properties',

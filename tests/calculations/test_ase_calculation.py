@@ -57,7 +57,7 @@ def test_all_failed_has_its_exit_code(label_code, cu_images):
 @pytest.mark.parametrize(
     'name, properties, message',
     [
-        ('dft-of-my-dreams', ['energy'], r"unknown calculator 'dft-of-my-dreams': use one of .*emt, lj, morse"),
+        ('dft-of-my-dreams', ['energy'], r"unknown calculator 'dft-of-my-dreams': use one of .*emt, gfn1-xtb, gfn2-xtb, lj, morse"),
         ('ase.calculators.emt:EMT', ['energy'], 'import paths are not accepted'),
         ('ase.calculators.gulp:GULP', ['energy'], r"'ase.calculators.gulp:GULP': import paths are not accepted"),
         ('alml_test.runs_a_program', ['energy'], 'runs an external program: configure that program as an AiiDA code'),

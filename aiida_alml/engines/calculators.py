@@ -55,12 +55,15 @@ _XTB_KWARGS = {
 KWARG_RULES = {'gfn2-xtb': _XTB_KWARGS, 'gfn1-xtb': _XTB_KWARGS}
 
 #: When the SCF of a configuration does not converge, it is tried again with these changes, one after the other:
-#: stronger damping, then EEQ charges as the start. They change the path to the SCF solution, not its physics (the
-#: label settings stay those given); ``max_iterations`` stays as given (a cap the user set).
+#: stronger damping with twice the SCF cycles, then EEQ charges as the start with four times the cycles (a factor of
+#: the given ``max_iterations``, tblite's 250 by default). They change the path to the SCF solution, not the solution
+#: (the label settings stay those given).
 SCF_RETRIES = {
-    'gfn2-xtb': ({'mixer_damping': 0.2}, {'mixer_damping': 0.1, 'guess': 'eeq'}),
-    'gfn1-xtb': ({'mixer_damping': 0.2}, {'mixer_damping': 0.1, 'guess': 'eeq'}),
+    'gfn2-xtb': ({'mixer_damping': 0.2, 'max_iterations': 2}, {'mixer_damping': 0.1, 'guess': 'eeq', 'max_iterations': 4}),
+    'gfn1-xtb': ({'mixer_damping': 0.2, 'max_iterations': 2}, {'mixer_damping': 0.1, 'guess': 'eeq', 'max_iterations': 4}),
 }
+#: Keys of a retry that multiply the given value (or tblite's default) instead of replacing it.
+_SCALED = {'max_iterations': 250}
 
 #: Installed packages register further calculators here: ``name = 'package.module:Class'``.
 ENTRY_POINT_GROUP = 'alml.calculators'
@@ -213,5 +216,10 @@ def build_calculator(spec: dict[str, Any], properties: list[str], changes: dict[
 
 
 def scf_retries(spec: dict[str, Any]) -> tuple[dict[str, Any], ...]:
-    """The changes to try, in order, when the SCF of a configuration does not converge (none for other names)."""
-    return SCF_RETRIES.get(str(spec['name']).lower(), ())
+    """The changes to try, in order, when the SCF of a configuration does not converge (none for other names), with
+    the cycle counts worked out from the given ``max_iterations``."""
+    given = spec.get('kwargs', {})
+    return tuple(
+        {key: value * given.get(key, _SCALED[key]) if key in _SCALED else value for key, value in retry.items()}
+        for retry in SCF_RETRIES.get(str(spec['name']).lower(), ())
+    )

@@ -126,9 +126,29 @@ def test_engine_scf_failure_is_retried_then_recorded(tmp_path):
     assert result.returncode == 0, result.stderr
     assert report['num_failed'] == 2 and labelled is None
     record = report['configurations'][0]
-    assert record['status'] == 'failed' and 'SCF not converged in 2 cycles' in record['error']
+    assert record['status'] == 'failed' and 'SCF not converged in 8 cycles' in record['error']  # the last try's
     assert [attempt['changes'] for attempt in record['attempts']] == [
-        {}, {'mixer_damping': 0.2}, {'mixer_damping': 0.1, 'guess': 'eeq'}]
+        {}, {'mixer_damping': 0.2, 'max_iterations': 4}, {'mixer_damping': 0.1, 'guess': 'eeq', 'max_iterations': 8}]
+
+
+def test_engine_scf_retries_rescue_frames_with_the_labels_of_a_converged_scf(tmp_path):
+    """With 5 SCF cycles a water box needs the first retry and one with a stretched O-H bond the second; their labels
+    are those of an SCF converged with tblite's defaults: a retry changes the path to the solution, not the solution."""
+    from tblite.ase import TBLite
+
+    good = _water_box(0)
+    stretched = _water_box(0)
+    stretched.positions[1] += (0.9, 0.3, 0.0)
+    spec = {'name': 'gfn2-xtb', 'kwargs': {'max_iterations': 5}}
+    result, report, labelled = _run(tmp_path, Configurations.from_ase([good, stretched]), spec)
+    assert result.returncode == 0, result.stderr
+    assert [record['status'] for record in report['configurations']] == ['ok', 'ok']
+    assert [len(record['attempts']) for record in report['configurations']] == [1, 2]
+    for index, atoms in enumerate((good, stretched)):
+        atoms = atoms.copy()
+        atoms.calc = TBLite(method='GFN2-xTB', verbosity=0)
+        assert abs(labelled.energy[index] - atoms.get_potential_energy()) < 1e-5
+        np.testing.assert_allclose(labelled.forces[labelled.atom_slice(index)], atoms.get_forces(), atol=1e-3)
 
 
 def test_xtb_labels_do_not_depend_on_the_frames_labelled_before(tmp_path):

@@ -1,7 +1,7 @@
 """``alml.label``: label a ConfigurationSet with FHI-aims, an ASE calculator or any command-line program.
 
 * ``labeller='aims'``: one ``alml.aims.base`` per configuration, at most ``max_concurrent`` running at once.
-* ``labeller='ase'``: one batched ``alml.ase`` job for the whole set.
+* ``labeller='ase'``: one batched ``alml.ase`` job for the whole set, or ``ase.jobs`` of them on consecutive pieces.
 * ``labeller='shell'``: one aiida-shell ``ShellJob`` per configuration; the program reads the geometry file we write
   (placeholder ``{geometry}`` in its arguments) and writes an ASE-readable file with energy and forces.
 
@@ -45,6 +45,9 @@ __all__ = (
     'LabelWorkChain', 'merge_labelled', 'parse_shell_labels', 'declare_label_settings', 'inconsistent_settings',
     'labels_mismatch', 'fixed_kpoint_meshes', 'fixed_kpoints', 'record_failures',
 )
+
+#: At most this many alml.ase jobs per labelling (``ase.jobs``): each is submitted at once.
+MAX_ASE_JOBS = 256
 
 #: A cell shares the k-point mesh of a reference cell when it is that cell strained by at most this much: every
 #: element of the deformation F (cell = reference @ F, rows are lattice vectors) within this of the identity's.
@@ -117,6 +120,14 @@ def _recorded(meta: dict, kpoints_distance: float | None) -> dict:
     if kpoints_distance is None or not settings or 'k_grid' not in settings:
         return meta
     return with_label_settings(meta, {**settings, 'kpoints_distance': kpoints_distance})
+
+
+@calcfunction
+def split_configurations(structures: ConfigurationSet, parts: orm.Int) -> dict:
+    """``parts`` consecutive pieces of ``structures`` (``part_<k>``), as equal in size as they come."""
+    pieces = np.array_split(np.arange(structures.num_configurations), parts.value)
+    return {f'part_{k}': ConfigurationSet(structures.configurations.select(piece.tolist()))
+            for k, piece in enumerate(pieces)}
 
 
 @calcfunction
@@ -274,6 +285,8 @@ def _ase_label_problem(inputs) -> str | None:
         except (ValueError, TypeError, ImportError) as error:
             # CalculatorSpecError is a ValueError; TypeError and ImportError: what an odd name makes importlib raise.
             return f'{name}: {error}'
+    if 'jobs' in ase and not 1 <= ase['jobs'].value <= MAX_ASE_JOBS:
+        return f'ase.jobs: must be 1 to {MAX_ASE_JOBS} jobs, got {ase["jobs"].value}'
     if 'options' in ase:
         return _options_problem(CalculationFactory('alml.ase'), ase['options'], 'ase.options', ase['code'])
     return None
@@ -338,6 +351,9 @@ class LabelWorkChain(EndsInterruptedFunctions, RelaunchesInterruptedJobs, WorkCh
         spec.input('ase.code', valid_type=orm.AbstractCode, required=False)
         spec.input('ase.calculator', valid_type=orm.Dict, required=False, help="{'name': 'emt', 'kwargs': {}}")
         spec.input('ase.properties', valid_type=orm.List, required=False)
+        spec.input('ase.jobs', valid_type=orm.Int, required=False,
+                   help='Split the configurations into this many alml.ase jobs that run at once (default 1: one job). '
+                        'Threads per job: options.environment_variables.OMP_NUM_THREADS.')
         spec.input('ase.options', valid_type=orm.Dict, required=False, help='metadata.options of the job.')
         spec.input_namespace('shell', required=False, populate_defaults=False)
         spec.input('shell.code', valid_type=orm.AbstractCode, required=False, help='The reference program.')
@@ -410,15 +426,35 @@ class LabelWorkChain(EndsInterruptedFunctions, RelaunchesInterruptedJobs, WorkCh
     def relaunchable_jobs(self) -> list[str]:
         if not self.labeller.relaunch_here:
             return []
-        return ['batch_job'] if self.labeller.batched else [f'child_{index}' for index in range(self.ctx.total)]
+        if not self.labeller.batched:
+            return [f'child_{index}' for index in range(self.ctx.total)]
+        jobs = self._batch_jobs()
+        return ['batch_job'] if jobs == 1 else [f'batch_job_{k}' for k in range(jobs)]
 
     def has_unsubmitted(self):
         return self.ctx.next_index < self.ctx.total
 
+    def _batch_jobs(self) -> int:
+        """How many jobs label the set: ``ase.jobs`` (1 unless given), never more than there are configurations."""
+        jobs = self.inputs.ase.jobs.value if 'jobs' in self.inputs.get('ase', {}) else 1
+        return max(1, min(jobs, self.ctx.total))
+
     def run_batch(self):
-        node = self.labeller.submit(self, None)
-        self.report(f'labelling {self.ctx.total} configurations in one {node.process_label} <{node.pk}>')
-        return ToContext(batch_job=node)
+        jobs = self._batch_jobs()
+        if jobs == 1:
+            node = self.labeller.submit(self, None)
+            self.report(f'labelling {self.ctx.total} configurations in one {node.process_label} <{node.pk}>')
+            return ToContext(batch_job=node)
+        parts = split_configurations(self.inputs.structures, orm.Int(jobs), metadata={'call_link_label': 'split'})
+        submitted, offset, self.ctx.batch_offsets = {}, 0, []
+        for k in range(jobs):
+            part = parts[f'part_{k}']
+            submitted[f'batch_job_{k}'] = _submit_ase(self, None, structures=part, link=f'ase_{k}')
+            self.ctx.batch_offsets.append(offset)
+            offset += part.num_configurations
+        self.report(f'labelling {self.ctx.total} configurations in {jobs} parallel jobs '
+                    f'<{", ".join(str(node.pk) for node in submitted.values())}>')
+        return ToContext(**submitted)
 
     def submit_wave(self):
         """Submit the next ``max_concurrent`` configurations and wait for them (a wave-based throttle)."""
@@ -467,15 +503,22 @@ class LabelWorkChain(EndsInterruptedFunctions, RelaunchesInterruptedJobs, WorkCh
     def _collect(self):
         """(labelled set, input indices it covers) per success; input index -> failure description."""
         if self.labeller.batched:
-            node = self.ctx.batch_job
-            if not node.is_finished_ok:
-                return [], {i: _failure(node) for i in range(self.ctx.total)}
-            labelled = self.labeller.collect(self, node, None)
-            covered = [int(meta['source_index']) for meta in labelled.configurations.metadata]
-            missing = sorted(set(range(self.ctx.total)) - set(covered))
-            failures = {i: {'pk': node.pk, 'exit_status': None, 'message': 'not labelled by the batch job'}
-                        for i in missing}
-            return [(labelled, covered)], failures
+            jobs = self._batch_jobs()
+            names = ['batch_job'] if jobs == 1 else [f'batch_job_{k}' for k in range(jobs)]
+            offsets = [0] if jobs == 1 else self.ctx.batch_offsets
+            ends = [*offsets[1:], self.ctx.total]
+            successes, failures = [], {}
+            for name, start, end in zip(names, offsets, ends):
+                node = self.ctx[name]
+                if not node.is_finished_ok:
+                    failures.update({i: _failure(node) for i in range(start, end)})
+                    continue
+                labelled = self.labeller.collect(self, node, None)
+                covered = [start + int(meta['source_index']) for meta in labelled.configurations.metadata]
+                failures.update({i: {'pk': node.pk, 'exit_status': None, 'message': 'not labelled by the batch job'}
+                                 for i in sorted(set(range(start, end)) - set(covered))})
+                successes.append((labelled, covered))
+            return successes, failures
         successes, failures = [], {}
         for index in range(self.ctx.total):
             node = self.ctx[f'child_{index}']
@@ -510,13 +553,13 @@ def _submit_aims(process, index: int):
     return submit_once(process, AimsBaseWorkChain, **inputs)
 
 
-def _submit_ase(process, _index: None):
+def _submit_ase(process, _index: None, structures: ConfigurationSet | None = None, link: str = 'ase'):
     ase = process.inputs.ase
     inputs = {
         'code': ase.code,
-        'structures': process.inputs.structures,
+        'structures': structures if structures is not None else process.inputs.structures,
         'calculator': ase.calculator,
-        'metadata': {'call_link_label': 'ase', 'options': ase.options.get_dict() if 'options' in ase else {}},
+        'metadata': {'call_link_label': link, 'options': ase.options.get_dict() if 'options' in ase else {}},
     }
     if 'properties' in ase:
         inputs['properties'] = ase.properties

@@ -511,6 +511,8 @@ SHELL_LABELLER = [
     Bad('label.ase.calculator', '{name: lj, kwargs: {sigmaa: 2}}', 'a misspelt parameter LJ would ignore',
         setting('label.ase.calculator', {'name': 'lj', 'kwargs': {'sigmaa': 2}}),
         r"calculator 'lj' does not take kwargs \['sigmaa'\] \(did you mean sigma"),
+    Bad('label.ase.jobs', '0', 'no job to label with', setting('label.ase.jobs', 0),
+        r'label.ase.jobs: must be 1 to 256 jobs, got 0'),
     Bad('label.ase.calculator', '{name: gfn2-xtb, kwargs: {xtb_config: params.toml}}', 'reads a parameter file',
         setting('label.ase.calculator', {'name': 'gfn2-xtb', 'kwargs': {'xtb_config': 'params.toml'}}),
         r"calculator 'gfn2-xtb' does not take kwargs \['xtb_config'\]; it takes accuracy"),

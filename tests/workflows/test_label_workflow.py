@@ -494,3 +494,32 @@ def test_xtb_labels_record_method_and_tblite_version_and_do_not_mix(label_code):
     assert problem is not None and 'GFN' in problem
     with pytest.raises(ValueError, match='label'):
         merge_training_sets(a=labelled['gfn2-xtb'], b=labelled['gfn1-xtb'])
+
+
+def test_ase_path_in_parallel_jobs_keeps_input_order_and_failures(label_code, cu_images):
+    """ase.jobs = 2: two alml.ase jobs on consecutive pieces (a calcfunction splits the set, so the pieces are in the
+    provenance); the labels come back in input order, and a failure is reported at its position in the whole set."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    images = [cu_images[0], cu_images[1], bulk('Si', 'diamond', a=5.43), cu_images[2], cu_images[3]]
+    results, node = run_get_node(
+        LabelWorkChain, structures=ConfigurationSet.from_ase(images), labeller=orm.Str('ase'),
+        max_failed_fraction=orm.Float(0.5),
+        ase={'code': label_code, 'calculator': orm.Dict({'name': 'emt'}), 'jobs': orm.Int(2)},
+    )
+    assert node.is_finished_ok, node.exit_message
+    jobs = sorted((child for child in node.called if child.process_label == 'AseLabelCalculation'),
+                  key=lambda child: child.pk)
+    assert [len(job.inputs.structures) for job in jobs] == [3, 2]
+    assert {link.link_label for link in node.base.links.get_outgoing().all()} >= {'split', 'ase_0', 'ase_1'}
+    assert list(results['failures'].get_dict()) == ['2']  # EMT has no silicon: the third of the whole set
+    labelled = results['labelled']
+    assert [meta['input_index'] for meta in labelled.configurations.metadata] == [0, 1, 3, 4]
+    for position, index in enumerate((0, 1, 3, 4)):
+        atoms = images[index].copy()
+        atoms.calc = EMT()
+        assert labelled.get_atoms(position).get_potential_energy() == atoms.get_potential_energy()
+    with pytest.raises(ValueError, match=r'ase.jobs: must be 1 to 256 jobs, got 0'):
+        run_get_node(LabelWorkChain, structures=ConfigurationSet.from_ase(images[:1]), labeller=orm.Str('ase'),
+                     ase={'code': label_code, 'calculator': orm.Dict({'name': 'emt'}), 'jobs': orm.Int(0)})

@@ -8,6 +8,7 @@ from .calibration import (
     promised_frame_coverage,
 )
 from .convergence import convergence_blockers
+from .outliers import ENERGY_JUMP_FLOOR, ENERGY_JUMP_SPREADS, energy_jumps
 from .descriptors import local_descriptors, radial_descriptor, selection_descriptors
 from .sampling import distance_to_set, farthest_point_sampling
 from .stability import STABILITY_DEFAULTS, assess_run, nve_drift_per_ps
@@ -16,7 +17,7 @@ from .trust import ACCURATE, CANDIDATE, CLASS_NAMES, FAILED, classify, validate_
 from .uncertainty import force_sigma, frame_uncertainty
 
 __all__ = (
-    'STABILITY_DEFAULTS', 'assess_run', 'nve_drift_per_ps',
+    'ENERGY_JUMP_FLOOR', 'ENERGY_JUMP_SPREADS', 'STABILITY_DEFAULTS', 'assess_run', 'energy_jumps', 'nve_drift_per_ps',
     'ACCURATE', 'CANDIDATE', 'CLASS_NAMES', 'CONTACT_FILTERED_MODES', 'FAILED', 'MODES', 'RANDOM_BASELINES', 'REASONS',
     'SelectionResult', 'calibration_summary',
     'classify', 'convergence_blockers', 'distance_to_set', 'expected_factor', 'f_cdf', 'farthest_point_sampling', 'fit_calibration',

@@ -441,7 +441,11 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
             'labels_new': len(self.ctx.labelled),
             'oos_force_rmse': metrics['force_rmse'],
             'oos_energy_rmse_per_atom': metrics['energy_rmse_per_atom'],
+            'energy_jumps': metrics['energy_jumps'],
         })
+        if metrics['energy_jumps']:
+            self.report(f'iteration {iteration}: the labels of selected frames {metrics["energy_jumps"]} jump in energy '
+                        'from the rest of the batch (another electronic state?); kept, listed as energy_jumps')
 
     def calibrate(self):
         """Fit σ's calibration factor on the out-of-sample pairs of the last ``calibration_window`` iterations."""

@@ -9,7 +9,7 @@ from aiida.engine import calcfunction
 from aiida_alml.atoms.configurations import Configurations
 from aiida_alml.data import ConfigurationSet
 from aiida_alml.selection import (
-    CLASS_NAMES, CONTACT_FILTERED_MODES, REASONS, fit_calibration, frame_uncertainty, select_frames,
+    CLASS_NAMES, CONTACT_FILTERED_MODES, REASONS, energy_jumps, fit_calibration, frame_uncertainty, select_frames,
     selection_descriptors,
 )
 
@@ -287,6 +287,8 @@ def evaluate_predictions(labelled: ConfigurationSet, selected: ConfigurationSet,
         'num_frames': len(labels),
         **force_errors(np.concatenate(differences)),
         'energy_rmse_per_atom': float(np.sqrt(np.mean(np.square(energy_errors)))) if energy_errors else None,
+        # Frames whose label may come from another electronic state (selection_index of each): kept, but flagged.
+        'energy_jumps': [labels.metadata[i]['selection_index'] for i in energy_jumps(energy_errors)],
     }
     pairs = orm.ArrayData()
     pairs.set_array('atom_error', errors)

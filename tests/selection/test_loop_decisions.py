@@ -60,3 +60,24 @@ def _summary(accurate=0.995, failed=0.0, stopped=0, crashed=0):
 ])
 def test_an_iteration_counts_towards_convergence_only_when_nothing_blocks_it(summary, checked, anew, expected):
     assert convergence_blockers(summary, 0.99, checked, anew) == expected
+
+
+def test_energy_jumps_flag_a_frame_far_from_its_batch_and_nothing_in_a_quiet_one():
+    """A label 0.3 eV/atom off among errors of a few meV/atom is flagged; a batch with a broad but even spread, or a
+    departure below the physical floor (0.05 eV/atom), is not; fewer than three frames give no verdict."""
+    import numpy as np
+
+    from aiida_alml.selection import energy_jumps
+
+    rng = np.random.default_rng(4)
+    quiet = rng.normal(0.01, 0.004, 8)
+    assert energy_jumps(quiet) == []
+    jumped = quiet.copy()
+    jumped[5] += 0.3
+    assert energy_jumps(jumped) == [5]
+    small = quiet.copy()
+    small[2] += 0.04  # many spreads away, but below the floor
+    assert energy_jumps(small) == []
+    broad = rng.normal(0.0, 0.2, 8)  # a model that is poor everywhere: no frame stands out
+    assert energy_jumps(broad) == []
+    assert energy_jumps([0.0, 1.0]) == []

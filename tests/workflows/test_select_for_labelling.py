@@ -77,3 +77,31 @@ def test_random_physical_baseline_draws_every_physical_frame_but_never_the_crush
         drawn.update(picks)
     # whatever σ says: the accurate frame is drawn as readily as the uncertain ones
     assert drawn == {1, 2, 3, 4}
+
+
+def test_evaluate_predictions_flags_a_label_that_jumps_in_energy(cu_images):
+    """Through the real calcfunction: of six freshly labelled frames, the one whose reference energy sits 0.3 eV/atom
+    away from what the committee predicted (while the others agree within a few meV/atom) is listed by its
+    selection_index in `energy_jumps`."""
+    from ase.calculators.emt import EMT
+
+    from aiida_alml.data import ConfigurationSet
+    from aiida_alml.workflows.functions import evaluate_predictions
+
+    images = [atoms.copy() for atoms in cu_images[:6]]
+    selected = ConfigurationSet.from_ase(images, metadata=[{'selection_index': k} for k in range(6)])
+    energies, forces = [], []
+    for atoms in images:
+        atoms.calc = EMT()
+        energies.append(atoms.get_potential_energy())
+        forces.append(atoms.get_forces())
+    labelled = ConfigurationSet.from_ase(images, metadata=[{'selection_index': k} for k in range(6)])
+    rng = np.random.default_rng(0)
+    predicted = np.array(energies) + rng.normal(0.0, 0.003, 6) * [len(a) for a in images]
+    predicted[4] += 0.3 * len(images[4])
+    predictions = orm.ArrayData()
+    predictions.set_array('forces', np.concatenate(forces) + 0.01)
+    predictions.set_array('force_sigma', np.full(sum(len(a) for a in images), 0.02))
+    predictions.set_array('energy', predicted)
+    metrics = evaluate_predictions(labelled, selected, predictions)['metrics'].get_dict()
+    assert metrics['energy_jumps'] == [4]

@@ -7,6 +7,7 @@ import math
 from aiida_alml.selection.select import MODES
 from aiida_alml.selection.trust import validate_trust_window
 from aiida_alml.atoms.suggest import did_you_mean
+from aiida_alml.job_options import scheduler_option_problem
 from aiida_alml.workflows.job_resources import resources_problem
 from aiida_alml.workflows.namespaces import unknown_input_problem
 
@@ -469,6 +470,9 @@ def validate_active_learning_inputs(inputs, namespace=None) -> str | None:
     for name, code in (('train.train', train_code), ('explore.md', md_code)):
         step, job = name.split('.')
         options = inputs.get(step, {}).get(job, {}).get('metadata', {}).get('options', {})
+        # A newline in queue_name is never a partition name, also when a Python script gives it.
+        if (problem := scheduler_option_problem(options, f'{name}.metadata.options')):
+            return problem.replace('`', '')
         if (problem := resources_problem(code, options, f'{name}.metadata.options')):
             return problem
     return None

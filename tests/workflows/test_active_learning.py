@@ -233,6 +233,15 @@ def test_unknown_keys_of_exposed_namespaces_refused(al_inputs):
         run_get_node(ActiveLearningWorkChain, **inputs)
 
 
+def test_python_api_scheduler_words_refused(al_inputs):
+    """A script is code, but a newline in queue_name is never a partition name: refused before anything runs."""
+    inputs = al_inputs()
+    options = {**inputs['train']['train']['metadata']['options'], 'queue_name': 'debug\ntouch /tmp/x'}
+    inputs['train'] = {**inputs['train'], 'train': {**inputs['train']['train'], 'metadata': {'options': options}}}
+    with pytest.raises(ValueError, match=r'train.train.metadata.options.queue_name: .* is not a plain scheduler name'):
+        run_get_node(ActiveLearningWorkChain, **inputs)
+
+
 def _conditions(**changes):
     return orm.List([{'ensemble': 'nvt_langevin', 'temperature': 600.0, 'steps': 60, 'sample_interval': 5,
                       'timestep': 2.0, 'seed': 3, **changes}])

@@ -87,7 +87,7 @@ def scheduler_option_problem(options: dict, where: str) -> str | None:
     try:
         _check_scheduler_values(options, where, counts=False)
     except JobOptionError as exception:
-        return str(exception)
+        return str(exception).replace('`', '')  # the process validators' style: `key: message`, unquoted
     return None
 
 

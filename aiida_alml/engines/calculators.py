@@ -209,10 +209,9 @@ def calculator_kwargs(spec: dict[str, Any]) -> dict[str, Any]:
     return {**FIXED_KWARGS.get(str(spec['name']).lower(), {}), **spec.get('kwargs', {})}
 
 
-def build_calculator(spec: dict[str, Any], properties: list[str], changes: dict[str, Any] | None = None):
-    """The calculator of ``spec`` (checked first); ``changes`` (an SCF retry) are laid over its keyword arguments."""
-    cls = validate_spec(spec, properties)
-    return cls(**{**calculator_kwargs(spec), **(changes or {})})
+def build_calculator(spec: dict[str, Any], properties: list[str]):
+    """The calculator of ``spec``, checked first, with the keyword arguments its name fixes."""
+    return validate_spec(spec, properties)(**calculator_kwargs(spec))
 
 
 def scf_retries(spec: dict[str, Any]) -> tuple[dict[str, Any], ...]:

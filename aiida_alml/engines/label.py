@@ -17,7 +17,9 @@ import time
 import numpy as np
 
 from aiida_alml.atoms.configurations import Configurations
-from aiida_alml.engines.calculators import CalculatorSpecError, build_calculator, resolve_calculator, scf_retries
+from aiida_alml.engines.calculators import (
+    CalculatorSpecError, calculator_kwargs, resolve_calculator, scf_retries, validate_spec,
+)
 from aiida_alml.engines.disk import exit_disk_full, is_disk_full
 
 __all__ = ('label_configurations', 'main')
@@ -49,7 +51,8 @@ def label_configurations(configurations: Configurations, spec: dict, properties:
     A configuration whose SCF does not converge is tried again with each of :func:`scf_retries` in turn (every attempt
     recorded under ``attempts``); it fails only when they are exhausted. Each record has its wall and CPU seconds.
     """
-    build_calculator(spec, properties)  # a bad specification fails the job here, before any configuration
+    # Checked once (resolving a name reads the installed entry points); a bad specification fails the job here.
+    cls, kwargs = validate_spec(spec, properties), calculator_kwargs(spec)
     retries = scf_retries(spec)
     records, labelled = [], []
     for index in range(len(configurations)):
@@ -62,7 +65,7 @@ def label_configurations(configurations: Configurations, spec: dict, properties:
             # moved forces by up to 1e-4 eV/Å, so that a frame's labels depended on the frames labelled before it.
             atoms.calc = None
             try:
-                results = _evaluate(atoms, build_calculator(spec, properties, changes), properties)
+                results = _evaluate(atoms, cls(**{**kwargs, **changes}), properties)
                 break
             # A reference calculator can raise anything (SCF failure, missing parameters for an element, ...): one
             # bad configuration must not lose the others, so the error is recorded per configuration instead.

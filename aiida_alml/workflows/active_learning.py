@@ -61,11 +61,10 @@ def elapsed_seconds(node) -> float:
     return (node.mtime - node.ctime).total_seconds()
 
 
-def reference_cpu_seconds(node) -> float | None:
-    """CPU seconds the reference spent in the labelling ``node``: the sum of what its jobs report (``cpu_time`` of
+def reference_cpu_seconds(jobs) -> float | None:
+    """CPU seconds the reference spent in the labelling ``jobs``: the sum of what they report (``cpu_time`` of
     ``alml.ase``'s ``output_parameters``), None when none reports it (FHI-aims, shell programs)."""
-    reported = [child.outputs.output_parameters.get('cpu_time') for child in node.called_descendants
-                if isinstance(child, orm.CalcJobNode) and 'output_parameters' in child.outputs]
+    reported = [job.outputs.output_parameters.get('cpu_time') for job in jobs if 'output_parameters' in job.outputs]
     reported = [seconds for seconds in reported if isinstance(seconds, (int, float))]
     return float(sum(reported)) if reported else None
 
@@ -409,10 +408,9 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
         attempted = len(self.ctx.selected)
         self.ctx.labels_used += attempted
         self.ctx.entry['wall_time_s']['label'] = elapsed_seconds(node)
-        self.ctx.entry['reference_time_s'] = sum(
-            elapsed_seconds(child) for child in node.called_descendants if isinstance(child, orm.CalcJobNode)
-        )
-        if (cpu := reference_cpu_seconds(node)) is not None:
+        jobs = [child for child in node.called_descendants if isinstance(child, orm.CalcJobNode)]
+        self.ctx.entry['reference_time_s'] = sum(elapsed_seconds(job) for job in jobs)
+        if (cpu := reference_cpu_seconds(jobs)) is not None:
             self.ctx.entry['reference_cpu_s'] = cpu
         failures = node.outputs.failures.get_dict() if 'failures' in node.outputs else {}
         labelled = node.outputs.labelled if 'labelled' in node.outputs else None

@@ -180,7 +180,7 @@ def validate_validation(value, _=None) -> str | None:
     steps = settings['steps']
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         return f'validation: steps must be a positive whole number, got {steps!r}'
-    from aiida_alml.workflows.explore import MAX_MD_STEPS
+    from aiida_alml.engines.md import MAX_MD_STEPS
 
     if steps is not None and steps > MAX_MD_STEPS:
         return f'validation: steps must be at most {MAX_MD_STEPS} (weeks of MD in one job), got {steps}'
@@ -250,7 +250,7 @@ def _schedule_problem(inputs) -> str | None:
     if 'explore_schedule' not in inputs:
         return None
     from aiida_alml.engines.md import MdParameterError, validate_parameters
-    from aiida_alml.workflows.explore import md_bounds_problem, md_device_problem
+    from aiida_alml.workflows.explore import md_device_problem
 
     schedule = inputs['explore_schedule'].get_list()
     if not schedule:
@@ -269,7 +269,7 @@ def _schedule_problem(inputs) -> str | None:
                                                   **entry})
             except MdParameterError as error:
                 return f'explore_schedule[{index}]{where}: {error}'
-            if (problem := md_bounds_problem(parameters) or md_device_problem(parameters['device'], options)):
+            if (problem := md_device_problem(parameters['device'], options)):
                 return f'explore_schedule[{index}]{where}: {problem}'
     return None
 
@@ -292,7 +292,7 @@ def _validation_problem(inputs) -> str | None:
     steps_factor x the longest run (or ``steps``): that too must stay within the MD bounds."""
     if 'validation' not in inputs or not (explored := _explored_parameters(inputs)):
         return None
-    from aiida_alml.workflows.explore import MAX_MD_FRAMES, MAX_MD_STEPS, MAX_MD_TEMPERATURE
+    from aiida_alml.engines.md import MAX_MD_FRAMES, MAX_MD_STEPS, MAX_MD_TEMPERATURE
 
     settings = {**VALIDATION_DEFAULTS, **inputs['validation'].get_dict()}
     hottest = max(max(parameters['temperature_start'], parameters['temperature_end']) for parameters in explored)
@@ -472,7 +472,7 @@ def validate_active_learning_inputs(inputs, namespace=None) -> str | None:
         options = inputs.get(step, {}).get(job, {}).get('metadata', {}).get('options', {})
         # A newline in queue_name is never a partition name, also when a Python script gives it.
         if (problem := scheduler_option_problem(options, f'{name}.metadata.options')):
-            return problem.replace('`', '')
+            return problem
         if (problem := resources_problem(code, options, f'{name}.metadata.options')):
             return problem
     return None

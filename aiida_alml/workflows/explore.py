@@ -8,15 +8,11 @@ from aiida import orm
 from aiida.engine import ToContext, WorkChain, calcfunction, while_
 
 from aiida_alml.calculations.md import MdCalculation, check_md_grid
-from aiida_alml.engines.md import (  # noqa: F401 (the bounds are part of this module's interface too)
-    MAX_MD_FRAMES, MAX_MD_PRESSURE, MAX_MD_STEPS, MAX_MD_TEMPERATURE, MAX_MD_TIMESTEP, MdParameterError,
-    md_bounds_problem, validate_parameters,
-)
+from aiida_alml.engines.md import MdParameterError, validate_parameters
 from aiida_alml.workflows.relaunch import RelaunchesInterruptedJobs, define_relaunch_input
 from aiida_alml.workflows.submission import EndsInterruptedFunctions, submit_once
 
-__all__ = ('MAX_MD_FRAMES', 'MAX_MD_PRESSURE', 'MAX_MD_STEPS', 'MAX_MD_TEMPERATURE', 'MAX_MD_TIMESTEP',
-           'ExploreWorkChain', 'md_bounds_problem', 'md_device_problem', 'requested_gpus', 'tabulate_md_runs')
+__all__ = ('ExploreWorkChain', 'md_device_problem', 'requested_gpus', 'tabulate_md_runs')
 
 
 
@@ -101,7 +97,7 @@ def _validate_inputs(inputs, ctx):
             parameters = validate_parameters(condition)
         except MdParameterError as error:
             return f'conditions[{index}]: {error}'
-        if (problem := md_bounds_problem(parameters) or md_device_problem(parameters['device'], options)):
+        if (problem := md_device_problem(parameters['device'], options)):  # the bounds: in validate_parameters
             return f'conditions[{index}]: {problem}'
     if 'structures' not in ctx:
         return None  # exposed by a workflow that supplies structures and models itself, and checks them

@@ -260,7 +260,7 @@ def _options_problem(process_class, options: orm.Dict, name: str, code=None) -> 
     if unknown:
         return f'{name}.{unknown[0]}: not a job option{did_you_mean(unknown[0], namespace)}'
     if (problem := scheduler_option_problem(given, name)):
-        return problem.replace('`', '')
+        return problem
     error = namespace.validate(namespace.pre_process(given))
     if error is None:
         return resources_problem(code, given, name)

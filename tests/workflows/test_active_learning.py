@@ -286,10 +286,10 @@ def test_test_set_with_an_element_never_labelled_refused(al_inputs):
 
 
 def test_md_bounds_and_gpu_rule_as_functions():
-    from aiida_alml.engines.md import validate_parameters
-    from aiida_alml.workflows.explore import (
-        MAX_MD_STEPS, MAX_MD_TEMPERATURE, MAX_MD_TIMESTEP, md_bounds_problem, md_device_problem, requested_gpus,
+    from aiida_alml.engines.md import (
+        MAX_MD_STEPS, MAX_MD_TEMPERATURE, MAX_MD_TIMESTEP, md_bounds_problem, validate_parameters,
     )
+    from aiida_alml.workflows.explore import md_device_problem, requested_gpus
 
     at_bounds = validate_parameters({'temperature': MAX_MD_TEMPERATURE, 'steps': MAX_MD_STEPS,
                                      'timestep': MAX_MD_TIMESTEP, 'sample_interval': 1000})

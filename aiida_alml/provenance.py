@@ -46,6 +46,12 @@ LABELLING_PROCESS_TYPES = {
 #: Inputs of a labelling calculation that fix the reference method (what makes two labels comparable).
 SETTING_INPUTS = ('calculator', 'properties', 'parameters', 'species_dir', 'kpoints', 'arguments')
 LABEL_WORKFLOW = 'aiida.workflows:alml.label'
+#: process_type of the base work chains. Each runs one CalcJob per attempt (call link ``iteration_<nn>``) and is itself
+#: called by its parent under the job's name there (``member_<k>``, ``<structure>_c<i>``, ``aims_<i>``, ``ase``, ...).
+BASE_WORKFLOWS = (
+    'aiida.workflows:alml.mace.train.base', 'aiida.workflows:alml.md.base', 'aiida.workflows:alml.ase.base',
+    'aiida.workflows:alml.aims.base', 'aiida.workflows:alml.shell.base',
+)
 #: ``iteration`` of :func:`labels_of_iteration` for the initial labels (call link ``LABEL_INITIAL``); the call link
 #: labels themselves are written and parsed in :mod:`aiida_alml.workflows.links`.
 INITIAL = 'initial'
@@ -112,8 +118,9 @@ def _callers(ids: list[int]) -> dict[int, tuple[int, str | None, str]]:
 def _enclosing_iteration(ids: list[int]) -> dict[int, dict]:
     """For each process: the alml.label workflow above it and, when run by alml.active_learning, the iteration.
 
-    The labelling calculation sits one (alml.ase, ShellJob) or two (alml.aims under alml.aims.base) call levels
-    below alml.label; alml.label is called ``label_initial`` or ``label_<i>`` by the active-learning loop.
+    The labelling calculation sits two call levels below alml.label, under its base work chain (alml.ase.base,
+    alml.aims.base, alml.shell.base; one level in graphs made before alml.ase.base and alml.shell.base); alml.label is
+    called ``label_initial`` or ``label_<i>`` by the active-learning loop.
     """
     found, pending = {}, {pk: pk for pk in ids}  # process id -> the id whose caller is looked up next
     for _ in range(3):
@@ -321,10 +328,13 @@ def model_lineage(model) -> dict:
     for name in ('parent_model', 'validation_set', 'test_set'):
         if name in inputs:
             training[name] = {'pk': inputs[name][0], 'uuid': inputs[name][1]}
-    # Call chain: MaceTrainCalculation <-member_k- alml.committee <-train_i- alml.active_learning.
-    callers = _callers([calc])
-    if calc in callers:
-        committee, _, member = callers[calc]
+    # Call chain: MaceTrainCalculation <-iteration_<nn>- alml.mace.train.base <-member_k- alml.committee <-train_i-
+    # alml.active_learning (graphs made before alml.mace.train.base: MaceTrainCalculation <-member_k- alml.committee).
+    above = _callers([calc]).get(calc)
+    if above and above[1] in BASE_WORKFLOWS:
+        above = _callers([above[0]]).get(above[0])
+    if above:
+        committee, _, member = above
         training.update({'member': member, 'committee': committee})
         above = _callers([committee]).get(committee)
         if above and above[1] == ACTIVE_LEARNING:

@@ -8,6 +8,7 @@ from aiida import orm
 from aiida.common.datastructures import CalcInfo, CodeInfo
 from aiida.engine import CalcJob
 
+from aiida_alml.calculations.base import define_interruption_exit_code
 from aiida_alml.data.configurations import ConfigurationSet
 from aiida_alml.formats.aims_input import (
     AimsInputError,
@@ -17,7 +18,6 @@ from aiida_alml.formats.aims_input import (
     write_control_in,
     write_geometry_in,
 )
-from aiida_alml.parsers.interruption import define_interruption_exit_code
 
 __all__ = ('AimsCalculation', 'unchecked_keywords')
 

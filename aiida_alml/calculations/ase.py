@@ -9,9 +9,9 @@ from aiida import orm
 from aiida.common import datastructures
 from aiida.engine import CalcJob
 
+from aiida_alml.calculations.base import define_disk_full_exit_code, define_interruption_exit_code
 from aiida_alml.data import ConfigurationSet
 from aiida_alml.engines.calculators import CalculatorSpecError, validate_spec
-from aiida_alml.parsers.interruption import define_interruption_exit_code
 
 __all__ = ('AseLabelCalculation',)
 
@@ -86,8 +86,7 @@ class AseLabelCalculation(CalcJob):
 
         spec.exit_code(300, 'ERROR_MISSING_OUTPUT', message='The engine wrote no report: it did not run or crashed.')
         spec.exit_code(301, 'ERROR_READING_OUTPUT', message='The engine output could not be read: {error}')
-        spec.exit_code(302, 'ERROR_DISK_FULL', message='The working directory on the compute machine is full (no space '
-                       'left or over quota): {details}')
+        define_disk_full_exit_code(spec)
         spec.exit_code(310, 'ERROR_ALL_CONFIGURATIONS_FAILED', message='Not one configuration could be labelled.')
 
     def prepare_for_submission(self, folder):

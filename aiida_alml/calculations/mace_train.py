@@ -10,9 +10,9 @@ from aiida import orm
 from aiida.common import datastructures
 from aiida.engine import CalcJob
 
+from aiida_alml.calculations.base import define_disk_full_exit_code, define_interruption_exit_code
 from aiida_alml.data import ConfigurationSet, MlipModel, ModelIntegrityError
 from aiida_alml.formats.mace_options import MaceOptionError, check_parameters, known_options, to_command_line
-from aiida_alml.parsers.interruption import define_interruption_exit_code
 
 __all__ = ('MaceTrainCalculation', 'average_e0s', 'isolated_atom_energies')
 
@@ -229,8 +229,7 @@ class MaceTrainCalculation(CalcJob):
         spec.exit_code(300, 'ERROR_MISSING_OUTPUT', message='mace_run_train wrote no log: it did not run or crashed.')
         spec.exit_code(301, 'ERROR_REFUSED_BY_ALML_TRAIN',
                        message='alml-train refused the command line or a file before training: {details}')
-        spec.exit_code(302, 'ERROR_DISK_FULL', message='The working directory on the compute machine is full (no space '
-                       'left or over quota): {details}')
+        define_disk_full_exit_code(spec)
         spec.exit_code(310, 'ERROR_NO_MODEL', message='mace_run_train wrote no model file: {details}')
         spec.exit_code(320, 'ERROR_NAN_LOSS', message='The loss became NaN at epoch {epoch}.')
         spec.exit_code(400, 'ERROR_OUT_OF_WALLTIME',

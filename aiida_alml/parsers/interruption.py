@@ -1,9 +1,10 @@
 """Jobs the scheduler ended before the program did: cancelled, preempted, or on a node that failed or went down.
 
 Such a job is not the program's failure and running it again with the same inputs is the right answer, so the
-parsers of this package report it with one exit code, ``ERROR_JOB_INTERRUPTED`` (:data:`EXIT_JOB_INTERRUPTED`),
-and the work chains that launch jobs relaunch it (``aiida_alml.workflows.relaunch``). A walltime kill is not an
-interruption: it has its own exit codes and handlers.
+parsers of this package report it with one exit code, ``ERROR_JOB_INTERRUPTED`` (305, declared on every CalcJob by
+:func:`aiida_alml.calculations.base.define_interruption_exit_code`), and the base work chains run it again
+(:class:`aiida_alml.workflows.base.RestartsInterruptedJobs`). A walltime kill is not an interruption: it has its own
+exit codes and handlers.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ import re
 from aiida.engine import CalcJob
 from aiida.parsers import Parser
 
-__all__ = ('EXIT_JOB_INTERRUPTED', 'InterruptionAwareParser', 'define_interruption_exit_code', 'scheduler_interruption')
+__all__ = ('InterruptionAwareParser', 'scheduler_interruption')
 
-EXIT_JOB_INTERRUPTED = 305
 SCHEDULER_STDOUT = '_scheduler-stdout.txt'
 SCHEDULER_STDERR = '_scheduler-stderr.txt'
 #: SLURM's job states (sacct) that mean "ended from outside", not by the program.
@@ -24,13 +24,6 @@ INTERRUPTED_STATES = ('CANCELLED', 'NODE_FAIL', 'PREEMPTED', 'BOOT_FAIL', 'REQUE
 #: 2026-12-05T06:00:01 ***``; ``DUE TO TIME LIMIT`` is a walltime kill, ``DUE TO PREEMPTION`` and ``DUE TO NODE
 #: FAILURE, SEE SLURMCTLD LOG FOR DETAILS`` (a node set down under the job) are interruptions.
 _SLURM_KILL = re.compile(r'\*\*\* (?:JOB|STEP) (\S+) ON (\S+) CANCELLED AT (\S+)(?: DUE TO ([A-Z ]+))?[^*]*\*\*\*')
-
-
-def define_interruption_exit_code(spec) -> None:
-    """Declare ``ERROR_JOB_INTERRUPTED`` on a CalcJob spec (the same code and meaning for every program)."""
-    spec.exit_code(EXIT_JOB_INTERRUPTED, 'ERROR_JOB_INTERRUPTED', invalidates_cache=True,
-                   message='The scheduler ended the job before the program finished ({reason}); running it again with '
-                           'the same inputs is safe.')  # fmt: skip
 
 
 def _sacct_state(node) -> str | None:

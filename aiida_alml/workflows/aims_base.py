@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from aiida import orm
 from aiida.common import AttributeDict
-from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, calcfunction, process_handler, while_
+from aiida.engine import ProcessHandlerReport, calcfunction, process_handler, while_
 
 from aiida_alml.calculations.aims import AimsCalculation
 from aiida_alml.protocols import get_protocol_inputs
-from aiida_alml.workflows.submission import EndsInterruptedFunctions
+from aiida_alml.workflows.base import RestartsInterruptedJobs
 
 __all__ = ('AimsBaseWorkChain', 'kpoints_from_distance', 'kpoints_mesh')
 
@@ -22,7 +22,7 @@ RESCUE_SMEARING = 0.1
 WALLTIME_FACTOR = 1.5
 
 
-class AimsBaseWorkChain(EndsInterruptedFunctions, BaseRestartWorkChain):
+class AimsBaseWorkChain(RestartsInterruptedJobs):
     """Run an :class:`AimsCalculation`, restarting it with adjusted settings when it fails in a recoverable way.
 
     SCF non-convergence: a ladder of FHI-aims mixing strategies (more iterations, smaller ``charge_mix_param``,
@@ -30,7 +30,8 @@ class AimsBaseWorkChain(EndsInterruptedFunctions, BaseRestartWorkChain):
     off by default because a smearing that differs between configurations makes their labels inconsistent).
     Walltime: more time, and the ELSI density-matrix restart files or the relaxation's last geometry when the run left
     them. Missing species files and running out of memory twice are not recoverable: the work chain stops with a
-    named exit code. A job the scheduler cancelled or lost (node failure) is run again unchanged. Every change is
+    named exit code. A job the scheduler cancelled or lost (node failure) is run again unchanged (the handler all
+    base work chains share, :class:`aiida_alml.workflows.base.RestartsInterruptedJobs`). Every change is
     reported (``verdi process report``) and each attempt's parameters are a new ``Dict`` input of that attempt, so the
     recovery is in the provenance graph.
     """
@@ -136,14 +137,6 @@ class AimsBaseWorkChain(EndsInterruptedFunctions, BaseRestartWorkChain):
         self.report(f'{why}: restarting with {", ".join(f"{k} = {v}" for k, v in sorted(changes.items()))}')
 
     # ------------------------------------------------------------------ handlers
-    @process_handler(priority=610, exit_codes=[AimsCalculation.exit_codes.ERROR_JOB_INTERRUPTED,
-                                               AimsCalculation.exit_codes.ERROR_SCHEDULER_NODE_FAILURE])
-    def handle_interrupted_job(self, node):
-        """The scheduler ended the job from outside (``scancel``, preemption, node failure): run it again unchanged."""
-        self.report(f'{node.process_label}<{node.pk}> was ended by the scheduler ({node.exit_message}): '
-                    'running it again with the same inputs')
-        return ProcessHandlerReport(True)
-
     @process_handler(priority=600, exit_codes=[AimsCalculation.exit_codes.ERROR_MISSING_SPECIES])
     def handle_missing_species(self, node):
         """No species default, no calculation: a setup problem a restart cannot fix."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 from aiida import orm
-from aiida.engine import ToContext, WorkChain, calcfunction, while_
+from aiida.engine import ToContext, WorkChain, calcfunction
 
 from aiida_alml.calculations.mace_train import MaceTrainCalculation, is_isolated_atom
 from aiida_alml.data import ConfigurationSet, MlipModel
-from aiida_alml.workflows.relaunch import RelaunchesInterruptedJobs, define_relaunch_input
+from aiida_alml.workflows.base import base_inputs, define_relaunch_input, job_failure
+from aiida_alml.workflows.mace_train_base import MaceTrainBaseWorkChain
 from aiida_alml.workflows.submission import EndsInterruptedFunctions, submit_once
 
 __all__ = ('CommitteeWorkChain', 'bootstrap_resample', 'summarize_committee')
@@ -67,12 +68,13 @@ def _validate_inputs(inputs, _):
     return None
 
 
-class CommitteeWorkChain(EndsInterruptedFunctions, RelaunchesInterruptedJobs, WorkChain):
+class CommitteeWorkChain(EndsInterruptedFunctions, WorkChain):
     """Train ``num_members`` MACE models concurrently; member ``i`` gets ``seeds[i]`` (default ``i + 1``).
 
     The training inputs are those of ``alml.mace.train`` (namespace ``train``) except ``seed``. With ``bootstrap``
-    each member trains on its own resample of the training set, drawn by :func:`bootstrap_resample`. A member whose
-    job the scheduler cancelled or lost is trained again (``max_relaunches``).
+    each member trains on its own resample of the training set, drawn by :func:`bootstrap_resample`. Member ``i`` is
+    an ``alml.mace.train.base`` called ``member_<i>``, which trains again when the scheduler cancelled or lost the job
+    (at most ``max_relaunches`` times).
     """
 
     @classmethod
@@ -89,7 +91,6 @@ class CommitteeWorkChain(EndsInterruptedFunctions, RelaunchesInterruptedJobs, Wo
         spec.inputs.validator = _validate_inputs
         spec.outline(
             cls.train_members,
-            while_(cls.has_interrupted_jobs)(cls.relaunch_interrupted_jobs),
             cls.gather,
         )
         spec.output_namespace('models', valid_type=orm.Data, dynamic=True, help='member_0, member_1, ...')
@@ -101,9 +102,6 @@ class CommitteeWorkChain(EndsInterruptedFunctions, RelaunchesInterruptedJobs, Wo
             return list(self.inputs.seeds.get_list())
         return list(range(1, self.inputs.num_members.value + 1))
 
-    def relaunchable_jobs(self) -> list[str]:
-        return [f'member_{index}' for index in range(len(self._seeds()))]
-
     def train_members(self):
         futures = {}
         for index, seed in enumerate(self._seeds()):
@@ -114,8 +112,8 @@ class CommitteeWorkChain(EndsInterruptedFunctions, RelaunchesInterruptedJobs, Wo
             parent = self.inputs.get('parent_models', {}).get(f'member_{index}')
             if parent is not None:
                 inputs['parent_model'] = parent
-            inputs.setdefault('metadata', {})['call_link_label'] = f'member_{index}'
-            futures[f'member_{index}'] = submit_once(self, MaceTrainCalculation, **inputs)
+            futures[f'member_{index}'] = submit_once(self, MaceTrainBaseWorkChain, **base_inputs(
+                'train', inputs, self.inputs.max_relaunches, f'member_{index}'))
             self.report(f'member_{index}: training launched as <{futures[f"member_{index}"].pk}> with seed {seed}')
         return ToContext(**futures)
 
@@ -125,7 +123,8 @@ class CommitteeWorkChain(EndsInterruptedFunctions, RelaunchesInterruptedJobs, Wo
             key = f'member_{index}'
             node = self.ctx[key]
             if not node.is_finished_ok:
-                failed.append(f'{key} <{node.pk}> (exit status {node.exit_status})')
+                failure = job_failure(node)
+                failed.append(f'{key} <{failure.pk}> (exit status {failure.exit_status})')
                 continue
             metrics[key] = node.outputs.metrics
         if failed:
@@ -135,3 +134,38 @@ class CommitteeWorkChain(EndsInterruptedFunctions, RelaunchesInterruptedJobs, Wo
         self.out('summary', summarize_committee(orm.List(self._seeds()), metadata={'call_link_label': 'summary'},
                                                 **metrics))
         return None
+
+    # ------------------------------------------------------------------ protocols
+    @classmethod
+    def get_available_protocols(cls) -> dict:
+        """``{protocol: {'description': ...}}`` of ``aiida_alml/protocols/committee.yaml``."""
+        from aiida_alml.protocols import get_available_protocols
+
+        return get_available_protocols('committee')
+
+    @classmethod
+    def get_default_protocol(cls) -> str:
+        from aiida_alml.protocols import get_default_protocol
+
+        return get_default_protocol('committee')
+
+    @classmethod
+    def get_protocol_inputs(cls, protocol: str | None = None, overrides: dict | None = None) -> dict:
+        """The inputs of ``protocol`` (default: moderate) with ``overrides`` merged in, as plain values."""
+        from aiida_alml.workflows.protocols import committee_inputs
+
+        return committee_inputs(protocol, overrides)
+
+    @classmethod
+    def get_builder_from_protocol(cls, code, training_set, protocol=None, overrides=None, options=None, test_set=None):
+        """A builder for a committee trained with ``code`` (``alml.mace.train``) on ``training_set`` (a labelled
+        ConfigurationSet or ASE Atoms with results).
+
+        ``options``: ``metadata.options`` of every training job; ``overrides``: inputs laid over the protocol's
+        (plain dicts merged, a node replaces, None removes), e.g. ``{'train': {'parameters': {'r_max': 4.5}}}``.
+        See docs/python.md.
+        """
+        from aiida_alml.workflows.protocols import committee_builder
+
+        return committee_builder(cls, code, training_set, protocol=protocol, overrides=overrides, options=options,
+                                 test_set=test_set)

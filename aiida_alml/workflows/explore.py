@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 
 from aiida import orm
-from aiida.engine import ToContext, WorkChain, calcfunction, while_
+from aiida.engine import ToContext, WorkChain, calcfunction
 
 from aiida_alml.calculations.md import MdCalculation, check_md_grid
 from aiida_alml.engines.md import MdParameterError, validate_parameters
-from aiida_alml.workflows.relaunch import RelaunchesInterruptedJobs, define_relaunch_input
+from aiida_alml.workflows.base import base_inputs, define_relaunch_input, job_failure, last_job
+from aiida_alml.workflows.md_base import MdBaseWorkChain
 from aiida_alml.workflows.submission import EndsInterruptedFunctions, submit_once
 
 __all__ = ('ExploreWorkChain', 'md_device_problem', 'requested_gpus', 'tabulate_md_runs')
@@ -104,13 +105,14 @@ def _validate_inputs(inputs, ctx):
     return check_md_grid(inputs)
 
 
-class ExploreWorkChain(EndsInterruptedFunctions, RelaunchesInterruptedJobs, WorkChain):
+class ExploreWorkChain(EndsInterruptedFunctions, WorkChain):
     """Run ``alml.md`` for every structure in ``structures`` under every entry of ``conditions``.
 
     Each condition is a dict of MD parameters laid over ``parameters`` (e.g. ``{'ensemble': 'npt_berendsen',
     'temperature': 600, 'pressure': 1.0, 'steps': 2000}``). Run ``<structure>_c<i>`` gives
-    ``trajectories.<structure>_c<i>`` and ``summaries.<structure>_c<i>``; ``overview`` lists them all. A run whose job
-    the scheduler cancelled or lost is run again (``max_relaunches``).
+    ``trajectories.<structure>_c<i>`` and ``summaries.<structure>_c<i>``; ``overview`` lists them all (``pk``: the MD
+    job that ran last). Each run is an ``alml.md.base`` called ``<structure>_c<i>``, which runs the job again when the
+    scheduler cancelled or lost it (at most ``max_relaunches`` times).
     """
 
     @classmethod
@@ -127,7 +129,6 @@ class ExploreWorkChain(EndsInterruptedFunctions, RelaunchesInterruptedJobs, Work
         spec.inputs.validator = _validate_inputs
         spec.outline(
             cls.launch_runs,
-            while_(cls.has_interrupted_jobs)(cls.relaunch_interrupted_jobs),
             cls.gather,
         )
         spec.output_namespace('trajectories', valid_type=orm.TrajectoryData, dynamic=True)
@@ -141,16 +142,13 @@ class ExploreWorkChain(EndsInterruptedFunctions, RelaunchesInterruptedJobs, Work
             for index, condition in enumerate(conditions):
                 yield f'{key}_c{index}', key, index, condition
 
-    def relaunchable_jobs(self) -> list[str]:
-        return [label for label, *_ in self._grid()]
-
     def launch_runs(self):
         futures = {}
         for label, key, _, condition in self._grid():
             inputs = self.exposed_inputs(MdCalculation, namespace='md')
             inputs.update(structure=self.inputs.structures[key], parameters=orm.Dict(condition))
-            inputs.setdefault('metadata', {})['call_link_label'] = label
-            futures[label] = submit_once(self, MdCalculation, **inputs)
+            futures[label] = submit_once(self, MdBaseWorkChain, **base_inputs(
+                'md', inputs, self.inputs.max_relaunches, label))
         self.report(f'launched {len(futures)} MD runs')
         return ToContext(**futures)
 
@@ -158,11 +156,13 @@ class ExploreWorkChain(EndsInterruptedFunctions, RelaunchesInterruptedJobs, Work
         runs, summaries, failed = {}, {}, []
         for label, key, index, condition in self._grid():
             node = self.ctx[label]
-            runs[label] = {'structure': key, 'condition': index, 'parameters': condition, 'pk': node.pk}
+            job = last_job(node) or node
+            runs[label] = {'structure': key, 'condition': index, 'parameters': condition, 'pk': job.pk}
             if not node.is_finished_ok:
                 # A crashed run is kept in the overview: the loop counts its unsampled frames as failed exploration.
-                failed.append(f'{label} <{node.pk}> (exit status {node.exit_status})')
-                runs[label].update(exit_status=node.exit_status, exit_message=node.exit_message)
+                failure = job_failure(node)
+                failed.append(f'{label} <{failure.pk}> (exit status {failure.exit_status})')
+                runs[label].update(exit_status=failure.exit_status, exit_message=failure.exit_message)
                 continue
             summaries[label] = node.outputs.summary
             self.out(f'trajectories.{label}', node.outputs.trajectory)
@@ -174,3 +174,34 @@ class ExploreWorkChain(EndsInterruptedFunctions, RelaunchesInterruptedJobs, Work
         if len(failed) == len(runs):
             return self.exit_codes.ERROR_ALL_RUNS_FAILED.format(runs=', '.join(failed))
         return None
+
+    # ------------------------------------------------------------------ protocols
+    @classmethod
+    def get_available_protocols(cls) -> dict:
+        """``{protocol: {'description': ...}}`` of ``aiida_alml/protocols/explore.yaml``."""
+        from aiida_alml.protocols import get_available_protocols
+
+        return get_available_protocols('explore')
+
+    @classmethod
+    def get_default_protocol(cls) -> str:
+        from aiida_alml.protocols import get_default_protocol
+
+        return get_default_protocol('explore')
+
+    @classmethod
+    def get_protocol_inputs(cls, protocol: str | None = None, overrides: dict | None = None) -> dict:
+        """The inputs of ``protocol`` (default: moderate) with ``overrides`` merged in, as plain values."""
+        from aiida_alml.workflows.protocols import explore_inputs
+
+        return explore_inputs(protocol, overrides)
+
+    @classmethod
+    def get_builder_from_protocol(cls, code, structures, models, protocol=None, overrides=None, options=None):
+        """A builder for committee MD with ``code`` (``alml.md``) from ``structures`` (a mapping of names to
+        StructureData or ASE Atoms, a ConfigurationSet or a list) with ``models`` (MlipModels as a mapping or list, or
+        a finished ``alml.committee``). ``options``: ``metadata.options`` of every MD job. See docs/python.md.
+        """
+        from aiida_alml.workflows.protocols import explore_builder
+
+        return explore_builder(cls, code, structures, models, protocol=protocol, overrides=overrides, options=options)

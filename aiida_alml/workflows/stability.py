@@ -17,6 +17,8 @@ from aiida.engine import ToContext, WorkChain, calcfunction
 from aiida_alml.calculations.md import MdCalculation, check_md_grid
 from aiida_alml.engines.md import MdParameterError, validate_parameters
 from aiida_alml.selection.stability import STABILITY_DEFAULTS, assess_run
+from aiida_alml.workflows.base import base_inputs, define_relaunch_input, job_failure
+from aiida_alml.workflows.md_base import MdBaseWorkChain
 from aiida_alml.workflows.submission import EndsInterruptedFunctions, submit_once
 
 __all__ = ('StabilityWorkChain', 'assess_stability')
@@ -72,7 +74,11 @@ def _validate_inputs(inputs, ctx):
 
 
 class StabilityWorkChain(EndsInterruptedFunctions, WorkChain):
-    """Validate a committee by MD from every structure in every ensemble; see the module docstring."""
+    """Validate a committee by MD from every structure in every ensemble; see the module docstring.
+
+    Each run is an ``alml.md.base`` called ``<structure>_<ensemble>``, which runs the job again when the scheduler
+    cancelled or lost it (at most ``max_relaunches`` times).
+    """
 
     @classmethod
     def define(cls, spec):
@@ -86,6 +92,7 @@ class StabilityWorkChain(EndsInterruptedFunctions, WorkChain):
                    help='One run per structure and ensemble.')
         spec.input('criteria', valid_type=orm.Dict,
                    help='trust_hi (eV/Å), calibration (σ factor), max_excursion_fraction, max_nve_drift (eV/atom/ps).')
+        define_relaunch_input(spec)
         spec.inputs.validator = _validate_inputs
         spec.outline(cls.run_md, cls.inspect_md)
         spec.output('report', valid_type=orm.Dict, help='Verdict per run and overall (`stable`, `problems`).')
@@ -102,8 +109,8 @@ class StabilityWorkChain(EndsInterruptedFunctions, WorkChain):
         for label, key, ensemble in self._runs():
             inputs = self.exposed_inputs(MdCalculation, namespace='md')
             inputs.update(structure=self.inputs.structures[key], parameters=orm.Dict({**base, 'ensemble': ensemble}))
-            inputs.setdefault('metadata', {})['call_link_label'] = label
-            futures[label] = submit_once(self, MdCalculation, **inputs)
+            futures[label] = submit_once(self, MdBaseWorkChain, **base_inputs(
+                'md', inputs, self.inputs.max_relaunches, label))
         self.report(f'validation: {len(futures)} MD runs')
         return ToContext(**futures)
 
@@ -115,7 +122,8 @@ class StabilityWorkChain(EndsInterruptedFunctions, WorkChain):
                 overview[label] = {'summary': node.outputs.summary.get_dict()}
                 trajectories[label] = node.outputs.trajectory
             else:  # crashed, or no frame kept (the start already had a close contact)
-                overview[label] = {'failure': f'exit status {node.exit_status}: {node.exit_message}'}
+                failure = job_failure(node)
+                overview[label] = {'failure': f'exit status {failure.exit_status}: {failure.exit_message}'}
         report = assess_stability(self.inputs.criteria, orm.Dict(overview), **trajectories,
                                   metadata={'call_link_label': 'assess'})
         self.out('report', report)

@@ -200,7 +200,7 @@ def test_committee_members_are_trained_models(trained_committee):
             assert np.isfinite(metrics[subset]['rmse_f']) and metrics[subset]['rmse_f'] > 0
         assert {'rmse_e_per_atom', 'mae_e_per_atom', 'rmse_f', 'mae_f'} <= set(metrics['valid'])
     assert models[0].sha256 != models[1].sha256  # different seeds give different weights
-    calc = node.called[0] if node.called[0].process_class is MaceTrainCalculation else node.called[1]
+    calc = next(child for child in node.called_descendants if child.process_class is MaceTrainCalculation)
     curve = calc.outputs.training_curve
     # The initial evaluation (epoch -1) and one per epoch.
     assert curve.get_array('epoch').tolist() == [-1, 0, 1, 2]

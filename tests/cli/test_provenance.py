@@ -2,7 +2,9 @@
 
 The graph has the shape alml.active_learning gives it (same node types, link types and link labels) without running
 anything: initial labels by an alml.ase job, one iteration labelled by two alml.aims jobs, two trainings, and an
-unrelated branch (another labeller and model) that every answer must leave out.
+unrelated branch (another labeller and model) that every answer must leave out. Jobs sit under their base work chains
+(``alml.ase.base``, ``alml.aims.base``, ``alml.mace.train.base``), but one training job sits right under its committee
+as in graphs made before ``alml.mace.train.base`` existed.
 """
 
 from __future__ import annotations
@@ -73,11 +75,19 @@ def _model(tmp_path, name: str) -> MlipModel:
     return MlipModel(path, seed=1)
 
 
-def _train(tmp_path, name, training_set, committee, member, **extra):
+def _train(tmp_path, name, training_set, committee, member, base=True, **extra):
+    """A training job under its alml.mace.train.base (called ``member`` by the committee); ``base=False``: right under
+    the committee, as before alml.mace.train.base."""
+    caller, label = committee, member
+    if base:
+        caller = _process(orm.WorkChainNode, 'aiida.workflows:alml.mace.train.base', {}, committee, member)
+        label = 'iteration_01'
     calc = _process(orm.CalcJobNode, 'aiida.calculations:alml.mace.train',
                     {'training_set': training_set, 'parameters': orm.Dict({'max_num_epochs': 3}), 'seed': orm.Int(1),
-                     **extra}, committee, member)
+                     **extra}, caller, label)
     model = _create(calc, 'model', _model(tmp_path, name))
+    if base:
+        _return(caller, 'model', model)
     _return(committee, f'models__{member}', model)
     return calc, model
 
@@ -116,9 +126,10 @@ def graph(alml_localhost, tmp_path_factory):
     structures = _configurations(3, [{'perturbed_from': i, 'iteration': 0} for i in range(3)], labelled=False)
     label_initial = _process(orm.WorkChainNode, 'aiida.workflows:alml.label', {'structures': structures}, loop,
                              'label_initial')
+    ase_base = _process(orm.WorkChainNode, 'aiida.workflows:alml.ase.base', {}, label_initial, 'ase')
     ase = g['ase'] = _process(orm.CalcJobNode, 'aiida.calculations:alml.ase',
                               {'structures': structures, 'calculator': orm.Dict(EMT),
-                               'properties': orm.List(['energy', 'forces']), 'code': code}, label_initial, 'ase')
+                               'properties': orm.List(['energy', 'forces']), 'code': code}, ase_base, 'iteration_01')
     ase_out = _create(ase, 'labelled', _configurations(
         3, [{'perturbed_from': i, 'iteration': 0, 'source_index': i, 'labelled_by': ase.uuid} for i in range(3)]))
     g['initial_labels'] = _label_merge(label_initial, structures, [ase_out])
@@ -163,7 +174,7 @@ def graph(alml_localhost, tmp_path_factory):
     committee_1 = _process(orm.WorkChainNode, 'aiida.workflows:alml.committee', {}, loop, 'train_1')
     g['train_1'], g['model_1a'] = _train(tmp_path, 'model_1a', dataset_1, committee_1, 'member_0',
                                          validation_set=other_set)
-    _, g['model_1b'] = _train(tmp_path, 'model_1b', dataset_1, committee_1, 'member_1')
+    _, g['model_1b'] = _train(tmp_path, 'model_1b', dataset_1, committee_1, 'member_1', base=False)
     g['learning_curve'] = orm.Dict({'iterations': [{'iteration': 0, 'labels_new': 2}], 'stop_reason': 'converged',
                                     'labels_used': 5, 'final_calibration_factor': 1.0}).store()
     _return(loop, 'models__member_0', g['model_1a'])
@@ -231,7 +242,10 @@ def test_model_lineage(graph):
     assert json.loads(json.dumps(lineage)) == lineage
 
     first = model_lineage(graph['model_0'])
-    assert first['training']['iteration'] == 0
+    assert first['training']['iteration'] == 0 and first['training']['member'] == 'member_0'
+    # a training job right under its committee (a graph made before alml.mace.train.base): the same answers
+    old = model_lineage(graph['model_1b'])['training']
+    assert (old['member'], old['iteration'], old['workflow']) == ('member_1', 1, graph['loop'].pk)
     assert _summary(first['labelling_calculations']) == [(graph['ase'].pk, 'ase', -1, 3)]
 
 

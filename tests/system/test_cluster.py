@@ -261,12 +261,16 @@ def _committee_training_on_the_cluster(cluster, tiny_mace_inputs, epochs=40):
 
 
 def _members(node) -> dict:
-    """The committee's training jobs by call link label (its calcfunctions, e.g. `summary`, left out)."""
-    from aiida import orm
+    """The committee's training jobs: ``member_<k>`` for the first attempt of the member's alml.mace.train.base,
+    ``member_<k>_relaunch_<n>`` for the n-th relaunch (its ``iteration_<n + 1>``)."""
     from aiida.common.links import LinkType
 
-    links = node.base.links.get_outgoing(link_type=LinkType.CALL_CALC).all()
-    return {link.link_label: link.node for link in links if isinstance(link.node, orm.CalcJobNode)}
+    jobs = {}
+    for link in node.base.links.get_outgoing(link_type=LinkType.CALL_WORK).all():
+        for attempt in link.node.base.links.get_outgoing(link_type=LinkType.CALL_CALC).all():
+            number = int(attempt.link_label.removeprefix('iteration_'))
+            jobs[link.link_label if number == 1 else f'{link.link_label}_relaunch_{number - 1}'] = attempt.node
+    return jobs
 
 
 def test_scancel_of_a_member_is_absorbed_by_a_relaunch(cluster, submit_and_await, tiny_mace_inputs):
@@ -275,7 +279,7 @@ def test_scancel_of_a_member_is_absorbed_by_a_relaunch(cluster, submit_and_await
     # trains that member again with the same inputs.
     from aiida import orm
 
-    from aiida_alml.parsers.interruption import EXIT_JOB_INTERRUPTED
+    from aiida_alml.calculations.base import EXIT_JOB_INTERRUPTED
 
     node, member = _committee_training_on_the_cluster(cluster, tiny_mace_inputs)
     job_id = member.get_job_id()
@@ -315,7 +319,7 @@ def test_node_drained_then_failing_mid_training_is_absorbed(cluster, submit_and_
 
     from aiida import orm
 
-    from aiida_alml.parsers.interruption import EXIT_JOB_INTERRUPTED
+    from aiida_alml.calculations.base import EXIT_JOB_INTERRUPTED
 
     node, member = _committee_training_on_the_cluster(cluster, tiny_mace_inputs)
     name, job_id = _node_name(), member.get_job_id()

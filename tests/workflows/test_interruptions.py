@@ -1,5 +1,9 @@
 """Jobs ended from outside by the scheduler (``scancel``, preemption, node failure) are relaunched, not failures.
 
+Every job runs under a base work chain (``alml.mace.train.base``, ``alml.md.base``, ``alml.ase.base``,
+``alml.aims.base``) that its parent calls under the job's name (``member_0``, ``cu_c0``, ``ase``); the attempts are
+its children ``iteration_01``, ``iteration_02``, ...
+
 Here the local ``core.direct`` scheduler runs the jobs, and a **mock of SLURM's kill** stands in for SLURM: a wrapper
 around the real program that, the first time any job of the code starts, appends slurmstepd's line
 ``*** JOB ... CANCELLED AT ... ***`` to the job's stderr file and exits as a killed job does. The same path with a real
@@ -15,7 +19,8 @@ import pytest
 from aiida import orm
 from aiida.engine import run_get_node
 
-from aiida_alml.parsers.interruption import EXIT_JOB_INTERRUPTED, scheduler_interruption
+from aiida_alml.calculations.base import EXIT_JOB_INTERRUPTED
+from aiida_alml.parsers.interruption import scheduler_interruption
 
 KILL_LINE = 'slurmstepd: error: *** JOB 4242 ON node7 CANCELLED AT 2026-12-05T06:30:01{} ***'
 
@@ -90,18 +95,23 @@ def test_committee_relaunches_a_cancelled_member(tiny_mace_inputs, tmp_path):
     train['code'] = _cancelled_once(train['code'], tmp_path, 'train-cancelled-once')
     results, node = run_get_node(CommitteeWorkChain, num_members=orm.Int(2), train=train)
     assert node.is_finished_ok, node.exit_message
-    called = _called(node)
-    relaunched = [label for label in called if label.endswith('_relaunch_1')]
-    assert len(relaunched) == 1, sorted(called)
-    cancelled = called[relaunched[0].removesuffix('_relaunch_1')]
+    members = {label: _called(base) for label, base in _called(node).items() if label.startswith('member_')}
+    assert sorted(members) == ['member_0', 'member_1']
+    relaunched = [label for label, jobs in members.items() if 'iteration_02' in jobs]
+    assert len(relaunched) == 1, {label: sorted(jobs) for label, jobs in members.items()}
+    member = relaunched[0]
+    cancelled, relaunch = members[member]['iteration_01'], members[member]['iteration_02']
+    assert sorted(members[member]) == ['iteration_01', 'iteration_02']
     assert cancelled.exit_status == EXIT_JOB_INTERRUPTED
     assert 'job 4242 on node7 cancelled' in cancelled.exit_message
-    assert called[relaunched[0]].is_finished_ok
+    assert relaunch.is_finished_ok
     # the relaunch ran the same inputs; the committee's output is the relaunched member's model
-    assert called[relaunched[0]].inputs.seed.value == cancelled.inputs.seed.value
-    member = relaunched[0].removesuffix('_relaunch_1')
-    assert results['models'][member].uuid == called[relaunched[0]].outputs.model.uuid
+    assert relaunch.inputs.seed.value == cancelled.inputs.seed.value
+    assert results['models'][member].uuid == relaunch.outputs.model.uuid
     assert sorted(results['summary'].get_dict()) == ['member_0', 'member_1']
+    assert results['summary'][member]['pk'] == relaunch.pk
+    logs = orm.Log.collection.get_logs_for(_called(node)[member])
+    assert any('was ended by the scheduler' in log.message for log in logs)  # reported by the base work chain
 
 
 @pytest.mark.slow
@@ -113,6 +123,11 @@ def test_committee_without_relaunches_names_the_cancelled_member(tiny_mace_input
     _, node = run_get_node(CommitteeWorkChain, num_members=orm.Int(2), train=train, max_relaunches=orm.Int(0))
     assert node.exit_status == CommitteeWorkChain.exit_codes.ERROR_MEMBER_FAILED.status
     assert f'(exit status {EXIT_JOB_INTERRUPTED})' in node.exit_message
+    # the one attempt max_relaunches=0 allows: the base work chain gave up after it
+    cancelled = [base for label, base in _called(node).items()
+                 if label.startswith('member_') and not base.is_finished_ok]
+    assert len(cancelled) == 1 and sorted(_called(cancelled[0])) == ['iteration_01']
+    assert cancelled[0].inputs.max_iterations.value == 1
 
 
 def test_label_relaunches_a_cancelled_batch_job(label_code, cu_images, tmp_path):
@@ -125,9 +140,9 @@ def test_label_relaunches_a_cancelled_batch_job(label_code, cu_images, tmp_path)
         ase={'code': code, 'calculator': orm.Dict({'name': 'emt', 'kwargs': {}})},
     )  # fmt: skip
     assert node.is_finished_ok, node.exit_message
-    called = _called(node)
-    assert called['ase'].exit_status == EXIT_JOB_INTERRUPTED
-    assert called['ase_relaunch_1'].is_finished_ok
+    attempts = _called(_called(node)['ase'])
+    assert attempts['iteration_01'].exit_status == EXIT_JOB_INTERRUPTED
+    assert attempts['iteration_02'].is_finished_ok
     assert len(results['labelled']) == 3 and results['failures'].get_dict() == {}
 
 
@@ -147,11 +162,11 @@ def test_explore_relaunches_a_cancelled_md_run(md_code, trained_committee, tmp_p
             'metadata': {'options': {'resources': {'num_machines': 1}}}},
     )  # fmt: skip
     assert node.is_finished_ok, node.exit_message
-    called = _called(node)
-    assert called['cu_c0'].exit_status == EXIT_JOB_INTERRUPTED
-    assert called['cu_c0_relaunch_1'].is_finished_ok
+    attempts = _called(_called(node)['cu_c0'])
+    assert attempts['iteration_01'].exit_status == EXIT_JOB_INTERRUPTED
+    assert attempts['iteration_02'].is_finished_ok
     overview = results['overview'].get_dict()
-    assert overview['cu_c0']['failed'] is False and overview['cu_c0']['pk'] == called['cu_c0_relaunch_1'].pk
+    assert overview['cu_c0']['failed'] is False and overview['cu_c0']['pk'] == attempts['iteration_02'].pk
 
 
 def test_a_negative_relaunch_count_is_refused(tiny_mace_inputs):
@@ -159,3 +174,40 @@ def test_a_negative_relaunch_count_is_refused(tiny_mace_inputs):
 
     with pytest.raises(ValueError, match='max_relaunches: must be >= 0'):
         run_get_node(CommitteeWorkChain, num_members=orm.Int(2), train=tiny_mace_inputs(), max_relaunches=orm.Int(-1))
+
+
+def test_every_base_work_chain_shares_the_interruption_handler():
+    from aiida.engine import CalcJob
+    from aiida.plugins import WorkflowFactory
+
+    from aiida_alml.workflows.base import RestartsInterruptedJobs
+
+    for entry_point in ('alml.mace.train.base', 'alml.md.base', 'alml.ase.base', 'alml.aims.base'):
+        cls = WorkflowFactory(entry_point)
+        assert issubclass(cls, RestartsInterruptedJobs)
+        assert cls.handle_interrupted_job.__wrapped__ is RestartsInterruptedJobs.handle_interrupted_job.__wrapped__
+        assert cls._process_class.exit_codes.ERROR_JOB_INTERRUPTED.status == EXIT_JOB_INTERRUPTED
+    # the handler: an interruption (ours or AiiDA's node failure) is run again unchanged; nothing else is its business
+    reports = []
+    extras = types.SimpleNamespace(get=lambda *_: [])
+    process = types.SimpleNamespace(
+        report=reports.append, ctx=types.SimpleNamespace(iteration=1), node=types.SimpleNamespace(
+            base=types.SimpleNamespace(extras=extras)),
+        inputs=types.SimpleNamespace(max_iterations=orm.Int(4)), _considered_handlers_extra='considered_handlers',
+    )  # fmt: skip
+    node_failure = CalcJob.exit_codes.ERROR_SCHEDULER_NODE_FAILURE.status
+    for status, handled in ((EXIT_JOB_INTERRUPTED, True), (node_failure, True), (300, False), (0, False)):
+        job = types.SimpleNamespace(exit_status=status, exit_message='why', process_label='Job', pk=7)
+        report = RestartsInterruptedJobs.__dict__['handle_interrupted_job'].__get__(process)(job)
+        assert (report is not None) == handled, status
+        assert not handled or (report.do_break and report.exit_code.status == 0)
+    assert len(reports) == 2 and 'attempt 2 of at most 4' in reports[0]
+
+
+def test_calculations_import_nothing_from_parsers_or_workflows():
+    import aiida_alml.calculations
+
+    for path in pathlib.Path(aiida_alml.calculations.__file__).parent.glob('*.py'):
+        lines = [line.strip() for line in path.read_text().splitlines()]
+        imports = [line for line in lines if line.startswith(('from ', 'import '))]
+        assert not [line for line in imports if 'aiida_alml.parsers' in line or 'aiida_alml.workflows' in line], path

@@ -58,7 +58,9 @@ def test_aims_path_fails_above_the_failed_fraction(aiida_code_installed):
         aims=_aims_namespace(mock_aims_code(aiida_code_installed)),
     )
     assert node.exit_status == LabelWorkChain.exit_codes.ERROR_TOO_MANY_FAILURES.status
-    assert results['failures']['1']['exit_status'] == 402  # AimsBaseWorkChain: unhandled failure of alml.aims
+    # the job's own failure, not its AimsBaseWorkChain's "unhandled failure" (402): the base work chain gave up on it
+    failure = results['failures']['1']
+    assert failure['process_label'] == 'AimsCalculation' and failure['exit_status'] == 301, failure
     assert [meta['input_index'] for meta in results['labelled'].configurations.metadata] == [0]
 
 
@@ -99,7 +101,9 @@ def test_ase_path_one_batched_job(label_code, cu_images):
     )
     assert node.is_finished_ok, node.exit_message
     assert [child.process_label for child in node.called
-            if child.process_label not in ('merge_labelled', 'record_failures')] == ['AseLabelCalculation']
+            if child.process_label not in ('merge_labelled', 'record_failures')] == ['AseBaseWorkChain']
+    assert [child.process_label for child in node.called_descendants if isinstance(child, orm.CalcJobNode)] \
+        == ['AseLabelCalculation']
     metadata = results['labelled'].configurations.metadata
     assert [meta['input_index'] for meta in metadata] == [0, 1, 2]
     assert len({meta['source_calc_uuid'] for meta in metadata}) == 1
@@ -509,7 +513,7 @@ def test_ase_path_in_parallel_jobs_keeps_input_order_and_failures(label_code, cu
         ase={'code': label_code, 'calculator': orm.Dict({'name': 'emt'}), 'jobs': orm.Int(2)},
     )
     assert node.is_finished_ok, node.exit_message
-    jobs = sorted((child for child in node.called if child.process_label == 'AseLabelCalculation'),
+    jobs = sorted((child for child in node.called_descendants if child.process_label == 'AseLabelCalculation'),
                   key=lambda child: child.pk)
     assert [len(job.inputs.structures) for job in jobs] == [3, 2]
     assert {link.link_label for link in node.base.links.get_outgoing().all()} >= {'split', 'ase_0', 'ase_1'}

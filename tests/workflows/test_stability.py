@@ -58,8 +58,9 @@ def test_stability_workflow_on_a_real_committee(md_code, trained_committee):
     # the drift in the report is the slope of the NVE run's own total energy, recomputed here
     from aiida.common.links import LinkType
 
-    calls = {link.link_label: link.node for link in node.base.links.get_outgoing(link_type=LinkType.CALL_CALC).all()}
-    nve = calls['s0_nve']
+    calls = {link.link_label: link.node for link in node.base.links.get_outgoing(link_type=LinkType.CALL_WORK).all()}
+    assert calls['s0_nve'].process_label == 'MdBaseWorkChain'  # each run under alml.md.base, called as before
+    (nve,) = calls['s0_nve'].called
     trajectory = nve.outputs.trajectory
     total = (trajectory.get_array('energy') + 1.5 * len(cell) * KB * trajectory.get_array('temperature')) / len(cell)
     slope = np.polyfit(trajectory.get_times() / 1000.0, total, 1)[0]

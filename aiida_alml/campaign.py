@@ -36,12 +36,51 @@ def load_campaign(path: str | pathlib.Path) -> dict:
     from aiida_alml.workflows.active_learning import ActiveLearningWorkChain
 
     spec = ActiveLearningWorkChain.spec().inputs
+    if 'protocol' in config:
+        config = with_protocol(config)
     _refuse_booleans(spec, config, '')
     inputs = inputs_from_config(config, base=path.parent)
     problem = validation_problem(inputs)
     if problem:
         raise CampaignError(problem)
     return inputs
+
+
+def with_protocol(config: dict) -> dict:
+    """A campaign naming ``protocol: fast|moderate|precise``: the protocol's inputs with the file's keys laid over them
+    (:func:`aiida_alml.workflows.protocols.active_learning_inputs`, the path of
+    ``ActiveLearningWorkChain.get_builder_from_protocol``): mappings merged key by key, lists and values replaced,
+    ``null`` removing an input the protocol sets. A file without ``protocol`` gets no protocol values at all (only
+    the work chain's own defaults), as before protocols existed.
+    """
+    from aiida_alml.workflows.protocols import ProtocolError, active_learning_inputs
+
+    config = dict(config)
+    protocol = config.pop('protocol')
+    if not isinstance(protocol, str):
+        raise CampaignError(f'`protocol`: give a protocol name (fast, moderate or precise), got {protocol!r}')
+    try:
+        merged = active_learning_inputs(protocol, config)
+    except ProtocolError as error:
+        raise CampaignError(f'`protocol`: {error}') from error
+    return _without_nulls(merged)
+
+
+def _without_nulls(values: dict) -> dict:
+    """Inputs and namespaces set to null dropped (the contents of a Dict or List input are kept as given)."""
+    from aiida_alml.workflows.active_learning import ActiveLearningWorkChain
+    from plumpy.ports import PortNamespace
+
+    def prune(namespace, mapping):
+        kept = {}
+        for key, value in mapping.items():
+            if value is None and key in namespace:
+                continue
+            port = namespace[key] if key in namespace and key != 'metadata' else None
+            kept[key] = prune(port, value) if isinstance(port, PortNamespace) and isinstance(value, dict) else value
+        return kept
+
+    return prune(ActiveLearningWorkChain.spec().inputs, values)
 
 
 #: Bytes: the largest campaign file read. A campaign file holds names and settings (the demo's is 4 KB; structures live
@@ -260,17 +299,19 @@ def _check_scalar(node, name: str, line: int) -> None:
         raise CampaignError(f'{name} (line {line}): {text!r} is not true or false')
 
 
-def validation_problem(inputs: dict) -> str | None:
-    """What ``alml.active_learning``'s input validation says about ``inputs`` (the key named first), or None.
+def validation_problem(inputs: dict, process_class=None) -> str | None:
+    """What the input validation of ``process_class`` (default ``alml.active_learning``) says about ``inputs`` (the
+    key named first), or None.
 
     The same ``pre_process`` + ``validate`` a submission runs, on copies of the nested mappings (defaults are filled
     into the copies, never into ``inputs``); no node is stored.
     """
     from plumpy.ports import PortNamespace
 
-    from aiida_alml.workflows.active_learning import ActiveLearningWorkChain
+    if process_class is None:
+        from aiida_alml.workflows.active_learning import ActiveLearningWorkChain as process_class
 
-    spec = ActiveLearningWorkChain.spec().inputs
+    spec = process_class.spec().inputs
     error = spec.validate(spec.pre_process(_copy_mappings(inputs)))
     if error is None:
         return None

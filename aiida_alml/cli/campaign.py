@@ -83,7 +83,11 @@ def follow_campaign(node, interval: float = 5.0, timeout: float | None = None) -
 @click.option('--plot', 'plot_path', type=click.Path(dir_okay=False), default=None,
               help='With --wait: write the figures here at the end.')
 def launch(profile_name, config, wait, plot_path):
-    """Submit the campaign described in CONFIG (YAML; see docs/campaign.md) to the daemon."""
+    """Submit the campaign described in CONFIG (YAML; see docs/campaign.md) to the daemon.
+
+    With `protocol: fast|moderate|precise` the file's keys are laid over that protocol's inputs, the same inputs
+    ActiveLearningWorkChain.get_builder_from_protocol gives (docs/python.md).
+    """
     load_profile(profile_name)
     from aiida.engine import submit
     from aiida.engine.daemon.client import get_daemon_client

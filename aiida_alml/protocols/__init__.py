@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import pathlib
 
-__all__ = ('load_protocol_file', 'get_protocol_inputs', 'recursive_merge')
+__all__ = ('load_protocol_file', 'get_protocol_inputs', 'get_available_protocols', 'get_default_protocol',
+           'recursive_merge', 'merge_inputs')
 
 _DIRECTORY = pathlib.Path(__file__).parent
 
@@ -40,4 +41,35 @@ def get_protocol_inputs(name: str, protocol: str | None = None, overrides: dict 
         raise ValueError(f'protocol {protocol!r} is not one of {sorted(data["protocols"])} in {name}.yaml')
     inputs = recursive_merge(data['default_inputs'], data['protocols'][protocol])
     inputs.pop('description', None)
-    return recursive_merge(inputs, overrides or {})
+    return merge_inputs(inputs, overrides or {})
+
+
+def get_available_protocols(name: str) -> dict:
+    """``{protocol: {'description': ...}}`` of ``<name>.yaml`` (as aiida-quantumespresso's work chains answer)."""
+    return {protocol: {'description': values.get('description', '')}
+            for protocol, values in load_protocol_file(name)['protocols'].items()}
+
+
+def get_default_protocol(name: str) -> str:
+    return load_protocol_file(name)['default_protocol']
+
+
+def merge_inputs(left: dict, right: dict) -> dict:
+    """``left`` updated with ``right`` as :func:`recursive_merge`, for inputs that may hold nodes: nested plain
+    dictionaries are merged, everything else (a node, a list, a number) replaces what was there. Nodes are not copied
+    (they cannot be deep-copied); plain values are."""
+    merged = {key: _copied(value) for key, value in left.items()}
+    for key, value in right.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_inputs(merged[key], value)
+        else:
+            merged[key] = _copied(value)
+    return merged
+
+
+def _copied(value):
+    if isinstance(value, dict):
+        return {key: _copied(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copied(item) for item in value]
+    return value  # numbers, text, nodes, ASE objects: used as given

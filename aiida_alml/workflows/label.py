@@ -1,9 +1,11 @@
 """``alml.label``: label a ConfigurationSet with FHI-aims, an ASE calculator or any command-line program.
 
 * ``labeller='aims'``: one ``alml.aims.base`` per configuration, at most ``max_concurrent`` running at once.
-* ``labeller='ase'``: one batched ``alml.ase`` job for the whole set, or ``ase.jobs`` of them on consecutive pieces.
-* ``labeller='shell'``: one aiida-shell ``ShellJob`` per configuration; the program reads the geometry file we write
-  (placeholder ``{geometry}`` in its arguments) and writes an ASE-readable file with energy and forces.
+* ``labeller='ase'``: one batched ``alml.ase`` job for the whole set, or ``ase.jobs`` of them on consecutive pieces,
+  each under an ``alml.ase.base`` that runs it again when the scheduler cancelled or lost it (``max_relaunches``).
+* ``labeller='shell'``: one aiida-shell ``ShellJob`` per configuration, under an ``alml.shell.base``; the program
+  reads the geometry file we write (placeholder ``{geometry}`` in its arguments) and writes an ASE-readable file with
+  energy and forces.
 
 The labelled configurations are gathered into one ConfigurationSet by :func:`merge_labelled`, a calcfunction whose
 inputs are the per-calculation outputs, so each configuration stays linked to the calculation that made it; every
@@ -35,7 +37,8 @@ from aiida_alml.label_settings import SETTINGS_KEY, inconsistent_settings, label
 from aiida_alml.atoms.suggest import did_you_mean
 from aiida_alml.job_options import scheduler_option_problem
 from aiida_alml.workflows.aims_base import AimsBaseWorkChain, kpoints_mesh
-from aiida_alml.workflows.relaunch import RelaunchesInterruptedJobs, define_relaunch_input
+from aiida_alml.workflows.ase_base import AseBaseWorkChain
+from aiida_alml.workflows.base import base_inputs, define_relaunch_input, job_failure, last_job
 from aiida_alml.workflows.job_resources import resources_problem
 from aiida_alml.workflows.namespaces import unknown_input_problem
 from aiida_alml.workflows.shell_labelling import GEOMETRY_PLACEHOLDER, shell_label_problem
@@ -325,7 +328,7 @@ def _aims_label_problem(inputs) -> str | None:
     return None
 
 
-class LabelWorkChain(EndsInterruptedFunctions, RelaunchesInterruptedJobs, WorkChain):
+class LabelWorkChain(EndsInterruptedFunctions, WorkChain):
     """Label every configuration of ``structures`` with the chosen labeller and gather the labels in one set."""
 
     @classmethod
@@ -376,7 +379,6 @@ class LabelWorkChain(EndsInterruptedFunctions, RelaunchesInterruptedJobs, WorkCh
             if_(cls.is_batched)(cls.run_batch).else_(
                 while_(cls.has_unsubmitted)(cls.submit_wave),
             ),
-            while_(cls.has_interrupted_jobs)(cls.relaunch_interrupted_jobs),
             cls.gather,
         )
         spec.output('labelled', valid_type=ConfigurationSet, required=False)
@@ -422,14 +424,6 @@ class LabelWorkChain(EndsInterruptedFunctions, RelaunchesInterruptedJobs, WorkCh
 
     def is_batched(self):
         return self.labeller.batched
-
-    def relaunchable_jobs(self) -> list[str]:
-        if not self.labeller.relaunch_here:
-            return []
-        if not self.labeller.batched:
-            return [f'child_{index}' for index in range(self.ctx.total)]
-        jobs = self._batch_jobs()
-        return ['batch_job'] if jobs == 1 else [f'batch_job_{k}' for k in range(jobs)]
 
     def has_unsubmitted(self):
         return self.ctx.next_index < self.ctx.total
@@ -515,8 +509,8 @@ class LabelWorkChain(EndsInterruptedFunctions, RelaunchesInterruptedJobs, WorkCh
                     continue
                 labelled = self.labeller.collect(self, node, None)
                 covered = [start + int(meta['source_index']) for meta in labelled.configurations.metadata]
-                failures.update({i: {'pk': node.pk, 'exit_status': None, 'message': 'not labelled by the batch job'}
-                                 for i in sorted(set(range(start, end)) - set(covered))})
+                missing = {'pk': last_job(node).pk, 'exit_status': None, 'message': 'not labelled by the batch job'}
+                failures.update({i: dict(missing) for i in sorted(set(range(start, end)) - set(covered))})
                 successes.append((labelled, covered))
             return successes, failures
         successes, failures = [], {}
@@ -534,6 +528,43 @@ class LabelWorkChain(EndsInterruptedFunctions, RelaunchesInterruptedJobs, WorkCh
 # How each labeller's jobs are submitted and how a finished job's labels are read back. ``submit(work chain, index)``
 # returns the launched process (index None: the whole set in one job); ``collect(work chain, node, index)`` returns the
 # labelled ConfigurationSet, or a failure description (a dict) when the finished job left none.
+
+    # ------------------------------------------------------------------ protocols
+    @classmethod
+    def get_available_protocols(cls) -> dict:
+        """``{protocol: {'description': ...}}`` of ``aiida_alml/protocols/label.yaml``."""
+        from aiida_alml.protocols import get_available_protocols
+
+        return get_available_protocols('label')
+
+    @classmethod
+    def get_default_protocol(cls) -> str:
+        from aiida_alml.protocols import get_default_protocol
+
+        return get_default_protocol('label')
+
+    @classmethod
+    def get_protocol_inputs(cls, protocol: str | None = None, overrides: dict | None = None) -> dict:
+        """The inputs of ``protocol`` (default: moderate) with ``overrides`` merged in, as plain values."""
+        from aiida_alml.workflows.protocols import label_inputs
+
+        return label_inputs(protocol, overrides)
+
+    @classmethod
+    def get_builder_from_protocol(cls, code, structures, calculator=None, protocol=None, overrides=None, options=None, labeller=None,
+                                  species_root=None):
+        """A builder that labels ``structures`` (a ConfigurationSet or ASE Atoms) with ``code``.
+
+        The labeller follows the code's plugin (``alml.ase``, ``alml.aims``, ``core.shell``) unless ``labeller`` names
+        it. ASE: ``calculator`` is the reference (``'emt'`` or ``{'name': ..., 'kwargs': {...}}``). FHI-aims: the
+        FHI-aims protocol of the same name, species from ``species_root`` (or the code extra ``alml_species_root``).
+        Shell: ``overrides['shell']`` gives the arguments and output file. ``options``: the jobs'
+        ``metadata.options``. See docs/python.md.
+        """
+        from aiida_alml.workflows.protocols import label_builder
+
+        return label_builder(cls, code, structures, calculator=calculator, protocol=protocol, overrides=overrides,
+                             options=options, labeller=labeller, species_root=species_root)
 
 
 def _prepare_aims(process) -> None:
@@ -559,18 +590,19 @@ def _submit_ase(process, _index: None, structures: ConfigurationSet | None = Non
         'code': ase.code,
         'structures': structures if structures is not None else process.inputs.structures,
         'calculator': ase.calculator,
-        'metadata': {'call_link_label': link, 'options': ase.options.get_dict() if 'options' in ase else {}},
+        'metadata': {'options': ase.options.get_dict() if 'options' in ase else {}},
     }
     if 'properties' in ase:
         inputs['properties'] = ase.properties
-    return submit_once(process, CalculationFactory('alml.ase'), **inputs)
+    return submit_once(process, AseBaseWorkChain, **base_inputs('ase', inputs, process.inputs.max_relaunches, link))
 
 
 def _submit_shell(process, index: int):
     import io
 
-    from aiida_shell import ShellJob
     from ase.io import write
+
+    from aiida_alml.workflows.shell_base import ShellBaseWorkChain
 
     shell = process.inputs.shell
     buffer = io.StringIO()
@@ -590,9 +622,10 @@ def _submit_shell(process, index: int):
         'nodes': {'geometry': geometry},
         'filenames': {'geometry': filename},
         'outputs': orm.List([shell.output_filename.value]),
-        'metadata': {'options': options, 'call_link_label': f'shell_{index}'},
+        'metadata': {'options': options},
     }
-    return submit_once(process, ShellJob, **inputs)
+    return submit_once(process, ShellBaseWorkChain, **base_inputs(
+        'shell', inputs, process.inputs.max_relaunches, f'shell_{index}'))
 
 
 def _labelled_output(_process, node, _index):
@@ -600,9 +633,10 @@ def _labelled_output(_process, node, _index):
 
 
 def _collect_shell(process, node, index: int):
-    output = ShellJobOutput.output_file(node, process.inputs.shell.output_filename.value)
+    job = last_job(node)  # the ShellJob that ran last under alml.shell.base
+    output = ShellJobOutput.output_file(job, process.inputs.shell.output_filename.value)
     if output is None:
-        return {'pk': node.pk, 'exit_status': None, 'message': 'no output file'}
+        return {'pk': job.pk, 'exit_status': None, 'message': 'no output file'}
     return parse_shell_labels(output, process.inputs.shell.output_format,
                               metadata={'call_link_label': f'parse_{index}'})
 
@@ -615,12 +649,11 @@ class Labeller:
     submit: Callable
     collect: Callable
     batched: bool = False  # one job for the whole set, instead of one per configuration
-    relaunch_here: bool = True  # False: the submitted work chain relaunches its own interrupted jobs
     prepare: Callable | None = None  # run once in setup, before anything is submitted
 
 
 LABELLERS = {
-    'aims': Labeller(_aims_label_problem, _submit_aims, _labelled_output, relaunch_here=False, prepare=_prepare_aims),
+    'aims': Labeller(_aims_label_problem, _submit_aims, _labelled_output, prepare=_prepare_aims),
     'ase': Labeller(_ase_label_problem, _submit_ase, _labelled_output, batched=True),
     'shell': Labeller(_shell_label_problem, _submit_shell, _collect_shell),
 }
@@ -638,6 +671,7 @@ class ShellJobOutput:
 
 
 def _failure(node) -> dict:
+    node = job_failure(node)  # a base work chain that gave up: its last job says why
     return {
         'pk': node.pk,
         'process_label': node.process_label,

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # A real SLURM cluster on this machine, reached over SSH, for trying campaigns and for tests (docs/cluster.md).
 #
-#   sudo scripts/cluster.sh [--services-only] [PROFILE]
+#   scripts/cluster.sh [--services-only] [PROFILE]        (as root; from an account with sudo: sudo scripts/cluster.sh)
 #
-# As root, idempotent, Debian packages only, no systemd (daemons are started directly):
+# As root (it calls no sudo itself: it switches users with runuser), idempotent, Debian packages only, no systemd
+# (daemons are started directly):
 #   1. munge, slurmctld, slurmd: one node (this machine), partitions `cpu` (default) and `gpu`; the node offers a
 #      `gpu` GRES whose slots are stand-in device files (/dev/null, ...), so `sbatch --gres=gpu:1` is accepted and
 #      scheduled (nothing on the node is a GPU; jobs set device cpu). Finished jobs are logged for `sacct --completion`.
@@ -35,7 +36,11 @@ done
 
 say() { echo "==> $*"; }
 die() { echo "cluster.sh: $*" >&2; exit 1; }
-[ "$(id -u)" = 0 ] || die "run as root: it installs packages and starts munge, slurmctld, slurmd and sshd"
+if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null && how="sudo $0 $*" || how="$0 $* as root (there is no sudo here: log in as root)"
+    die "run as root: $how. It installs packages and starts munge, slurmctld, slurmd and sshd. Without root there is no
+local cluster: run campaigns on the localhost computer (aiida-alml setup), or on a real cluster (docs/cluster.md, Part 2)"
+fi
 [ -x .venv/bin/python ] || die "no .venv in $REPO: run scripts/bootstrap.sh first"
 
 # ---------------------------------------------------------------------------------------------------- packages

@@ -2,7 +2,10 @@
 # The services of the production profile on this machine: PostgreSQL (the distribution's server, one cluster) and
 # RabbitMQ, from Debian packages, started without systemd; a database role and a database for AiiDA.
 # Idempotent: run it again after a reboot to start what is down; it changes nothing that is already right.
-# Run as root. Then: aiida-alml setup --production (its defaults match the ones below).
+# Run as root: as root `scripts/services.sh`, from an account with sudo `sudo scripts/services.sh` (it needs no sudo
+# itself: it switches to the users postgres and rabbitmq with runuser). Then: aiida-alml setup --production (its
+# defaults match the ones below). Without root on this machine: use the embedded profile (`aiida-alml setup`: SQLite +
+# ZeroMQ, no services), or `aiida-alml setup --production --db-* --broker-*` pointed at servers an administrator runs.
 #
 #   ALML_DB_HOST (localhost)  ALML_DB_PORT (the cluster's port, 5432)  ALML_DB_USER (alml)  ALML_DB_PASSWORD (alml)
 #   ALML_DB_NAME (alml)       ALML_BROKER_PORT (5672)
@@ -23,7 +26,12 @@ CONSUMER_TIMEOUT_MS=36000000000
 die() { echo "services.sh: $*" >&2; exit 1; }
 step() { echo "==> $*"; }
 
-[ "$(id -u)" = 0 ] || die "run me as root (I install packages and start the servers as users postgres and rabbitmq)"
+if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null && how="sudo $0" || how="$0 as root (there is no sudo here: log in as root)"
+    die "run me as root: $how. I install packages and start the servers as users postgres and rabbitmq. Without root:
+the embedded profile needs no services (aiida-alml setup), or point aiida-alml setup --production --db-* --broker-* at
+servers an administrator runs (docs/production.md)"
+fi
 
 apt_install() {
     # Another apt run (a parallel setup script) holds the lock: wait for it instead of failing.

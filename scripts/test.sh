@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" != 0 ]; then
     cat >&2 <<'EOF'
-scripts/test.sh: the cluster and production tests need root, and this suite passes only with them: run
-    sudo ./scripts/test.sh
+scripts/test.sh: the cluster and production tests need root, and this suite passes only with them: run it as root
+    ./scripts/test.sh          (as root; from an account with sudo: sudo ./scripts/test.sh)
 (scripts/cluster.sh installs and starts munge, SLURM and sshd with a job user; scripts/services.sh installs and
 starts PostgreSQL and RabbitMQ; both use apt-get, Debian packages). Without root, `.venv/bin/python -m pytest -q`
 runs the rest, skipping those tests: that is not the full suite.

@@ -115,6 +115,7 @@ def demo(profile_name, system, label_only, count, seed, wait, timeout, plot_path
 def _campaign_demo(system, wait, timeout, plot_path):
     import pathlib
 
+    from aiida.common.exceptions import InvalidOperation
     from aiida.engine import submit
 
     import aiida_alml
@@ -131,6 +132,8 @@ def _campaign_demo(system, wait, timeout, plot_path):
     inputs['metadata'] = {'label': label}
     try:
         node = submit(ActiveLearningWorkChain, **inputs)
+    except InvalidOperation as exception:  # e.g. the ZeroMQ broker runs inside the daemon: no daemon, no submit
+        raise click.ClickException(str(exception))
     except ValueError as exception:
         raise click.ClickException(f'{config}: {exception}')
     click.echo(f'Submitted {node.process_label}<{node.pk}> (campaign file {config}).')
@@ -149,7 +152,7 @@ def _campaign_demo(system, wait, timeout, plot_path):
 
 def _label_demo(count, seed, wait, timeout):
     from aiida import orm
-    from aiida.common.exceptions import NotExistent
+    from aiida.common.exceptions import InvalidOperation, NotExistent
     from aiida.engine import submit
 
     from aiida_alml.calculations.ase import AseLabelCalculation
@@ -172,7 +175,10 @@ def _label_demo(count, seed, wait, timeout):
     builder.calculator = orm.Dict({'name': 'emt'})
     builder.properties = orm.List(['energy', 'forces', 'stress'])
     builder.metadata.label = 'demo: EMT labels of perturbed Cu'
-    node = submit(builder)
+    try:
+        node = submit(builder)
+    except InvalidOperation as exception:  # e.g. the ZeroMQ broker runs inside the daemon: no daemon, no submit
+        raise click.ClickException(str(exception))
     click.echo(f'Submitted {node.process_label}<{node.pk}> to the daemon.')
     if not wait:
         click.echo(f'Follow it with: verdi process show {node.pk}')

@@ -132,15 +132,34 @@ def _model_file_names(models: dict) -> dict:
     return names
 
 
+#: What ``export --format mace`` says about the extra files, in the CLI output, its --help and docs/tutorial.md.
+MACE_PICKLE_WARNING = ('MACE model files are pickles: loading one runs the code it names. Write and load them only for '
+                       'tools that read nothing else (MACECalculator, mace_run_train --foundation_model, '
+                       'mace_create_lammps_model); share the .alml files, which load without running code.')
+
+
+def _mace_file_name(key: str, alml_name: str) -> str:
+    """The name of member ``key``'s MACE model file next to its .alml file (``key`` is a checked plain name)."""
+    name = f'{key}.model'
+    return name if name != alml_name else f'{key}.mace.model'
+
+
 @click.command()
 @PROFILE
 @click.argument('pk')
 @click.argument('directory', type=click.Path(file_okay=False, path_type=pathlib.Path))
-def export(profile_name, pk, directory):
+@click.option('--format', 'model_format', type=click.Choice(['alml', 'mace']), default='alml', show_default=True,
+              help="alml: each member's model file as stored (config + weights; loaded without running code). "
+                   "mace: ALSO, per member, MACE's own model file models/<member>/<member>.model, rebuilt from the "
+                   'hash-checked .alml file and written with torch.save. THOSE FILES ARE PICKLES: loading one runs '
+                   'the code it names. Only for tools that read nothing else: MACECalculator(model_paths=...), '
+                   'mace_run_train --foundation_model, mace_create_lammps_model.')
+def export(profile_name, pk, directory, model_format):
     """Write the final models, dataset, learning curve and provenance of the alml.active_learning run PK to DIRECTORY.
 
     Files: models/<member>/<model file> (hash-checked), dataset.extxyz (MACE's REF_* keys), learning_curve.json and
-    provenance.json (the lineage of member_0). Existing files are never overwritten.
+    provenance.json (the lineage of member_0); with --format mace also models/<member>/<member>.model (MACE's own
+    model file: a pickle, see --format). Existing files are never overwritten.
     """
     load_profile(profile_name)
     from aiida_alml.data import ModelIntegrityError
@@ -160,9 +179,12 @@ def export(profile_name, pk, directory):
     if 'member_0' not in models:
         raise click.ClickException(f'alml.active_learning<{node.pk}> has no output models.member_0')
 
-    targets = {key: directory / 'models' / key / name for key, name in _model_file_names(models).items()}
-    files = [*targets.values(), *(directory / name for name in
-                                  ('dataset.extxyz', 'learning_curve.json', 'provenance.json'))]
+    names = _model_file_names(models)
+    targets = {key: directory / 'models' / key / name for key, name in names.items()}
+    mace_targets = ({key: directory / 'models' / key / _mace_file_name(key, name) for key, name in names.items()}
+                    if model_format == 'mace' else {})
+    files = [*targets.values(), *mace_targets.values(),
+             *(directory / name for name in ('dataset.extxyz', 'learning_curve.json', 'provenance.json'))]
     existing = [str(path) for path in files if path.exists() or path.is_symlink()]
     if existing:
         raise click.ClickException(f'{directory}: would overwrite {", ".join(existing)}; choose an empty directory')
@@ -173,12 +195,29 @@ def export(profile_name, pk, directory):
             # 'xb': never through a file or link that appeared since the check above.
             with model.verified_path() as path, open(path, 'rb') as source, open(targets[key], 'xb') as target:
                 shutil.copyfileobj(source, target)
+                if key in mace_targets:
+                    _write_mace_file(key, path, mace_targets[key])
         except ModelIntegrityError as exception:
             raise click.ClickException(f'models.{key}: {exception}')
         click.echo(f'models.{key}: MlipModel<{model.pk}> -> {targets[key]}')
+        if key in mace_targets:
+            click.echo(f'models.{key}: MACE model file (a pickle) -> {mace_targets[key]}')
+    if mace_targets:
+        click.echo(f'Note: {MACE_PICKLE_WARNING}')
     outputs.dataset.write_extxyz(directory / 'dataset.extxyz')
     click.echo(f'dataset: {len(outputs.dataset)} configurations -> {directory / "dataset.extxyz"}')
     (directory / 'learning_curve.json').write_text(json.dumps(outputs.learning_curve.get_dict(), indent=1) + '\n')
     provenance = {'workflow': {'pk': node.pk, 'uuid': node.uuid}, **model_lineage(models['member_0'])}
     (directory / 'provenance.json').write_text(json.dumps(provenance, indent=1, sort_keys=True) + '\n')
     click.echo(f'learning curve and provenance (lineage of member_0) -> {directory}')
+
+
+def _write_mace_file(key: str, verified: pathlib.Path, target: pathlib.Path) -> None:
+    """MACE's model file of member ``key``, rebuilt from its hash-checked file ``verified`` (read without unpickling)."""
+    from aiida_alml.engines.model_format import ModelFormatError, write_mace_pickle
+
+    try:
+        with open(target, 'xb') as handle:  # 'xb': as for the .alml file
+            write_mace_pickle(verified, handle)
+    except ModelFormatError as exception:
+        raise click.ClickException(f'models.{key}: {exception}')

@@ -120,9 +120,9 @@ ADVISED_CONSUMER_TIMEOUT_MS = 36_000_000_000
 def _not_reachable(service: str, address: str, reason: str) -> click.ClickException:
     prefix = 'db' if service == 'PostgreSQL' else 'broker'
     return click.ClickException(
-        f'{service} is not reachable at {address} ({reason}). Start it on this machine with '
-        f'`sudo {SERVICES_SCRIPT}` (from the aiida-alml source tree), or point the --{prefix}-* options at a '
-        'running server.'
+        f'{service} is not reachable at {address} ({reason}). Start it on this machine by running '
+        f'`{SERVICES_SCRIPT}` as root (from the aiida-alml source tree; `sudo {SERVICES_SCRIPT}` from an account '
+        f'with sudo), or point the --{prefix}-* options at a running server.'
     )
 
 
@@ -184,7 +184,7 @@ def _create_database(db: dict) -> None:
     except psycopg.errors.InsufficientPrivilege:
         raise click.ClickException(
             f'database {db["name"]!r} does not exist on {address} and role {db["user"]!r} may not create it: run '
-            f'`sudo ALML_DB_NAME={db["name"]} {SERVICES_SCRIPT}`, or ask the server\'s administrator for it.'
+            f'`ALML_DB_NAME={db["name"]} {SERVICES_SCRIPT}` as root, or ask the server\'s administrator for it.'
         ) from None
     except psycopg.Error as exception:
         raise click.ClickException(f'could not create database {db["name"]!r} on {address} as {db["user"]!r} '

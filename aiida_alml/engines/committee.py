@@ -36,9 +36,13 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
-from mace.data.neighborhood import get_neighborhood
-from mace.modules.models import ScaleShiftMACE
 from torch.func import functional_call
+
+from aiida_alml.engines.mace_import import quiet_mace_import
+
+with quiet_mace_import():  # without the notices MACE and e3nn print on import
+    from mace.data.neighborhood import get_neighborhood
+    from mace.modules.models import ScaleShiftMACE
 
 from aiida_alml.engines.committee_loading import (
     ModelHashError,

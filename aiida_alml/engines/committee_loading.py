@@ -22,7 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from mace.modules.models import MACE, ScaleShiftMACE
+
+from aiida_alml.engines.mace_import import quiet_mace_import
+
+with quiet_mace_import():  # without the notices MACE and e3nn print on import
+    from mace.modules.models import MACE, ScaleShiftMACE
 
 from aiida_alml.engines.message_passing import FusedInteraction, FusionError
 from aiida_alml.engines.model_format import load_model, sha256_of_file

@@ -26,7 +26,11 @@ No AiiDA import: this runs on the compute node.
 from __future__ import annotations
 
 import torch
-from mace.modules.blocks import RealAgnosticInteractionBlock, RealAgnosticResidualInteractionBlock
+
+from aiida_alml.engines.mace_import import quiet_mace_import
+
+with quiet_mace_import():  # without the notices MACE and e3nn print on import
+    from mace.modules.blocks import RealAgnosticInteractionBlock, RealAgnosticResidualInteractionBlock
 
 __all__ = ['FusedInteraction', 'FusionError', 'neighbour_layout']
 

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 __all__ = (
     'FORMAT', 'ModelFormatError', 'load_model', 'read_header', 'save_model', 'set_atomic_energies', 'sha256_of_file',
-    'sha256_of_stream',
+    'sha256_of_stream', 'write_mace_pickle',
 )
 
 FORMAT = 'alml.mace.v1'
@@ -63,7 +63,11 @@ def _plain_config(model) -> dict[str, Any]:
     """MACE's constructor config of ``model`` as JSON-able data."""
     import numpy as np
     import torch
-    from mace.tools.scripts_utils import extract_config_mace_model
+
+    from aiida_alml.engines.mace_import import quiet_mace_import
+
+    with quiet_mace_import():
+        from mace.tools.scripts_utils import extract_config_mace_model
 
     name = type(model).__name__
     if name not in _MODEL_CLASSES:
@@ -172,7 +176,11 @@ def _constructor_arguments(config: dict, path) -> dict[str, Any]:
 
     import numpy as np
     import torch
-    from e3nn import o3
+
+    from aiida_alml.engines.mace_import import quiet_mace_import
+
+    with quiet_mace_import():
+        from e3nn import o3
 
     blocks = importlib.import_module(_BLOCK_MODULE)
     arguments = dict(config)
@@ -201,11 +209,16 @@ def _constructor_arguments(config: dict, path) -> dict[str, Any]:
 def load_model(path: str | os.PathLike, device: str = 'cpu'):
     """Rebuild the model from its config with MACE's classes and load its weights (strictly)."""
     import torch
-    from mace import modules
+
+    from aiida_alml.engines.mace_import import quiet_mace_build, quiet_mace_import
+
+    with quiet_mace_import():  # without the notices MACE and e3nn print on import
+        from mace import modules
 
     payload = _read(path, device='cpu')
     arguments = _constructor_arguments(payload['config'], path)
-    model = getattr(modules, payload['model_class'])(**arguments)
+    with quiet_mace_build():
+        model = getattr(modules, payload['model_class'])(**arguments)
     dtype = payload['state_dict']['atomic_energies_fn.atomic_energies'].dtype
     model = model.to(dtype=dtype)
     try:
@@ -213,6 +226,22 @@ def load_model(path: str | os.PathLike, device: str = 'cpu'):
     except RuntimeError as exception:
         raise ModelFormatError(f'{path}: the weights do not fit the model config ({exception})') from exception
     return model.to(device)
+
+
+def write_mace_pickle(path: str | os.PathLike, handle: BinaryIO) -> None:
+    """Write the model of our file ``path`` to ``handle`` as MACE's own model file: the pickled ``nn.Module`` that
+    ``mace_run_train`` writes and ``MACECalculator(model_paths=...)``, ``mace_run_train --foundation_model`` and
+    ``mace_create_lammps_model`` read.
+
+    Only for tools that read nothing else: the result is a pickle, and loading a pickle runs the code it names. The
+    model is rebuilt from ``path`` by :func:`load_model` (no pickle read), so nothing but MACE's classes and the
+    weights go into it.
+    """
+    import torch
+
+    model = load_model(path, device='cpu')
+    model.eval()
+    torch.save(model, handle)
 
 
 def set_atomic_energies(model, atomic_energies: dict[int, float]) -> None:

@@ -24,8 +24,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
+import warnings
+
 import torch
-from mace.modules.blocks import RealAgnosticInteractionBlock, RealAgnosticResidualInteractionBlock
+
+from aiida_alml.engines.mace_import import quiet_mace_import
+
+with quiet_mace_import():  # without the notices MACE and e3nn print on import
+    from mace.modules.blocks import RealAgnosticInteractionBlock, RealAgnosticResidualInteractionBlock
 
 __all__ = ['RadialTable', 'TabulationError', 'radial_weight_functions']
 
@@ -97,6 +103,11 @@ def _locate(r: torch.Tensor, inv_spacing: float, intervals: int):
     index = scaled.floor().clamp(0, intervals - 1)
     columns = ROWS * index.long().unsqueeze(-1) + torch.arange(ROWS, device=r.device)
     return columns, scaled - index
+
+
+# torch warns on the first CSR tensor of a process that its sparse support is in beta; only that warning, only here.
+warnings.filterwarnings('ignore', message='Sparse CSR tensor support is in beta state', category=UserWarning,
+                        module=r'aiida_alml\.engines\.radial_table\Z')
 
 
 def _combine(columns: torch.Tensor, weights: torch.Tensor, table: torch.Tensor) -> torch.Tensor:

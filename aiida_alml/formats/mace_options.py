@@ -120,7 +120,10 @@ class MaceOptionError(ValueError):
 @functools.lru_cache(maxsize=1)
 def known_options() -> dict[str, argparse.Action]:
     """Map of option name (``dest`` and every ``--spelling`` without dashes) to its argparse action."""
-    from mace.tools import build_default_arg_parser
+    from aiida_alml.engines.mace_import import quiet_mace_import
+
+    with quiet_mace_import():  # the campaign loader and the CLI check options: without MACE's import notices
+        from mace.tools import build_default_arg_parser
 
     options: dict[str, argparse.Action] = {}
     for action in build_default_arg_parser()._actions:  # noqa: SLF001 (argparse has no public list of actions)

@@ -54,7 +54,7 @@ def test_daemon_xtb_labelling_absorbs_a_failed_scf(submit_and_await, label_code)
     }
     node = submit_and_await(LabelWorkChain, timeout=300, **inputs)
     assert node.is_finished_ok, f'{node.exit_status}: {node.exit_message}'
-    job = next(child for child in node.called if child.process_label == 'AseLabelCalculation')
+    job = next(child for child in node.called_descendants if child.process_label == 'AseLabelCalculation')
     records = job.outputs.output_parameters['configurations']
     assert [(record['status'], len(record['attempts'])) for record in records] == [('ok', 2), ('ok', 1), ('failed', 3)]
     assert 'SCF not converged in 12 cycles' in records[2]['error']

@@ -22,7 +22,7 @@ BIN = pathlib.Path(sys.executable).parent
 PRODUCTION = os.environ.get('ALML_TEST_PRODUCTION') == '1'
 needs_services = pytest.mark.skipif(
     not PRODUCTION,
-    reason='needs PostgreSQL and RabbitMQ: run `sudo scripts/services.sh`, then set ALML_TEST_PRODUCTION=1 '
+    reason='needs PostgreSQL and RabbitMQ: run scripts/services.sh as root, then set ALML_TEST_PRODUCTION=1 '
            '(scripts/test.sh does both when run as root)',
 )
 DB = {

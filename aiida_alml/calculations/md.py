@@ -10,15 +10,29 @@ from aiida import orm
 from aiida.common import datastructures
 from aiida.engine import CalcJob
 
+from aiida_alml.calculations.base import define_disk_full_exit_code, define_interruption_exit_code
 from aiida_alml.data import MlipModel, ModelIntegrityError
 from aiida_alml.engines.md import SUMMARY_FILE, TRAJECTORY_FILE, MdParameterError, validate_parameters
-from aiida_alml.parsers.interruption import define_interruption_exit_code
 
-__all__ = ('MdCalculation', 'check_committee', 'check_md_grid')
+__all__ = ('MdCalculation', 'check_committee', 'check_md_grid', 'upload_committee')
 
 INPUT_FILE = 'md.json'
 STRUCTURE_FILE = 'structure.xyz'
 STDOUT_FILE = 'alml-md.out'
+
+
+def upload_committee(folder, members: list[MlipModel]) -> list[dict]:
+    """Copy the members' model files into ``models/`` of the job's folder; their entries for the engine's input."""
+    folder.get_subfolder('models', create=True)
+    models = []
+    for index, model in enumerate(members):
+        path = f'models/member_{index}.model'
+        # Copied through verified_path: the bytes that are uploaded are the ones whose hash was checked; the engine
+        # checks them again on the node before loading (the file crossed a file system).
+        with model.verified_path() as source:
+            shutil.copyfile(source, folder.get_abs_path(path))
+        models.append({'path': path, 'sha256': model.sha256, 'uuid': model.uuid})
+    return models
 
 
 def check_committee(models: list[MlipModel], elements: set[str] | None = None, name: str = 'models') -> str | None:
@@ -93,8 +107,7 @@ class MdCalculation(CalcJob):
 
         spec.exit_code(300, 'ERROR_MISSING_OUTPUT', message='alml-md wrote no {filename}: it did not run or crashed. {details}')
         spec.exit_code(301, 'ERROR_READING_OUTPUT', message='The output of alml-md could not be read: {error}')
-        spec.exit_code(302, 'ERROR_DISK_FULL', message='The working directory on the compute machine is full (no space '
-                       'left or over quota): {details}')
+        define_disk_full_exit_code(spec)
         spec.exit_code(310, 'ERROR_MODEL_HASH', message='A model file on the compute node did not match its SHA-256.')
         spec.exit_code(320, 'ERROR_NO_FRAMES', message='alml-md kept no frame: {reason}')
 
@@ -104,18 +117,9 @@ class MdCalculation(CalcJob):
         members = [self.inputs.models[key] for key in sorted(self.inputs.models)]
         # Our writer keeps every bit of the positions (ASE's rounds to 8 decimals): the run starts where recorded.
         write_extxyz(Configurations.from_ase([self.inputs.structure.get_ase()]), folder.get_abs_path(STRUCTURE_FILE))
-        folder.get_subfolder('models', create=True)
-        models = []
-        for index, model in enumerate(members):
-            path = f'models/member_{index}.model'
-            # Copied through verified_path: the bytes that are uploaded are the ones whose hash was checked; the
-            # engine checks them again on the node before loading (the file crossed a file system).
-            with model.verified_path() as source:
-                shutil.copyfile(source, folder.get_abs_path(path))
-            models.append({'path': path, 'sha256': model.sha256, 'uuid': model.uuid})
         spec = {
             'structure': STRUCTURE_FILE,
-            'models': models,
+            'models': upload_committee(folder, members),
             'dtype': members[0].dtype,
             'parameters': self.inputs.parameters.get_dict(),
         }

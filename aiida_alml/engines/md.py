@@ -347,10 +347,15 @@ def run_md(atoms, calculator, parameters: dict) -> tuple[dict[str, np.ndarray], 
 # ---------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='alml-md', description=__doc__.splitlines()[0])
-    parser.add_argument('input', help='JSON file: {"structure": path, "models": [{"path", "sha256"}], "parameters": {}}')
+    parser.add_argument('input', help='JSON file: {"structure": path, "models": [{"path", "sha256"}], "parameters": {}}, '
+                                      'or {"task": "score", "frames": path, "models": [...], "device": ...}')
     parser.add_argument('--dtype', default=None, help='float32/float64 (default: from the input file)')
     args = parser.parse_args(argv)
     spec = json.loads(pathlib.Path(args.input).read_text())
+    if spec.get('task') == 'score':  # the committee on given frames, no MD (alml.score)
+        from aiida_alml.engines.score import main as score
+
+        return score({**spec, 'dtype': args.dtype or spec.get('dtype', 'float64')})
     from ase.io import read
 
     try:

@@ -40,15 +40,17 @@ from aiida_alml.workflows.functions import (
     merge_training_sets,
     perturb_structures,
     record_iteration,
-    score_committee,
+    score_predictions,
     select_for_labelling,
     split_structures,
 )
 from aiida_alml.workflows.label import LabelWorkChain
 from aiida_alml.workflows.links import (
-    E0S, ISOLATED_ATOMS, LABEL_INITIAL, LABEL_ISOLATED_ATOMS, LEARNING_CURVE, MERGE_INITIAL, PERTURB_INITIAL,
-    STARTING_POINTS, TRAIN_FINAL, VALIDATE, iteration_label,
+    E0S, ERRORS_FINAL, ISOLATED_ATOMS, LABEL_INITIAL, LABEL_ISOLATED_ATOMS, LEARNING_CURVE, MERGE_INITIAL,
+    PERTURB_INITIAL, SCORE_FINAL, STARTING_POINTS, TRAIN_FINAL, VALIDATE, iteration_label,
 )
+from aiida_alml.workflows.base import base_inputs
+from aiida_alml.workflows.score_base import ScoreBaseWorkChain
 from aiida_alml.workflows.seeds import iteration_seeds
 from aiida_alml.workflows.stability import StabilityWorkChain
 from aiida_alml.workflows.submission import EndsInterruptedFunctions, submit_once
@@ -149,9 +151,9 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
             while_(cls.should_continue)(
                 cls.run_training,
                 cls.inspect_training,
-                cls.score_committee,
                 cls.run_exploration,
                 cls.inspect_exploration,
+                cls.inspect_scoring,
                 cls.run_selection,
                 cls.decide_convergence,
                 if_(cls.has_frames_to_label)(
@@ -159,7 +161,9 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
                 ),
                 cls.close_iteration,
             ),
-            if_(cls.needs_final_training)(cls.run_final_training, cls.inspect_final_training),
+            if_(cls.needs_final_training)(
+                cls.run_final_training, cls.inspect_final_training, cls.run_final_scoring, cls.inspect_scoring,
+            ),
             if_(cls.should_validate)(cls.run_validation, cls.inspect_validation),
             cls.finalize,
         )
@@ -320,17 +324,17 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
         self.ctx.entry['train_metrics'] = committee.outputs.summary.get_dict()
         return None
 
-    def score_committee(self):
-        """The new committee's errors on the held-out test set (when there is one)."""
-        self.ctx.entry.update(self._score(iteration_label('score', self.ctx.iteration)))
-
     def run_exploration(self):
+        """Explore with the new committee and, beside it, score it on the held-out test set (when there is one)."""
         inputs = self.exposed_inputs(ExploreWorkChain, namespace='explore')
         inputs['structures'] = dict(self.ctx.starting_points)
         inputs['md']['models'] = self.ctx.models
         inputs['conditions'] = orm.List(self.ctx.conditions)
         inputs['metadata'] = {'call_link_label': iteration_label('explore', self.ctx.iteration)}
-        return ToContext(exploration=submit_once(self, ExploreWorkChain, **inputs))
+        futures = {'exploration': submit_once(self, ExploreWorkChain, **inputs)}
+        futures.update(self._submit_scoring(iteration_label('score', self.ctx.iteration),
+                                            iteration_label('errors', self.ctx.iteration), self.ctx.entry))
+        return ToContext(**futures)
 
     def inspect_exploration(self):
         exploration = self.ctx.exploration
@@ -510,8 +514,14 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
         self.ctx.models = dict(committee.outputs.models.items())
         self.ctx.models_trained_on = self.ctx.dataset.uuid
         self.ctx.final['train_metrics'] = committee.outputs.summary.get_dict()
-        self.ctx.final.update(self._score('score_final'))
         return None
+
+    def run_final_scoring(self):
+        """The final committee on the held-out test set (when there is one and the final training succeeded)."""
+        self.ctx.scoring = None
+        if self.ctx.final.get('failed'):
+            return None
+        return ToContext(**self._submit_scoring(SCORE_FINAL, ERRORS_FINAL, self.ctx.final))
 
     def should_validate(self):
         return 'validation' in self.inputs and self.ctx.models is not None and not (self.ctx.final or {}).get('failed')
@@ -541,6 +551,7 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
             'parameters': orm.Dict(parameters),
             'ensembles': orm.List(settings['ensembles']),
             'criteria': orm.Dict(criteria),
+            'max_relaunches': self.inputs.explore.max_relaunches,
             'metadata': {'call_link_label': VALIDATE},
         }
         self.report(f'validating the final committee: {settings["ensembles"]} at {parameters["temperature"]:.0f} K '
@@ -612,14 +623,44 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
         inputs['metadata'] = {'call_link_label': link_label}
         return submit_once(self, CommitteeWorkChain, **inputs)
 
-    def _score(self, link_label: str) -> dict:
-        """The current committee's errors on the held-out test set (empty without one)."""
+    def _submit_scoring(self, job_label: str, errors_label: str, row: dict) -> dict:
+        """Launch the job that runs the current committee on the held-out test set ({} without a test set): an
+        ``alml.score`` job with the MD code, on its computer and with its options, so that no model is loaded where
+        the daemon runs. :meth:`inspect_scoring` writes the errors into ``row``."""
+        self.ctx.scoring = None
         if 'test_set' not in self.inputs:
             return {}
-        scores = score_committee(self.inputs.test_set, **self.ctx.models,
-                                 metadata={'call_link_label': link_label}).get_dict()
-        return {'test_force_rmse': scores['force_rmse'], 'test_energy_rmse_per_atom': scores['energy_rmse_per_atom'],
-                'test_energy_mean_error_per_atom': scores['energy_mean_error_per_atom']}
+        explore = self.exposed_inputs(ExploreWorkChain, namespace='explore')
+        parameters = explore['parameters'].get_dict() if 'parameters' in explore else {}
+        device = {**parameters, **(self.ctx.conditions[0] if self.ctx.conditions else {})}.get('device', 'cpu')
+        # The MD jobs' scheduler options (resources, queue, environment), not their parser: this job has its own.
+        options = {key: value for key, value in explore['md'].get('metadata', {}).get('options', {}).items()
+                   if key != 'parser_name'}
+        job = {'code': explore['md']['code'], 'frames': self.inputs.test_set, 'models': self.ctx.models,
+               'device': orm.Str(device), 'metadata': {'options': options}}
+        max_relaunches = self.inputs.explore.max_relaunches
+        self.ctx.scoring_target = {'row': 'final' if job_label == SCORE_FINAL else 'entry', 'errors': errors_label}
+        return {'scoring': submit_once(self, ScoreBaseWorkChain,
+                                       **base_inputs('score', job, max_relaunches, job_label))}
+
+    def inspect_scoring(self):
+        """The held-out errors of the committee the scoring job ran (nothing to do without a test set). A failed
+        scoring job does not stop the campaign: the row says so and the errors stay empty."""
+        scoring = self.ctx.get('scoring')
+        if scoring is None:
+            return None
+        row = self.ctx.final if self.ctx.scoring_target['row'] == 'final' else self.ctx.entry
+        if not scoring.is_finished_ok:
+            row['test_scoring_failed'] = f'<{scoring.pk}> exit status {scoring.exit_status}: {scoring.exit_message}'
+            self.report(f'scoring on the test set failed ({row["test_scoring_failed"]}): no held-out errors for '
+                        'this committee')
+            return None
+        scores = score_predictions(self.inputs.test_set, scoring.outputs.predictions,
+                                   metadata={'call_link_label': self.ctx.scoring_target['errors']}).get_dict()
+        row.update({'test_force_rmse': scores['force_rmse'],
+                    'test_energy_rmse_per_atom': scores['energy_rmse_per_atom'],
+                    'test_energy_mean_error_per_atom': scores['energy_mean_error_per_atom']})
+        return None
 
     def _mismatch(self, labelled: ConfigurationSet) -> str | None:
         """Why ``labelled`` may not join the training set (settings differ from its labels), or None."""
@@ -638,3 +679,44 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
             inputs['aims'] = {**aims, 'kpoints_reference': reference}
         inputs['metadata'] = {'call_link_label': link_label}
         return submit_once(self, LabelWorkChain, **inputs)
+
+    # ------------------------------------------------------------------ protocols
+    @classmethod
+    def get_available_protocols(cls) -> dict:
+        """``{protocol: {'description': ...}}`` of ``aiida_alml/protocols/active_learning.yaml``."""
+        from aiida_alml.protocols import get_available_protocols
+
+        return get_available_protocols('active_learning')
+
+    @classmethod
+    def get_default_protocol(cls) -> str:
+        from aiida_alml.protocols import get_default_protocol
+
+        return get_default_protocol('active_learning')
+
+    @classmethod
+    def get_protocol_inputs(cls, protocol: str | None = None, overrides: dict | None = None) -> dict:
+        """The inputs of ``protocol`` (default: moderate) with ``overrides`` merged in, as plain values."""
+        from aiida_alml.workflows.protocols import active_learning_inputs
+
+        return active_learning_inputs(protocol, overrides)
+
+    @classmethod
+    def get_builder_from_protocol(cls, train_code, md_code, label_code, structures=None, *, initial_dataset=None,
+                                  exploration_structures=None, test_set=None, calculator=None, protocol=None,
+                                  overrides=None, options=None, labeller=None, species_root=None):
+        """A builder for a campaign: ``train_code`` (``alml.mace.train``), ``md_code`` (``alml.md``) and
+        ``label_code`` (the reference: ``alml.ase`` with ``calculator``, ``alml.aims`` with ``species_root``, or a
+        shell code), ``structures`` to label first (``initial_structures``) and/or a labelled ``initial_dataset``,
+        optionally ``exploration_structures`` and a labelled ``test_set`` (ConfigurationSets or ASE Atoms).
+
+        ``options``: ``metadata.options`` of every job (training, MD, labelling); ``overrides``: inputs laid over the
+        protocol's (plain dicts merged, a node replaces, None removes), e.g. ``{'selection': {'trust_lo': 0.1}}`` or
+        ``{'explore_schedule': [{'temperature': 500}]}``. A campaign file with ``protocol:`` gives the same inputs.
+        See docs/python.md.
+        """
+        from aiida_alml.workflows.protocols import active_learning_builder
+
+        return active_learning_builder(cls, train_code, md_code, label_code, structures, initial_dataset=initial_dataset,
+            exploration_structures=exploration_structures, test_set=test_set, calculator=calculator, protocol=protocol,
+            overrides=overrides, options=options, labeller=labeller, species_root=species_root)

@@ -14,7 +14,7 @@ from aiida_alml.selection import (
 )
 
 __all__ = (
-    'isolated_atoms', 'isolated_atom_e0s', 'score_committee',
+    'isolated_atoms', 'isolated_atom_e0s', 'score_predictions',
     'perturb_structures', 'split_structures', 'merge_training_sets', 'select_for_labelling', 'evaluate_predictions',
     'calibrate_committee', 'exploration_accounting', 'record_iteration', 'assemble_learning_curve',
 )
@@ -322,36 +322,20 @@ def calibrate_committee(num_members: orm.Int, **pairs: orm.ArrayData) -> orm.Dic
 
 
 @calcfunction
-def score_committee(test_set: ConfigurationSet, **models) -> orm.Dict:
-    """Errors of the committee mean on a labelled held-out set (energy per atom, forces), and the mean σ there.
-
-    This loads the models where the workflow runs (the daemon machine), so keep test sets small; each file's hash is
-    checked before it is loaded.
-    """
-    import contextlib
-
-    from aiida_alml.engines.committee import CommitteeCalculator
-
-    members = [models[key] for key in sorted(models)]
-    with contextlib.ExitStack() as stack:
-        paths = [str(stack.enter_context(model.verified_path())) for model in members]
-        calculator = CommitteeCalculator(model_paths=paths, default_dtype=members[0].dtype,
-                                         expected_sha256=[model.sha256 for model in members])
-        configurations = test_set.configurations
-        energy_errors, differences, sigmas = [], [], []
-        for index, atoms in enumerate(test_set.to_ase()):
-            reference_forces = configurations.forces[configurations.atom_slice(index)]
-            atoms.calc = calculator
-            energy_errors.append((atoms.get_potential_energy() - configurations.energy[index]) / len(atoms))
-            differences.append(atoms.get_forces() - reference_forces)
-            sigmas.append(calculator.results['force_sigma'])
+def score_predictions(test_set: ConfigurationSet, predictions: orm.ArrayData) -> orm.Dict:
+    """Errors of the committee mean on a labelled held-out set (energy per atom, forces), and the mean σ there, from
+    the committee's ``predictions`` on it (an ``alml.score`` job: the models run there, not here)."""
+    configurations = test_set.configurations
+    sizes = np.asarray(configurations.n_atoms)
+    energy_errors = (predictions.get_array('energy') - np.asarray(configurations.energy)) / sizes
+    differences = predictions.get_array('forces') - np.asarray(configurations.forces)
     return orm.Dict({
         'num_configurations': len(test_set),
         'energy_rmse_per_atom': float(np.sqrt(np.mean(np.square(energy_errors)))),
         # The signed mean shows a constant offset (wrong E0s, an energy never learned) that the RMSE mixes in.
         'energy_mean_error_per_atom': float(np.mean(energy_errors)),
-        **force_errors(np.concatenate(differences)),
-        'mean_force_sigma': float(np.mean(np.concatenate(sigmas))),
+        **force_errors(differences),
+        'mean_force_sigma': float(np.mean(predictions.get_array('force_sigma'))),
     })
 
 

@@ -3,7 +3,8 @@
 Every process the loop calls gets a call link label naming its step: ``<step>_<i>`` for the steps of loop iteration
 ``i`` (``train_0``, ``explore_0``, ``select_0``, ``label_0``, ...; ``record_<i>`` is the calcfunction that stores the
 iteration's row), ``<step>_initial`` before the loop (``label_initial``, ...; also ``isolated_atoms``,
-``label_isolated_atoms`` and ``e0s``), ``train_final``, ``validate`` and ``learning_curve`` after it.
+``label_isolated_atoms`` and ``e0s``), ``train_final``, ``score_final``, ``errors_final``, ``validate`` and
+``learning_curve`` after it.
 docs/provenance.md lists them for users.
 
 No AiiDA import: this is plain string grammar.
@@ -14,9 +15,9 @@ from __future__ import annotations
 import re
 
 __all__ = (
-    'ACTIVE_LEARNING', 'E0S', 'ISOLATED_ATOMS', 'ITERATION_STEPS', 'LABEL_INITIAL', 'LABEL_ISOLATED_ATOMS',
+    'ACTIVE_LEARNING', 'E0S', 'ERRORS_FINAL', 'ISOLATED_ATOMS', 'ITERATION_STEPS', 'LABEL_INITIAL', 'LABEL_ISOLATED_ATOMS',
     'LEARNING_CURVE', 'MERGE_INITIAL', 'PERTURB_INITIAL',
-    'STARTING_POINTS', 'TRAIN_FINAL', 'VALIDATE', 'iteration_label', 'parse_iteration_label',
+    'SCORE_FINAL', 'STARTING_POINTS', 'TRAIN_FINAL', 'VALIDATE', 'iteration_label', 'parse_iteration_label',
 )
 
 #: ``process_type`` of an ``alml.active_learning`` run (its workflow entry point).
@@ -24,7 +25,9 @@ ACTIVE_LEARNING = 'aiida.workflows:alml.active_learning'
 
 #: The steps of one loop iteration, in the order they run; each is called as ``<step>_<iteration>``. ``record`` closes
 #: the iteration: the calcfunction that returns its row (output ``iterations.iteration_<i>``), the row readers use.
-ITERATION_STEPS = ('train', 'score', 'explore', 'select', 'label', 'evaluate', 'calibrate', 'merge', 'record')
+#: ``score`` is the job that runs the new committee on the held-out test set (beside ``explore``), ``errors`` the
+#: calcfunction that compares its predictions with the test set's labels.
+ITERATION_STEPS = ('train', 'score', 'errors', 'explore', 'select', 'label', 'evaluate', 'calibrate', 'merge', 'record')
 
 #: Before the loop: exploration structures split into starting points, initial structures perturbed, labelled and
 #: merged into the first training set.
@@ -39,6 +42,8 @@ LABEL_ISOLATED_ATOMS = 'label_isolated_atoms'
 E0S = 'e0s'
 #: After the loop: the last training on the whole dataset, and the validation MD of the final committee.
 TRAIN_FINAL = 'train_final'
+SCORE_FINAL = 'score_final'
+ERRORS_FINAL = 'errors_final'
 VALIDATE = 'validate'
 #: The calcfunction that assembles the output ``learning_curve`` from the iteration rows and the run's summary.
 LEARNING_CURVE = 'learning_curve'

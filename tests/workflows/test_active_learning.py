@@ -354,3 +354,76 @@ def test_training_sets_with_different_label_settings_are_not_merged(emt_labelled
     assert len(merged) == 4
     with pytest.raises(ValueError, match=r"refusing to merge a and b: .*calculator.class='lj'.*calculator.class='emt'"):
         merge_training_sets(a=labelled_with('emt'), b=labelled_with('lj'))
+
+
+def test_water_campaign_labelled_with_gfn2_xtb_through_the_daemon(submit_and_await, label_code, mace_train_code,
+                                                                   md_code, tmp_path):
+    """Issue 24: a whole campaign on a real electronic-structure reference, from the water demo's campaign file
+    (shortened: fewer initial labels, shorter MD, two iterations, tiny trainings). The labels, the E0s of the lone
+    H and O atoms and the held-out set are GFN2-xTB's as tblite's own ASE calculator gives them; the learning curve
+    records what the reference cost in CPU seconds; the label settings name the method and tblite's version."""
+    import pathlib
+    import shutil
+
+    import numpy as np
+    import yaml
+    from ase import Atoms
+    from tblite.ase import TBLite
+
+    import aiida_alml
+    from aiida_alml.campaign import load_campaign
+
+    demo = pathlib.Path(aiida_alml.__file__).parent / 'protocols' / 'demo'
+    config = yaml.safe_load((demo / 'water_xtb.yaml').read_text())
+    for name in ('water_initial.xyz', 'water_start.xyz', 'water_test.xyz'):
+        shutil.copy(demo / name, tmp_path / name)
+    config['label']['ase']['code'] = label_code.full_label
+    config['train']['train']['code'] = mace_train_code.full_label
+    config['explore']['md']['code'] = md_code.full_label
+    config['initial_perturbation']['count'] = 6
+    config['train']['train']['parameters']['max_num_epochs'] = 8  # stage two from 8 epochs on: on
+    config['warm_start_parameters'] = {'max_num_epochs': 4}
+    for condition in config['explore']['conditions']:
+        condition.update(steps=100, sample_interval=10)
+    config['explore_schedule'] = [{'temperature': 300}, {'temperature': 350}]
+    config['selection']['labels_per_iteration'] = 3
+    config.update(max_iterations=2, final_training=False)
+    del config['validation']
+    path = tmp_path / 'water.yaml'
+    path.write_text(yaml.safe_dump(config))
+
+    node = submit_and_await(ActiveLearningWorkChain, timeout=1500, **load_campaign(path))
+    curve = node.outputs.learning_curve.get_dict()
+    assert node.is_finished, node.process_state
+    assert curve['stop_reason'] in ('converged', 'max_iterations'), curve['stop_reason']
+    assert node.exit_status in (0, ActiveLearningWorkChain.exit_codes.ERROR_MAX_ITERATIONS.status), node.exit_message
+    rows = curve['iterations']
+    assert len(rows) == 2 and all(row['labels_new'] <= 3 for row in rows)
+    # the reference's cost is on the record: tblite's CPU seconds for every labelling, and a held-out score per
+    # iteration (the test set's labels are GFN2-xTB's; energies judged beside forces)
+    for row in rows:
+        assert row['reference_cpu_s'] > 0 and np.isfinite(row['test_force_rmse'])
+        assert np.isfinite(row['test_energy_rmse_per_atom'])
+
+    def tblite_labels(atoms):
+        atoms = atoms.copy()
+        atoms.calc = TBLite(method='GFN2-xTB', verbosity=0)
+        return atoms.get_potential_energy(), atoms.get_forces()
+
+    # E0s: lone H and O atoms labelled by the campaign's own reference through the daemon
+    e0s = node.outputs.e0s.get_dict()
+    assert sorted(e0s) == ['H', 'O']
+    for symbol, energy in e0s.items():
+        atom = Atoms(symbol, positions=[[0.0, 0.0, 0.0]], cell=[20.0] * 3, pbc=False)
+        assert energy == pytest.approx(tblite_labels(atom)[0], abs=1e-5)
+    # every label of the final dataset is tblite's own (one from each iteration's labelling checked, plus the first)
+    dataset = node.outputs.dataset
+    metadata = dataset.configurations.metadata
+    settings = [meta['label_settings'] for meta in metadata]
+    assert all(entry == settings[0] for entry in settings)
+    assert settings[0]['calculator']['kwargs']['method'] == 'GFN2-xTB'
+    assert settings[0]['calculator_version'].startswith('tblite ')
+    for index in (0, len(dataset) - 1):
+        energy, forces = tblite_labels(dataset.get_atoms(index))
+        assert dataset.get_atoms(index).get_potential_energy() == pytest.approx(energy, abs=1e-5)
+        np.testing.assert_allclose(dataset.get_atoms(index).get_forces(), forces, atol=1e-4)

@@ -5,8 +5,10 @@ random] [--iterations 4] [--labels-per-iteration 6] [--out results.json]``. Camp
 be split over processes (``--modes weighted`` in one, ``--modes random`` in another, each with its ``--out``) and the
 tables made from all files at once: ``python benchmarks/data_efficiency.py --merge a.json b.json``.
 
-For every system it makes one held-out test set from independent EMT molecular dynamics, hotter than any
-exploration (`--test-temperature-factor` × the top exploration temperature), then runs, in a throw-away SQLite
+For every system it makes one held-out test set from independent molecular dynamics of the reference (EMT for the
+copper systems), hotter than any exploration (`--test-temperature-factor` × the top exploration temperature); the water
+system (GFN2-xTB, too slow to redo the reference MD each run) uses the water demo's held-out set, independent GFN2-xTB
+MD at 450 K made by scripts/make_water_demo.py. Then it runs, in a throw-away SQLite
 profile, ``alml.active_learning`` campaigns that differ only in ``selection.mode``: ``weighted`` (σ-weighted
 farthest-point sampling among physical frames above trust_lo), ``fps`` (candidates by farthest-point sampling, then
 the earliest failed frames) and ``random`` (as many frames drawn uniformly from every explored frame, the baseline a
@@ -87,22 +89,55 @@ def _copper_vacancy_small():
     return [cubic, pair, vacancy], start
 
 
-SYSTEMS = {'cu_vacancy': _copper_vacancy, 'cuau_alloy': _cuau_alloy, 'cu_vacancy_small': _copper_vacancy_small}
+def _water():
+    """The water demo: eight molecules in a periodic 6.21 Å cube, three frames of GFN2-xTB MD at 300 K to start from."""
+    from ase.io import read
+
+    return read(DEMO / 'water_initial.xyz', ':'), read(DEMO / 'water_start.xyz')
 
 
-def reference_md(atoms, temperature: float, frames: int, interval: int, seed: int) -> list:
-    """Frames of EMT Langevin MD (the reference itself), each with its EMT energy and forces."""
+SYSTEMS = {'cu_vacancy': _copper_vacancy, 'cuau_alloy': _cuau_alloy, 'cu_vacancy_small': _copper_vacancy_small,
+           'water_xtb': _water}
+#: What differs between systems besides their structures: the reference, the MD timestep, the closest distance that
+#: counts as a blow-up, and defaults for the options a user did not give. Copper's are the benchmark's historical
+#: settings; water's are the water demo's (docs/campaign.md): 0.5 fs for O-H vibrations, 300-400 K, the trust window
+#: from the tiny committee's measured held-out errors, r_max 4 Å.
+EMT_SYSTEM = {'calculator': {'name': 'emt'}, 'timestep': 2.0, 'closest': 1.0, 'temperatures': [400.0, 700.0, 1000.0],
+              'trust_lo': 0.05, 'trust_hi': 0.15, 'md_steps': 300, 'sample_interval': 5, 'model': {}}
+SYSTEM_SETTINGS = {
+    'water_xtb': {'calculator': {'name': 'gfn2-xtb'}, 'timestep': 0.5, 'closest': 0.6,
+                  'temperatures': [300.0, 350.0, 400.0], 'trust_lo': 1.0, 'trust_hi': 3.0, 'md_steps': 400,
+                  'sample_interval': 20, 'model': {'r_max': 4.0}, 'test_set': 'water_test.xyz'},
+}
+#: Options whose default depends on the system (None on the command line: the system's value).
+PER_SYSTEM_OPTIONS = ('temperatures', 'trust_lo', 'trust_hi', 'md_steps', 'sample_interval')
+
+
+def system_settings(system: str, args) -> dict:
+    """The system's settings, with every option the user gave on the command line taking precedence."""
+    settings = {**EMT_SYSTEM, **SYSTEM_SETTINGS.get(system, {})}
+    for name in PER_SYSTEM_OPTIONS:
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    return settings
+
+
+def reference_md(atoms, temperature: float, frames: int, interval: int, seed: int, calculator: dict | None = None,
+                 timestep: float = 2.0) -> list:
+    """Frames of Langevin MD with the reference itself (EMT unless ``calculator`` names another, as the labeller's
+    spec), each with the reference's energy and forces."""
     from ase import units
-    from ase.calculators.emt import EMT
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
+    from aiida_alml.engines.calculators import build_calculator
+
     atoms = atoms.copy()
-    atoms.calc = EMT()
+    atoms.calc = build_calculator(calculator or {'name': 'emt'}, ['energy', 'forces'])
     rng = np.random.default_rng(seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
-    dynamics = Langevin(atoms, 2 * units.fs, temperature_K=temperature, friction=0.02, rng=rng)
+    dynamics = Langevin(atoms, timestep * units.fs, temperature_K=temperature, friction=0.02, rng=rng)
     dynamics.run(200)  # equilibrate
     images = []
     for _ in range(frames):
@@ -114,22 +149,25 @@ def reference_md(atoms, temperature: float, frames: int, interval: int, seed: in
 
 
 # ---------------------------------------------------------------------- campaigns
-def campaign_inputs(codes, initial, start, test_set, args, mode: str, seed: int) -> dict:
+def campaign_inputs(codes, initial, start, test_set, args, mode: str, seed: int, system: dict | None = None) -> dict:
     from aiida import orm
 
     from aiida_alml.data import ConfigurationSet
 
+    system = system or system_settings('cu_vacancy', args)
+    temperatures = system['temperatures']
+
     def run(temperature, seed):
-        return {'ensemble': 'nvt_langevin', 'temperature': temperature, 'steps': args.md_steps, 'timestep': 2.0,
-                'sample_interval': args.sample_interval, 'seed': seed}
+        return {'ensemble': 'nvt_langevin', 'temperature': temperature, 'steps': system['md_steps'],
+                'timestep': system['timestep'], 'sample_interval': system['sample_interval'], 'seed': seed}
 
     if args.exploration == 'schedule':  # two runs per iteration, one temperature per iteration, rising
         exploration = {'explore': {'md': {'code': codes['md'], 'metadata': {'options': OPTIONS}},
-                                   'conditions': orm.List([run(args.temperatures[0], k) for k in (1, 2)])},
-                       'explore_schedule': orm.List([{'temperature': t} for t in args.temperatures])}
+                                   'conditions': orm.List([run(temperatures[0], k) for k in (1, 2)])},
+                       'explore_schedule': orm.List([{'temperature': t} for t in temperatures])}
     else:  # one run per temperature in every iteration: a pool where most frames are easier than the hardest
         exploration = {'explore': {'md': {'code': codes['md'], 'metadata': {'options': OPTIONS}},
-                                   'conditions': orm.List([run(t, k + 1) for k, t in enumerate(args.temperatures)])}}
+                                   'conditions': orm.List([run(t, k + 1) for k, t in enumerate(temperatures)])}}
     return {
         'initial_structures': ConfigurationSet.from_ase(initial),
         'initial_perturbation': orm.Dict({'count': args.initial_labels, 'rattle_std': 0.04, 'max_strain': 0.02,
@@ -137,13 +175,13 @@ def campaign_inputs(codes, initial, start, test_set, args, mode: str, seed: int)
         'exploration_structures': ConfigurationSet.from_ase([start]),
         'test_set': test_set,
         'label': {'labeller': orm.Str('ase'),
-                  'ase': {'code': codes['label'], 'calculator': orm.Dict({'name': 'emt'}),
+                  'ase': {'code': codes['label'], 'calculator': orm.Dict(system['calculator']),
                           'properties': orm.List(['energy', 'forces'])}},
         'train': {'num_members': orm.Int(args.members),
-                  'train': {'code': codes['train'], 'parameters': orm.Dict(MODEL),
+                  'train': {'code': codes['train'], 'parameters': orm.Dict({**MODEL, **system['model']}),
                             'metadata': {'options': OPTIONS}}},
         **exploration,
-        'selection': orm.Dict({'trust_lo': args.trust_lo, 'trust_hi': args.trust_hi,
+        'selection': orm.Dict({'trust_lo': system['trust_lo'], 'trust_hi': system['trust_hi'],
                                'labels_per_iteration': labels_per_iteration(args, mode), 'mode': mode}),
         'warm_start': orm.Bool(True),
         'warm_start_parameters': orm.Dict({'max_num_epochs': 10}),
@@ -179,8 +217,10 @@ def learning_curve(node) -> list[tuple[int, float]]:
     return points
 
 
-def stability(models, start, temperature: float, steps: int, seed: int) -> dict:
-    """NVT MD of the final committee at ``temperature``: did it blow up, how close did atoms come, largest σ."""
+def stability(models, start, temperature: float, steps: int, seed: int, timestep: float = 2.0,
+              blow_up_distance: float = 1.0) -> dict:
+    """NVT MD of the final committee at ``temperature``: did it blow up (atoms closer than ``blow_up_distance``, Å),
+    how close did atoms come, largest σ."""
     import contextlib
 
     from ase import units
@@ -198,7 +238,7 @@ def stability(models, start, temperature: float, steps: int, seed: int) -> dict:
         atoms.calc = calculator
         rng = np.random.default_rng(seed)
         MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
-        dynamics = Langevin(atoms, 2 * units.fs, temperature_K=temperature, friction=0.02, rng=rng)
+        dynamics = Langevin(atoms, timestep * units.fs, temperature_K=temperature, friction=0.02, rng=rng)
         closest, max_sigma, done = np.inf, 0.0, 0
         for done in range(0, steps, 10):
             dynamics.run(10)
@@ -207,19 +247,20 @@ def stability(models, start, temperature: float, steps: int, seed: int) -> dict:
             distances = neighbor_list('d', atoms, 3.0)
             closest = min(closest, float(distances.min()) if len(distances) else np.inf)
             max_sigma = max(max_sigma, float(calculator.results['force_sigma'].max()))
-            if closest < 1.0:
+            if closest < blow_up_distance:
                 return {'steps': done + 10, 'blew_up': True, 'closest': closest, 'max_sigma': max_sigma}
     return {'steps': steps, 'blew_up': False, 'closest': closest, 'max_sigma': max_sigma}
 
 
-def selection_diagnostics(node) -> list[dict]:
+def selection_diagnostics(node, calculator: dict | None = None) -> list[dict]:
     """Per iteration, what the loop's choice was worth, from the reference itself (EMT is cheap enough to label
-    every explored frame): Spearman(σ, true error) over the counted frames, and the committee's true force RMSE
-    (per component) on the chosen frames against all counted frames. A random pick scores the pool's mean."""
+    every explored frame, GFN2-xTB about a second a frame): Spearman(σ, true error) over the counted frames, and the
+    committee's true force RMSE (per component) on the chosen frames against all counted frames. A random pick scores
+    the pool's mean."""
     from aiida import orm
     from ase import Atoms
-    from ase.calculators.emt import EMT
 
+    from aiida_alml.engines.calculators import build_calculator
     from aiida_alml.selection.calibration import spearman
     from aiida_alml.workflows.functions import force_errors
 
@@ -237,7 +278,8 @@ def selection_diagnostics(node) -> list[dict]:
             if not counted[row]:
                 continue
             symbols, positions, cells, forces = trajectories[int(index)]
-            atoms = Atoms(symbols=symbols, positions=positions[frame], cell=cells[frame], pbc=True, calculator=EMT())
+            atoms = Atoms(symbols=symbols, positions=positions[frame], cell=cells[frame], pbc=True)
+            atoms.calc = build_calculator(calculator or {'name': 'emt'}, ['energy', 'forces'])
             errors[row] = force_errors(atoms.get_forces() - forces[frame])['force_rmse']
         uncertainty = record.get_array('uncertainty')
         mask = counted & np.isfinite(errors) & np.isfinite(uncertainty)
@@ -410,16 +452,17 @@ def main(argv=None) -> int:
                              'measure, not bound, how many labels random needs to match active learning)')
     parser.add_argument('--initial-labels', type=int, default=12)
     parser.add_argument('--members', type=int, default=2)
-    parser.add_argument('--md-steps', type=int, default=300)
-    parser.add_argument('--sample-interval', type=int, default=5)
-    parser.add_argument('--temperatures', nargs='+', type=float, default=[400.0, 700.0, 1000.0])
+    # Defaults of these five depend on the system (SYSTEM_SETTINGS; copper: 300, 5, 400 700 1000, 0.05, 0.15).
+    parser.add_argument('--md-steps', type=int, default=None)
+    parser.add_argument('--sample-interval', type=int, default=None)
+    parser.add_argument('--temperatures', nargs='+', type=float, default=None)
     parser.add_argument('--exploration', choices=['schedule', 'spread'], default='schedule',
                         help='schedule: two MD runs per iteration at one temperature, rising from iteration to '
                              'iteration; spread: one run per temperature in every iteration')
     parser.add_argument('--test-temperature-factor', type=float, default=1.5)
     parser.add_argument('--test-frames', type=int, default=20)
-    parser.add_argument('--trust-lo', type=float, default=0.05)
-    parser.add_argument('--trust-hi', type=float, default=0.15)
+    parser.add_argument('--trust-lo', type=float, default=None)
+    parser.add_argument('--trust-hi', type=float, default=None)
     parser.add_argument('--stability-steps', type=int, default=500)
     parser.add_argument('--out', type=pathlib.Path, default=None, help='write all figures as JSON here')
     parser.add_argument('--merge', nargs='+', type=pathlib.Path, default=None,
@@ -448,17 +491,23 @@ def main(argv=None) -> int:
                                              ('train', 'alml-train', 'alml.mace.train'),
                                              ('md', 'alml-md', 'alml.md'))
         }
-        test_temperature = args.test_temperature_factor * max(args.temperatures)
         results = {'settings': vars(args) | {'out': str(args.out)}, 'systems': {}}
         for system in args.systems:
+            settings = system_settings(system, args)
+            test_temperature = args.test_temperature_factor * max(settings['temperatures'])
             initial, start = SYSTEMS[system]()
-            test_images = reference_md(start, test_temperature, args.test_frames, interval=25, seed=1234)
-            test_set = ConfigurationSet.from_ase(test_images).store()
+            if 'test_set' in settings:
+                test_set = ConfigurationSet.from_extxyz(DEMO / settings['test_set']).store()
+                test_temperature = 450.0  # the temperature that set's MD ran at
+            else:
+                test_images = reference_md(start, test_temperature, args.test_frames, interval=25, seed=1234,
+                                           calculator=settings['calculator'], timestep=settings['timestep'])
+                test_set = ConfigurationSet.from_ase(test_images).store()
             runs = []
             for seed in args.seeds:
                 for mode in args.modes:
                     began = time.perf_counter()
-                    inputs = campaign_inputs(codes, initial, start, test_set, args, mode, seed)
+                    inputs = campaign_inputs(codes, initial, start, test_set, args, mode, seed, settings)
                     _, node = engine.run_get_node(ActiveLearningWorkChain, **inputs)
                     if 'learning_curve' not in node.outputs:
                         print(f'{system} {mode} seed {seed}: campaign <{node.pk}> failed: {node.exit_message}')
@@ -466,13 +515,13 @@ def main(argv=None) -> int:
                     run = {'mode': mode, 'seed': seed, 'labels_per_iteration': labels_per_iteration(args, mode),
                            'pk': node.pk, 'exit_status': node.exit_status,
                            'curve': learning_curve(node), 'energy_curve': energy_curve(node), 'wall_s': time.perf_counter() - began}
-                    run['selection'] = selection_diagnostics(node)
+                    run['selection'] = selection_diagnostics(node, settings['calculator'])
                     run['stability'] = stability(dict(node.outputs.models.items()), start, test_temperature,
-                                                 args.stability_steps, seed)
+                                                 args.stability_steps, seed, settings['timestep'], settings['closest'])
                     print(f'{system} {mode} seed {seed}: {run["curve"]} ({run["wall_s"]:.0f} s); '
                           f'stability {run["stability"]}', flush=True)
                     runs.append(run)
-                    results['systems'][system] = {'runs': runs}
+                    results['systems'][system] = {'runs': runs, 'settings': settings}
                     if args.out:  # after every campaign, so that a long grid cut short keeps what it measured
                         args.out.write_text(json.dumps(results, indent=1, default=str))
         print(report([results]))

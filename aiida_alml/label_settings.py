@@ -16,7 +16,7 @@ Comparison rules (:func:`labels_mismatch`, :func:`inconsistent_settings`):
   computed with an explicit mesh only are compared by the mesh itself;
 * a configuration with no recorded settings (labels from elsewhere, e.g. an extxyz file) is *unknown*. Sets in which
   no configuration records settings are not compared (nothing to compare); unknown labels are never mixed with
-  recorded ones -- declare their settings first (``aiida_alml.workflows.label.declare_label_settings``) or label
+  recorded ones -- declare their settings first (``aiida_alml.workflows.functions.declare_label_settings``) or label
   them with ``alml.label``.
 """
 

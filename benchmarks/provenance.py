@@ -132,7 +132,8 @@ class GraphBuilder:
                 md = self.process(orm.CalcJobNode, 'aiida.calculations:alml.md',
                                   {f'models__{k}': m for k, m in enumerate(models)})
                 trajectory = self.create(md, 'trajectory', orm.ArrayData())
-                select = self.process(orm.CalcFunctionNode, 'aiida_alml.workflows.functions.select_for_labelling',
+                select = self.process(orm.CalcFunctionNode,
+                                      'aiida_alml.workflows.functions.selection.select_for_labelling',
                                       {'training_set': dataset, 't0': trajectory, 'settings': orm.Dict({'seed': 1})},
                                       loop, f'select_{iteration}')
                 structures = self.create(select, 'selected', _configuration_set(calcs * configs, [
@@ -155,7 +156,7 @@ class GraphBuilder:
                 self.create(calc, 'retrieved', orm.FolderData())
                 metadata += [{**m, 'source_calc_uuid': calc.uuid, 'input_index': m['source_index']} for m in meta]
                 out['calcs'].append(calc)
-            merge = self.process(orm.CalcFunctionNode, 'aiida_alml.workflows.label.merge_labelled',
+            merge = self.process(orm.CalcFunctionNode, 'aiida_alml.workflows.functions.labels.merge_labelled',
                                  {'structures': structures, **{f'set_{k}': p for k, p in enumerate(parts)}}, label,
                                  'merge')
             labelled = self.create(merge, 'result', _configuration_set(len(metadata), metadata, rng))
@@ -164,7 +165,8 @@ class GraphBuilder:
             if dataset is None:
                 dataset = labelled
             else:
-                merge = self.process(orm.CalcFunctionNode, 'aiida_alml.workflows.functions.merge_training_sets',
+                merge = self.process(orm.CalcFunctionNode,
+                                     'aiida_alml.workflows.functions.datasets.merge_training_sets',
                                      {'a_previous': dataset, 'b_new': labelled}, loop, f'merge_{iteration}')
                 total = dataset.configurations.metadata + labelled.configurations.metadata
                 dataset = self.create(merge, 'result', _configuration_set(len(total), list(total), rng))

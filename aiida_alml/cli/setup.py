@@ -194,7 +194,7 @@ def _create_database(db: dict) -> None:
 
 def _check_rabbitmq(broker: dict) -> dict:
     """Log in to RabbitMQ as the daemon will; return the profile's broker configuration."""
-    from aiida.brokers.rabbitmq.defaults import detect_rabbitmq_config
+    from aiida_alml.workflows.engine_internals import detect_rabbitmq_config
 
     _check_port('RabbitMQ', broker['host'], broker['port'])
     try:
@@ -399,7 +399,7 @@ def allow_labeller(profile_name, code_label: str, revoke: bool):
     from aiida.common.exceptions import MultipleObjectsError, NotExistent
 
     from aiida_alml.cli.options import load_profile as load_named_profile
-    from aiida_alml.workflows.shell_labelling import LABELLER_EXTRA, allow_labeller as declare
+    from aiida_alml.workflows.labellers.shell import LABELLER_EXTRA, allow_labeller as declare
 
     load_named_profile(profile_name)
     try:

@@ -205,9 +205,9 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
         self.ctx.dataset = self.inputs.get('initial_dataset')
         self.ctx.labels_used = 0
         self.ctx.labels_failed = 0
-        self.ctx.calibration = 1.0
-        self.ctx.calibration_record = None
-        self.ctx.calibrated = False
+        self.ctx.sigma_scale = 1.0  # the calibration factor σ is multiplied by (1 until calibrated)
+        self.ctx.calibration_record = None  # the last fit of calibrate_committee (factor, interval, coverage, ...)
+        self.ctx.sigma_calibrated = False  # whether sigma_scale comes from a fit (inputs.calibrate on)
         self.ctx.oos_pairs = []
         self.ctx.observations = []
         self.ctx.accurate_streak = 0
@@ -350,10 +350,10 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
         remaining = self.inputs.max_labels.value - self.ctx.labels_used
         settings['labels_per_iteration'] = max(1, min(settings['labels_per_iteration'], remaining))
         # σ counts as checked against labels once calibrated (or when calibration is switched off).
-        self.ctx.sigma_checked = self.ctx.calibrated or not self.inputs.calibrate.value
+        self.ctx.sigma_checked = self.ctx.sigma_calibrated or not self.inputs.calibrate.value
         start = time.perf_counter()
         outputs = select_for_labelling(
-            orm.Dict(settings), orm.Float(self.ctx.calibration), orm.Int(self.ctx.iteration), self.ctx.dataset,
+            orm.Dict(settings), orm.Float(self.ctx.sigma_scale), orm.Int(self.ctx.iteration), self.ctx.dataset,
             orm.Bool(self.ctx.sigma_checked), self.ctx.exploration.outputs.overview,
             metadata={'call_link_label': iteration_label('select', self.ctx.iteration)},
             **dict(self.ctx.exploration.outputs.trajectories.items()),
@@ -380,7 +380,7 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
                 'failed_fraction', 'frames_missing', 'runs', 'runs_stopped_early', 'runs_crashed', 'early_stops',
                 'num_rescued', 'max_uncertainty')
         })
-        self.ctx.entry.update({'calibration_factor': self.ctx.calibration, 'sigma_checked': sigma_checked,
+        self.ctx.entry.update({'calibration_factor': self.ctx.sigma_scale, 'sigma_checked': sigma_checked,
                                'explored_anew': explored_anew, 'converged_now': converged_now,
                                'not_converged_because': blockers,
                                'streak': self.ctx.accurate_streak})
@@ -464,8 +464,8 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
             'calibration_coverage': calibration['coverage'],
         })
         if self.inputs.calibrate.value:
-            self.ctx.calibration = calibration['factor']
-            self.ctx.calibrated = True
+            self.ctx.sigma_scale = calibration['factor']
+            self.ctx.sigma_calibrated = True
 
     def merge_labels(self):
         """Add the new labels to the training set."""
@@ -542,7 +542,7 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
                           steps=settings['steps'] or int(round(settings['steps_factor'] * longest)),
                           seed=self.inputs.seed.value)
         selection = {**SELECTION_DEFAULTS, **self.inputs.selection.get_dict()}
-        criteria = {'trust_hi': selection['trust_hi'], 'calibration': self.ctx.calibration,
+        criteria = {'trust_hi': selection['trust_hi'], 'calibration': self.ctx.sigma_scale,
                     **{key: settings[key] for key in ('max_excursion_fraction', 'max_nve_drift')}}
         explore = self.exposed_inputs(ExploreWorkChain, namespace='explore')['md']
         inputs = {
@@ -575,7 +575,7 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
             'stop_reason': self.ctx.stop,
             'labels_used': self.ctx.labels_used,
             'labels_failed': self.ctx.labels_failed,
-            'final_calibration_factor': self.ctx.calibration,
+            'final_calibration_factor': self.ctx.sigma_scale,
             'calibration': self.ctx.calibration_record,
             'final_training': self.ctx.final,
             'models_trained_on_dataset': self.ctx.models_trained_on == self.ctx.dataset.uuid,

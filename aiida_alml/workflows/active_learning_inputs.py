@@ -403,7 +403,7 @@ def validate_active_learning_inputs(inputs, namespace=None) -> str | None:
             return ('initial_dataset: its labels record no settings (which code, functional, k-points ... made them), '
                     'so they cannot be checked against the labels this campaign makes; label the structures here '
                     '(give them as initial_structures) or declare how they were made with '
-                    'aiida_alml.workflows.label.declare_label_settings')
+                    'aiida_alml.workflows.functions.declare_label_settings')
     if 'test_set' in inputs and not {'energy', 'forces'} <= set(inputs['test_set'].labels):
         return f'test_set: needs energy and forces labels, has {sorted(inputs["test_set"].labels) or "none"}'
     if 'exploration_structures' not in inputs and 'initial_structures' not in inputs:

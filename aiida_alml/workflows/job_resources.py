@@ -2,12 +2,16 @@
 
 AiiDA checks ``metadata.options.resources`` against the computer's scheduler when a CalcJob is created: for the jobs a
 campaign launches that is in the daemon, iterations later, after the labels before it were paid for. A labeller's
-``options`` (a Dict) are not checked by AiiDA at all until its jobs are created.
+``options`` (a Dict) are not checked by AiiDA at all until its jobs are created: :func:`job_options_problem` checks
+them at launch.
 """
 
 from __future__ import annotations
 
-__all__ = ('resources_problem',)
+from aiida_alml.atoms.suggest import did_you_mean
+from aiida_alml.job_options import scheduler_option_problem
+
+__all__ = ('job_options_problem', 'resources_problem')
 
 
 def resources_problem(code, options: dict, where: str) -> str | None:
@@ -28,3 +32,20 @@ def resources_problem(code, options: dict, where: str) -> str | None:
         return (f'{where}.resources: {resources} do not fit the {computer.scheduler_type} scheduler of '
                 f'{computer.label}: {exception}')
     return None
+
+
+def job_options_problem(process_class, options, name: str, code=None) -> str | None:
+    """Why ``options`` (a Dict) cannot be the ``metadata.options`` of a ``process_class`` job of ``code`` (unknown key,
+    wrong type, a word that would end a line of the job script, resources the computer's scheduler does not take)."""
+    namespace = process_class.spec().inputs['metadata']['options']
+    given = options.get_dict()
+    unknown = sorted(set(given) - set(namespace))
+    if unknown:
+        return f'{name}.{unknown[0]}: not a job option{did_you_mean(unknown[0], namespace)}'
+    if (problem := scheduler_option_problem(given, name)):
+        return problem
+    error = namespace.validate(namespace.pre_process(given))
+    if error is None:
+        return resources_problem(code, given, name)
+    key = error.port.split('.', 1)[1] if '.' in error.port else ''
+    return f'{name}{"." + key if key else ""}: {error.message}'

@@ -1,11 +1,16 @@
 """``alml.label``: label a ConfigurationSet with FHI-aims, an ASE calculator or any command-line program.
 
-* ``labeller='aims'``: one ``alml.aims.base`` per configuration, at most ``max_concurrent`` running at once.
+* ``labeller='aims'``: one ``alml.aims.base`` per configuration, at most ``max_concurrent`` running at once
+  (:mod:`aiida_alml.workflows.labellers.aims`).
 * ``labeller='ase'``: one batched ``alml.ase`` job for the whole set, or ``ase.jobs`` of them on consecutive pieces,
-  each under an ``alml.ase.base`` that runs it again when the scheduler cancelled or lost it (``max_relaunches``).
+  each under an ``alml.ase.base`` that runs it again when the scheduler cancelled or lost it (``max_relaunches``;
+  :mod:`aiida_alml.workflows.labellers.ase`).
 * ``labeller='shell'``: one aiida-shell ``ShellJob`` per configuration, under an ``alml.shell.base``; the program
   reads the geometry file we write (placeholder ``{geometry}`` in its arguments) and writes an ASE-readable file with
-  energy and forces.
+  energy and forces (:mod:`aiida_alml.workflows.labellers.shell`).
+
+This module holds the work chain and the table of labellers (:data:`LABELLERS`); each labeller's checks, submission
+and calcfunctions are in its own module under :mod:`aiida_alml.workflows.labellers`.
 
 The labelled configurations are gathered into one ConfigurationSet by :func:`merge_labelled`, a calcfunction whose
 inputs are the per-calculation outputs, so each configuration stays linked to the calculation that made it; every
@@ -15,8 +20,8 @@ are not merged. Failures are recorded in the ``failures`` output; the work chain
 exceeds ``max_failed_fraction``.
 
 FHI-aims labelling is a single point at the given geometry: relaxation and MD keywords are refused, and with
-``aims.kpoints_distance`` the k-point mesh is fixed once per cell shape (:func:`fixed_kpoint_meshes`) instead of
-being rebuilt for every strained cell.
+``aims.kpoints_distance`` the k-point mesh is fixed once per cell shape
+(:func:`~aiida_alml.workflows.labellers.aims.fixed_kpoint_meshes`) instead of being rebuilt for every strained cell.
 """
 
 from __future__ import annotations
@@ -25,209 +30,49 @@ import dataclasses
 import json
 from typing import Callable
 
-import numpy as np
 from aiida import orm
-from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
-from aiida.plugins import CalculationFactory
+from aiida.engine import ToContext, WorkChain, if_, while_
 
-from aiida_alml.calculations.aims import unchecked_keywords
 from aiida_alml.data.configurations import ConfigurationSet
-from aiida_alml.formats.aims_input import AimsInputError, run_changing_keywords, validate_keywords
-from aiida_alml.label_settings import SETTINGS_KEY, inconsistent_settings, labels_mismatch, with_label_settings
-from aiida_alml.atoms.suggest import did_you_mean
-from aiida_alml.job_options import scheduler_option_problem
-from aiida_alml.workflows.aims_base import AimsBaseWorkChain, kpoints_mesh
-from aiida_alml.workflows.ase_base import AseBaseWorkChain
-from aiida_alml.workflows.base import base_inputs, define_relaunch_input, job_failure, last_job
-from aiida_alml.workflows.job_resources import resources_problem
+from aiida_alml.label_settings import inconsistent_settings
+from aiida_alml.workflows.aims_base import AimsBaseWorkChain
+from aiida_alml.workflows.base import define_relaunch_input, job_failure, last_job
+from aiida_alml.workflows.functions.labels import merge_labelled, record_failures, with_kpoints_distance
+from aiida_alml.workflows.labellers.aims import aims_label_problem, prepare_aims, submit_aims
+from aiida_alml.workflows.labellers.ase import ase_label_problem, split_configurations, submit_ase
+from aiida_alml.workflows.labellers.shell import GEOMETRY_PLACEHOLDER, collect_shell, shell_label_problem, submit_shell
 from aiida_alml.workflows.namespaces import unknown_input_problem
-from aiida_alml.workflows.shell_labelling import GEOMETRY_PLACEHOLDER, shell_label_problem
-from aiida_alml.workflows.submission import EndsInterruptedFunctions, submit_once
+from aiida_alml.workflows.submission import EndsInterruptedFunctions
 
-__all__ = (
-    'LabelWorkChain', 'merge_labelled', 'parse_shell_labels', 'declare_label_settings', 'inconsistent_settings',
-    'labels_mismatch', 'fixed_kpoint_meshes', 'fixed_kpoints', 'record_failures',
-)
-
-#: At most this many alml.ase jobs per labelling (``ase.jobs``): each is submitted at once.
-MAX_ASE_JOBS = 256
-
-#: A cell shares the k-point mesh of a reference cell when it is that cell strained by at most this much: every
-#: element of the deformation F (cell = reference @ F, rows are lattice vectors) within this of the identity's.
-KPOINTS_CELL_TOLERANCE = 0.15
+__all__ = ('LabelWorkChain', 'LABELLERS', 'Labeller', 'validate_label_inputs')
 
 
-def fixed_kpoint_meshes(cells, periodic, distance: float, reference_cells=()) -> list[tuple[list[int], int] | None]:
-    """One k-point mesh per cell shape: (mesh, index of its reference cell) per cell, None for a non-periodic one.
+@dataclasses.dataclass(frozen=True)
+class Labeller:
+    """One way of making reference labels (see the module docstring): how its jobs are submitted and how a finished
+    job's labels are read back.
 
-    ``kpoints_distance`` applied to every cell separately gives strained cells (NPT, finite-temperature frames)
-    meshes that jump between neighbouring integers, and with them a discontinuous energy surface. Here the mesh of a
-    cell is that of the first reference cell it is a strained copy of (within :data:`KPOINTS_CELL_TOLERANCE`); the
-    references are ``reference_cells`` in order, then every cell that matches none before it (a supercell of another
-    size or shape gets its own mesh). A reference's index counts ``reference_cells`` first.
+    ``submit(work chain, index)`` returns the launched process (index None: the whole set in one job);
+    ``collect(work chain, node, index)`` returns the labelled ConfigurationSet, or a failure description (a dict) when
+    the finished job left none.
     """
-    references = [np.asarray(cell, dtype=float) for cell in reference_cells]
-    meshes = [kpoints_mesh(cell, distance) for cell in references]
-    chosen = []
-    for cell, is_periodic in zip(cells, periodic):
-        if not is_periodic:
-            chosen.append(None)
-            continue
-        cell = np.asarray(cell, dtype=float)
-        for index, reference in enumerate(references):
-            deformation = np.linalg.solve(reference, cell)
-            if np.abs(deformation - np.eye(3)).max() <= KPOINTS_CELL_TOLERANCE:
-                chosen.append((meshes[index], index))
-                break
-        else:
-            references.append(cell)
-            meshes.append(kpoints_mesh(cell, distance))
-            chosen.append((meshes[-1], len(references) - 1))
-    return chosen
+
+    problem: Callable  # inputs of alml.label -> why they do not fit this labeller, or None (checked at launch)
+    submit: Callable
+    collect: Callable
+    batched: bool = False  # one job for the whole set, instead of one per configuration
+    prepare: Callable | None = None  # run once in setup, before anything is submitted
 
 
-def _chosen_meshes(structures: ConfigurationSet, distance: float, reference: ConfigurationSet | None):
-    """:func:`fixed_kpoint_meshes` of a set, the periodic cells of ``reference`` (if given) as the first references."""
-    configurations = structures.configurations
-    references = []
-    if reference is not None:
-        cells = reference.configurations
-        references = [cell for cell, pbc in zip(cells.cells, cells.pbc) if pbc.all()]
-    return fixed_kpoint_meshes(configurations.cells, configurations.pbc.all(axis=1), distance, references)
+def _labelled_output(_process, node, _index):
+    return node.outputs.labelled
 
 
-def _mesh_label(mesh) -> str:
-    return 'mesh_' + 'x'.join(str(int(n)) for n in mesh)
-
-
-@calcfunction
-def fixed_kpoints(structures: ConfigurationSet, distance: orm.Float, reference: ConfigurationSet | None = None) -> dict:
-    """One KpointsData per cell shape of the periodic ``structures`` (:func:`fixed_kpoint_meshes`, the periodic cells
-    of ``reference`` taken as the first references), named ``mesh_<n1>x<n2>x<n3>``."""
-    outputs = {}
-    for entry in _chosen_meshes(structures, distance.value, reference):
-        if entry is not None and _mesh_label(entry[0]) not in outputs:
-            kpoints = orm.KpointsData()
-            kpoints.set_kpoints_mesh([int(n) for n in entry[0]])
-            outputs[_mesh_label(entry[0])] = kpoints
-    return outputs
-
-
-def _recorded(meta: dict, kpoints_distance: float | None) -> dict:
-    """One labelled configuration's metadata with the k-point distance its fixed mesh came from added to its settings.
-
-    The calculation saw only the mesh; the density rule is the work chain's, so the work chain records it (periodic
-    configurations only: a molecule has no k-points).
-    """
-    settings = meta.get(SETTINGS_KEY)
-    if kpoints_distance is None or not settings or 'k_grid' not in settings:
-        return meta
-    return with_label_settings(meta, {**settings, 'kpoints_distance': kpoints_distance})
-
-
-@calcfunction
-def split_configurations(structures: ConfigurationSet, parts: orm.Int) -> dict:
-    """``parts`` consecutive pieces of ``structures`` (``part_<k>``), as equal in size as they come."""
-    pieces = np.array_split(np.arange(structures.num_configurations), parts.value)
-    return {f'part_{k}': ConfigurationSet(structures.configurations.select(piece.tolist()))
-            for k, piece in enumerate(pieces)}
-
-
-@calcfunction
-def merge_labelled(
-    structures: ConfigurationSet, indices: orm.List, kpoints_distance: orm.Float | None = None, **labelled
-) -> ConfigurationSet:
-    """One ConfigurationSet of every labelled configuration, in input order, each knowing its source calculation.
-
-    ``labelled`` maps ``set_<k>`` to the labelled ConfigurationSet of the k-th entry of ``indices`` (the input
-    positions it covers). ``kpoints_distance``: the density the fixed FHI-aims k-meshes were derived from, added to
-    the recorded settings of the periodic configurations. Refuses to merge labels computed with inconsistent settings.
-    """
-    from aiida_alml.atoms.configurations import Configurations
-
-    distance = kpoints_distance.value if kpoints_distance is not None else None
-    positions = indices.get_list()
-    images, metadata, order = [], [], []
-    for key in sorted(labelled, key=lambda name: int(name.split('_')[1])):
-        node = labelled[key]
-        covered = positions[int(key.split('_')[1])]
-        creator = node.creator
-        for atoms, source_index in zip(node.to_ase(), covered):
-            meta = dict(atoms.info)
-            meta.setdefault('source_calc_uuid', meta.get('labelled_by') or (creator.uuid if creator else None))
-            original = structures.configurations.metadata[source_index]
-            images.append(atoms)
-            metadata.append(_recorded({**original, **meta, 'input_index': source_index}, distance))
-            order.append(source_index)
-    problem = inconsistent_settings(metadata)
-    if problem:
-        raise ValueError(f'refusing to merge labels computed with inconsistent settings: {problem}')
-    ranked = sorted(range(len(order)), key=order.__getitem__)
-    merged = Configurations.from_ase([images[i] for i in ranked], metadata=[metadata[i] for i in ranked])
-    return ConfigurationSet(merged)
-
-
-@calcfunction
-def record_failures(failures: orm.Dict) -> orm.Dict:
-    """The ``failures`` of a labelling: input index -> the pk, process label, exit status and message of the process
-    that did not label it, in the order of the input indices."""
-    facts = failures.get_dict()
-    return orm.Dict({key: facts[key] for key in sorted(facts, key=int)})
-
-
-@calcfunction
-def parse_shell_labels(output_file: orm.SinglefileData, file_format: orm.Str) -> ConfigurationSet:
-    """Our parser of a reference program's output: an ASE-readable file with energy and forces of one geometry."""
-    import pathlib
-    import tempfile
-
-    from ase.io import read
-
-    # ASE guesses a format from the file name, so read it under its own name (its last part only: a node from an
-    # imported archive may carry any name, and the file must stay in the temporary folder).
-    with tempfile.TemporaryDirectory() as directory:
-        path = pathlib.Path(directory) / (pathlib.PurePath(output_file.filename).name or 'output')
-        path.write_bytes(output_file.get_content(mode='rb'))
-        atoms = read(path, index=-1, format=file_format.value or None)
-    results = getattr(atoms.calc, 'results', {}) or {}
-    missing = [name for name in ('energy', 'forces') if name not in results]
-    if missing:
-        raise ValueError(f'{output_file.filename}: no {" and ".join(missing)} in the program output')
-    creator = output_file.creator
-    meta = {'labeller': 'shell', 'source_calc_uuid': creator.uuid if creator else None}
-    if creator is not None:
-        # What decides the numbers: the program (its code) and its command line; the output format only says how
-        # to read them, but a different reader could round differently.
-        settings = {
-            'labeller': 'shell',
-            'code': creator.inputs.code.full_label,
-            'plugin': creator.process_type.rsplit(':', 1)[-1],
-            'arguments': creator.inputs.arguments.get_list() if 'arguments' in creator.inputs else [],
-            'output_format': file_format.value,
-        }
-        meta = with_label_settings(meta, settings)
-    return ConfigurationSet.from_ase([atoms], metadata=[meta])
-
-
-@calcfunction
-def declare_label_settings(labelled: ConfigurationSet, settings: orm.Dict) -> ConfigurationSet:
-    """The same labels, declared to have been computed with ``settings`` (recorded, with their fingerprint).
-
-    For labels made elsewhere (an extxyz file, another database) that should join a training set whose labels
-    record their settings: copy the settings of a configuration made here
-    (``node.configurations.metadata[0]['label_settings']``) once you have made sure the other labels were computed
-    the same way. The claim is in the provenance (this calcfunction). Configurations that already record other
-    settings are refused.
-    """
-    declared = settings.get_dict()
-    metadata = []
-    for index, meta in enumerate(labelled.configurations.metadata):
-        recorded = meta.get(SETTINGS_KEY)
-        if recorded and recorded != declared:
-            problem = labels_mismatch([{SETTINGS_KEY: recorded}], [{SETTINGS_KEY: declared}])
-            raise ValueError(f'configuration {index} already records other label settings: {problem}')
-        metadata.append(with_label_settings(meta, declared))
-    return ConfigurationSet(labelled.configurations.replace(metadata=metadata))
+LABELLERS = {
+    'aims': Labeller(aims_label_problem, submit_aims, _labelled_output, prepare=prepare_aims),
+    'ase': Labeller(ase_label_problem, submit_ase, _labelled_output, batched=True),
+    'shell': Labeller(shell_label_problem, submit_shell, collect_shell),
+}
 
 
 def validate_label_inputs(inputs, namespace):
@@ -249,83 +94,6 @@ def validate_label_inputs(inputs, namespace):
         return f'max_concurrent: must be at least 1, got {inputs["max_concurrent"].value}'
     return None
 
-
-def _shell_label_problem(inputs) -> str | None:
-    return shell_label_problem(inputs, _options_problem)
-
-
-def _options_problem(process_class, options: orm.Dict, name: str, code=None) -> str | None:
-    """Why ``options`` cannot be the ``metadata.options`` of a ``process_class`` job of ``code`` (unknown key, wrong
-    type, a word that would end a line of the job script, resources the computer's scheduler does not take)."""
-    namespace = process_class.spec().inputs['metadata']['options']
-    given = options.get_dict()
-    unknown = sorted(set(given) - set(namespace))
-    if unknown:
-        return f'{name}.{unknown[0]}: not a job option{did_you_mean(unknown[0], namespace)}'
-    if (problem := scheduler_option_problem(given, name)):
-        return problem
-    error = namespace.validate(namespace.pre_process(given))
-    if error is None:
-        return resources_problem(code, given, name)
-    key = error.port.split('.', 1)[1] if '.' in error.port else ''
-    return f'{name}{"." + key if key else ""}: {error.message}'
-
-
-def _ase_label_problem(inputs) -> str | None:
-    """The checks alml.ase makes on its inputs, made here so that a campaign fails at launch, not in the daemon."""
-    from aiida_alml.engines.calculators import validate_spec
-
-    ase = inputs.get('ase', {})
-    if 'code' not in ase or 'calculator' not in ase:
-        return 'ase.code, ase.calculator: both are needed for labeller ase'
-
-    spec = ase['calculator'].get_dict()
-    properties = ase['properties'].get_list() if 'properties' in ase else ['energy', 'forces']
-    # The calculator alone first (energy is always computed), then what it is asked to compute.
-    for name, wanted in (('ase.calculator', ['energy']), ('ase.properties', properties)):
-        try:
-            validate_spec(spec, wanted)
-        except (ValueError, TypeError, ImportError) as error:
-            # CalculatorSpecError is a ValueError; TypeError and ImportError: what an odd name makes importlib raise.
-            return f'{name}: {error}'
-    if 'jobs' in ase and not 1 <= ase['jobs'].value <= MAX_ASE_JOBS:
-        return f'ase.jobs: must be 1 to {MAX_ASE_JOBS} jobs, got {ase["jobs"].value}'
-    if 'options' in ase:
-        return _options_problem(CalculationFactory('alml.ase'), ase['options'], 'ase.options', ase['code'])
-    return None
-
-
-def _aims_label_problem(inputs) -> str | None:
-    """What makes the FHI-aims inputs unfit for labelling (single points at the given geometries), or None."""
-    aims = inputs.get('aims', {})
-    if 'code' not in aims.get('aims', {}):
-        return 'aims.aims.code: the FHI-aims code is needed for labeller aims'
-    parameters = aims['aims']['parameters'].get_dict() if 'parameters' in aims['aims'] else {}
-    refused = run_changing_keywords(parameters)
-    if refused:
-        return (
-            f'aims.aims.parameters: {", ".join(refused)} would make FHI-aims move the atoms (relaxation, molecular '
-            'dynamics or a socket driver); labelling is a single point at the given geometry'
-        )
-    unchecked, problem = unchecked_keywords(aims['aims'].get('unchecked_keywords'))
-    if problem:
-        return f'aims.aims.{problem}'
-    try:
-        validate_keywords(parameters, unchecked)
-    except AimsInputError as error:
-        return f'aims.aims.{error}'
-    species, species_dir = aims['aims'].get('species'), aims['aims'].get('species_dir')
-    if (species is None) == (species_dir is None):
-        return 'aims.aims.species, aims.aims.species_dir: give exactly one source of species defaults'
-    if species_dir is not None and not species_dir.value.startswith('/'):
-        return f'aims.aims.species_dir: {species_dir.value!r} must be an absolute path on the remote computer'
-    if 'kpoints' in aims and 'kpoints_distance' in aims:
-        return 'aims.kpoints, aims.kpoints_distance: give one (a fixed mesh, or the distance the mesh is derived from)'
-    if 'kpoints_distance' in aims and 'k_grid' in parameters:
-        return 'aims.kpoints_distance, aims.aims.parameters[k_grid]: give one'
-    if 'kpoints_reference' in aims and 'kpoints_distance' not in aims:
-        return 'aims.kpoints_reference: needs aims.kpoints_distance (the reference cells\' meshes are derived from it)'
-    return None
 
 
 class LabelWorkChain(EndsInterruptedFunctions, WorkChain):
@@ -389,7 +157,7 @@ class LabelWorkChain(EndsInterruptedFunctions, WorkChain):
 
     # ------------------------------------------------------------------ outline
     @property
-    def labeller(self) -> 'Labeller':
+    def labeller(self) -> Labeller:
         return LABELLERS[self.inputs.labeller.value]
 
     def setup(self):
@@ -398,29 +166,6 @@ class LabelWorkChain(EndsInterruptedFunctions, WorkChain):
         self.ctx.kpoints = None
         if self.labeller.prepare is not None:
             self.labeller.prepare(self)
-
-    def _fix_kpoints(self, distance: float) -> list[str | None]:
-        """One KpointsData per cell shape (see :func:`fixed_kpoint_meshes`), made by :func:`fixed_kpoints`; its uuid
-        per configuration."""
-        reference = self.inputs.aims.get('kpoints_reference')
-        chosen = _chosen_meshes(self.inputs.structures, distance, reference)
-        nodes = {}
-        if any(entry is not None for entry in chosen):
-            extra = {'reference': reference} if reference is not None else {}
-            nodes = fixed_kpoints(self.inputs.structures, self.inputs.aims.kpoints_distance,
-                                  metadata={'call_link_label': 'kpoints'}, **extra)
-        uuids, users = [], {}
-        for index, entry in enumerate(chosen):
-            if entry is None:
-                uuids.append(None)
-                continue
-            mesh = tuple(int(n) for n in entry[0])
-            uuids.append(nodes[_mesh_label(mesh)].uuid)
-            users.setdefault(mesh, []).append(index)
-        for mesh, indices in users.items():
-            self.report(f'k-point mesh {"x".join(map(str, mesh))} (kpoints_distance {distance} 1/Å, fixed per cell '
-                        f'shape) for configurations {indices}')
-        return uuids
 
     def is_batched(self):
         return self.labeller.batched
@@ -443,7 +188,7 @@ class LabelWorkChain(EndsInterruptedFunctions, WorkChain):
         submitted, offset, self.ctx.batch_offsets = {}, 0, []
         for k in range(jobs):
             part = parts[f'part_{k}']
-            submitted[f'batch_job_{k}'] = _submit_ase(self, None, structures=part, link=f'ase_{k}')
+            submitted[f'batch_job_{k}'] = submit_ase(self, None, structures=part, link=f'ase_{k}')
             self.ctx.batch_offsets.append(offset)
             offset += part.num_configurations
         self.report(f'labelling {self.ctx.total} configurations in {jobs} parallel jobs '
@@ -473,7 +218,7 @@ class LabelWorkChain(EndsInterruptedFunctions, WorkChain):
             return self.exit_codes.ERROR_NOTHING_LABELLED
         distance = self.inputs.aims.kpoints_distance if self.ctx.kpoints is not None else None
         metadata = [
-            _recorded(meta, distance.value if distance is not None else None)
+            with_kpoints_distance(meta, distance.value if distance is not None else None)
             for node, _ in successes for meta in node.configurations.metadata
         ]
         problem = inconsistent_settings(metadata)
@@ -523,12 +268,6 @@ class LabelWorkChain(EndsInterruptedFunctions, WorkChain):
                 successes.append((labelled, [index]))
         return successes, failures
 
-
-# ---------------------------------------------------------------------- the labellers
-# How each labeller's jobs are submitted and how a finished job's labels are read back. ``submit(work chain, index)``
-# returns the launched process (index None: the whole set in one job); ``collect(work chain, node, index)`` returns the
-# labelled ConfigurationSet, or a failure description (a dict) when the finished job left none.
-
     # ------------------------------------------------------------------ protocols
     @classmethod
     def get_available_protocols(cls) -> dict:
@@ -565,109 +304,6 @@ class LabelWorkChain(EndsInterruptedFunctions, WorkChain):
 
         return label_builder(cls, code, structures, calculator=calculator, protocol=protocol, overrides=overrides,
                              options=options, labeller=labeller, species_root=species_root)
-
-
-def _prepare_aims(process) -> None:
-    if 'kpoints_distance' in process.inputs.aims:
-        process.ctx.kpoints = process._fix_kpoints(process.inputs.aims.kpoints_distance.value)
-
-
-def _submit_aims(process, index: int):
-    inputs = process.exposed_inputs(AimsBaseWorkChain, 'aims')
-    inputs['aims'] = dict(inputs['aims'], structure=process.inputs.structures.get_structure(index))
-    if process.ctx.kpoints is not None:
-        # The mesh fixed for this cell's shape replaces the per-cell mesh AimsBaseWorkChain would build.
-        inputs.pop('kpoints_distance')
-        if process.ctx.kpoints[index] is not None:
-            inputs['kpoints'] = orm.load_node(process.ctx.kpoints[index])
-    inputs['metadata'] = {'call_link_label': f'aims_{index}'}
-    return submit_once(process, AimsBaseWorkChain, **inputs)
-
-
-def _submit_ase(process, _index: None, structures: ConfigurationSet | None = None, link: str = 'ase'):
-    ase = process.inputs.ase
-    inputs = {
-        'code': ase.code,
-        'structures': structures if structures is not None else process.inputs.structures,
-        'calculator': ase.calculator,
-        'metadata': {'options': ase.options.get_dict() if 'options' in ase else {}},
-    }
-    if 'properties' in ase:
-        inputs['properties'] = ase.properties
-    return submit_once(process, AseBaseWorkChain, **base_inputs('ase', inputs, process.inputs.max_relaunches, link))
-
-
-def _submit_shell(process, index: int):
-    import io
-
-    from ase.io import write
-
-    from aiida_alml.workflows.shell_base import ShellBaseWorkChain
-
-    shell = process.inputs.shell
-    buffer = io.StringIO()
-    atoms = process.inputs.structures.get_atoms(index)
-    atoms.calc = None
-    write(buffer, atoms, format=shell.geometry_format.value)
-    filename = shell.geometry_filename.value
-    geometry = orm.SinglefileData(io.BytesIO(buffer.getvalue().encode()), filename=filename)
-    options = shell.options.get_dict() if 'options' in shell else {}
-    # ShellJob fails with exit status 410 on any stderr output; many programs print warnings there.
-    options.setdefault('redirect_stderr', True)
-    options.setdefault('resources', {'num_machines': 1})
-    inputs = {
-        'code': shell.code,
-        # aiida-shell replaces {geometry} by the file name of the node passed under `nodes['geometry']`.
-        'arguments': shell.arguments,
-        'nodes': {'geometry': geometry},
-        'filenames': {'geometry': filename},
-        'outputs': orm.List([shell.output_filename.value]),
-        'metadata': {'options': options},
-    }
-    return submit_once(process, ShellBaseWorkChain, **base_inputs(
-        'shell', inputs, process.inputs.max_relaunches, f'shell_{index}'))
-
-
-def _labelled_output(_process, node, _index):
-    return node.outputs.labelled
-
-
-def _collect_shell(process, node, index: int):
-    job = last_job(node)  # the ShellJob that ran last under alml.shell.base
-    output = ShellJobOutput.output_file(job, process.inputs.shell.output_filename.value)
-    if output is None:
-        return {'pk': job.pk, 'exit_status': None, 'message': 'no output file'}
-    return parse_shell_labels(output, process.inputs.shell.output_format,
-                              metadata={'call_link_label': f'parse_{index}'})
-
-
-@dataclasses.dataclass(frozen=True)
-class Labeller:
-    """One way of making reference labels (see the module docstring)."""
-
-    problem: Callable  # inputs of alml.label -> why they do not fit this labeller, or None (checked at launch)
-    submit: Callable
-    collect: Callable
-    batched: bool = False  # one job for the whole set, instead of one per configuration
-    prepare: Callable | None = None  # run once in setup, before anything is submitted
-
-
-LABELLERS = {
-    'aims': Labeller(_aims_label_problem, _submit_aims, _labelled_output, prepare=_prepare_aims),
-    'ase': Labeller(_ase_label_problem, _submit_ase, _labelled_output, batched=True),
-    'shell': Labeller(_shell_label_problem, _submit_shell, _collect_shell),
-}
-
-
-class ShellJobOutput:
-    """Where aiida-shell puts an output file: a SinglefileData under its name with non-word characters as ``_``."""
-
-    @staticmethod
-    def output_file(node, filename: str):
-        from aiida_shell.parsers.shell import ShellParser
-
-        label = ShellParser.format_link_label(filename)
-        return node.outputs[label] if label in node.outputs else None
 
 
 def _failure(node) -> dict:

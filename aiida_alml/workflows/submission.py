@@ -3,12 +3,11 @@ the dead worker was running."""
 
 from __future__ import annotations
 
-import json
-import pathlib
-
 from aiida import orm
 from aiida.common.links import LinkType
 from plumpy import ProcessState
+
+from aiida_alml.workflows.engine_internals import broker_has_task, mark_killed, send_continue_task
 
 __all__ = ('EndsInterruptedFunctions', 'submit_once')
 
@@ -41,7 +40,7 @@ def submit_once(process, process_class, **inputs):
             continue
         if child.is_terminated or child.checkpoint is not None:
             if not child.is_terminated and _task_lost(process, child.pk):
-                process.runner.controller.continue_process(child.pk, nowait=False, no_reply=True)
+                send_continue_task(process.runner, child.pk)
                 process.report(
                     f'{label}: <{child.pk}> was stored before the daemon worker was interrupted, but its task never '
                     'reached the broker; sent it again'
@@ -52,59 +51,20 @@ def submit_once(process, process_class, **inputs):
         stale.append(child)
     node = process.submit(process_class, **inputs)
     for child in stale:
-        child.set_process_state(ProcessState.KILLED)
-        child.set_process_status(f'never launched (the daemon worker was interrupted); replaced by <{node.pk}>')
-        child.seal()
+        mark_killed(child, f'never launched (the daemon worker was interrupted); replaced by <{node.pk}>')
         process.report(f'{label}: <{child.pk}> was stored but never launched; submitted <{node.pk}> instead')
     return node
 
 
 def _task_lost(process, pk: int) -> bool:
     """Whether the process ``pk`` (not terminated, with a checkpoint) has no task with the broker, so no worker will
-    ever run it. False wherever that cannot be known: a runner that does not submit through the broker (its children
-    run in its own loop), or a broker whose queue cannot be read without taking tasks from it (RabbitMQ hides the
-    tasks workers hold)."""
-    if not getattr(process.runner, '_broker_submit', False) or process.runner.controller is None:
-        return False
-    folder = zeromq_task_folder()
-    if folder is None or pk in queued_pids(folder):
+    ever run it. False wherever that cannot be known (:func:`~aiida_alml.workflows.engine_internals.broker_has_task`:
+    a runner that does not submit through the broker, or RabbitMQ, which hides the tasks workers hold)."""
+    if broker_has_task(process.runner, pk) is not False:
         return False
     # It may have ended (and its task been acknowledged) while the queue was read.
     state = orm.QueryBuilder().append(orm.ProcessNode, filters={'id': pk}, project='attributes.process_state').one()[0]
     return state not in _TERMINAL_STATES
-
-
-def zeromq_task_folder() -> pathlib.Path | None:
-    """The folder where the profile's embedded ZeroMQ broker keeps its task queue, or None for another broker."""
-    from aiida.brokers.zeromq.service import ZeromqBrokerService
-    from aiida.manage import get_manager
-    from aiida.manage.configuration import get_config
-
-    profile = get_manager().get_profile()
-    if profile is None or profile.process_control_backend != 'core.zeromq':
-        return None
-    service_dir = get_config().filepaths(profile)['broker_service']['dir']
-    return ZeromqBrokerService.FilepathLayout(service_dir).storage_path / 'tasks'
-
-
-def queued_pids(folder: pathlib.Path) -> set[int]:
-    """Pks of the processes with a task in the ZeroMQ broker's queue: waiting, or handed to a worker and not yet
-    acknowledged (the broker hands a dead worker's tasks to the next one).
-
-    Read-only (the broker's own ``iterate_tasks`` moves the tasks being processed back to waiting). The broker moves a
-    task between ``pending`` and ``processing`` by renaming its file, so the folders are read pending, processing,
-    pending: a task that moves either way while they are read is seen in one of them.
-    """
-    pids = set()
-    for state in ('pending', 'processing', 'pending'):
-        for path in (folder / state).glob('*.json'):
-            try:
-                body = json.loads(path.read_text()).get('body')
-            except (FileNotFoundError, json.JSONDecodeError):  # moved or acknowledged while being read
-                continue
-            if isinstance(body, dict) and isinstance(body.get('args'), dict) and 'pid' in body['args']:
-                pids.add(int(body['args']['pid']))
-    return pids
 
 
 class EndsInterruptedFunctions:
@@ -115,14 +75,14 @@ class EndsInterruptedFunctions:
     killed while it runs leaves its node "running" for ever (``verdi process list`` shows it, ``verdi process kill``
     cannot reach it), while the next worker replays the step and runs the function again as a new node. A work chain
     runs in one worker at a time, so when it is loaded, a function it called that has not ended is one of those.
+    Overrides plumpy's persistence hook ``load_instance_state(saved_state, load_context)`` (checked by
+    tests/workflows/test_engine_internals.py).
     """
 
     def load_instance_state(self, saved_state, load_context):
         super().load_instance_state(saved_state, load_context)
         for child in self.node.called:
             if isinstance(child, (orm.CalcFunctionNode, orm.WorkFunctionNode)) and not child.is_terminated:
-                child.set_process_state(ProcessState.KILLED)
-                child.set_process_status('interrupted: the daemon worker running it died; the step was run again')
-                child.seal()
+                mark_killed(child, 'interrupted: the daemon worker running it died; the step was run again')
                 self.report(f'<{child.pk}> ({child.process_label}) was interrupted with the daemon worker running it; '
                             'marked killed')

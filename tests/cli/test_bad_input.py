@@ -653,7 +653,7 @@ def codes(aiida_localhost):
     """The codes the campaign names, on a computer labelled localhost (stand-ins: nothing runs here)."""
     from aiida.common.exceptions import NotExistent
 
-    from aiida_alml.workflows.shell_labelling import allow_labeller
+    from aiida_alml.workflows.labellers.shell import allow_labeller
 
     for label, plugin in (('alml-label', 'alml.ase'), ('mace-train', 'alml.mace.train'), ('alml-md', 'alml.md'),
                           ('aims-bad-input', 'alml.aims'), ('ref-program', 'core.shell'),

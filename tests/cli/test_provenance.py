@@ -100,7 +100,7 @@ def _label_merge(label_workflow, structures, labelled_sets):
             metadata.append({**meta, 'source_calc_uuid': meta.get('labelled_by') or node.creator.uuid})
     original = structures.configurations.metadata
     metadata = [{**original[i], **meta, 'input_index': i} for i, meta in enumerate(metadata)]
-    merge = _process(orm.CalcFunctionNode, 'aiida_alml.workflows.label.merge_labelled',
+    merge = _process(orm.CalcFunctionNode, 'aiida_alml.workflows.functions.labels.merge_labelled',
                      {'structures': structures, **{f'set_{k}': s for k, s in enumerate(labelled_sets)}},
                      label_workflow, 'merge')
     merged = _create(merge, 'result', _configurations(len(metadata), metadata, seed=len(metadata)))
@@ -109,7 +109,8 @@ def _label_merge(label_workflow, structures, labelled_sets):
 
 def _merge_training_sets(loop, link, **sets):
     metadata = [meta for key in sorted(sets) for meta in sets[key].configurations.metadata]
-    merge = _process(orm.CalcFunctionNode, 'aiida_alml.workflows.functions.merge_training_sets', sets, loop, link)
+    merge = _process(orm.CalcFunctionNode, 'aiida_alml.workflows.functions.datasets.merge_training_sets', sets, loop,
+                     link)
     return _create(merge, 'result', _configurations(len(metadata), metadata, seed=100 + len(metadata)))
 
 
@@ -141,7 +142,7 @@ def graph(alml_localhost, tmp_path_factory):
     g['train_0'], g['model_0'] = _train(tmp_path, 'model_0', dataset_0, committee_0, 'member_0')
     md = _process(orm.CalcJobNode, 'aiida.calculations:alml.md', {'models__member_0': g['model_0']})
     trajectory = _create(md, 'trajectory', orm.ArrayData())
-    select = _process(orm.CalcFunctionNode, 'aiida_alml.workflows.functions.select_for_labelling',
+    select = _process(orm.CalcFunctionNode, 'aiida_alml.workflows.functions.selection.select_for_labelling',
                       {'training_set': dataset_0, 't0': trajectory}, loop, 'select_0')
     selected = _create(select, 'selected', _configurations(2, [
         {'iteration': 0, 'selection_index': k, 'trajectory': trajectory.uuid, 'frame': 3 + k, 'uncertainty': 0.2}

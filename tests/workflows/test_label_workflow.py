@@ -9,9 +9,10 @@ from aiida.engine import run_get_node
 from helpers.aims import DATA, aims_inputs, mock_aims_code, water
 
 from aiida_alml.data.configurations import ConfigurationSet
-from aiida_alml.label_settings import with_label_settings
-from aiida_alml.workflows.label import LabelWorkChain, inconsistent_settings, labels_mismatch, merge_labelled
-from aiida_alml.workflows.shell_labelling import allow_labeller
+from aiida_alml.label_settings import inconsistent_settings, labels_mismatch, with_label_settings
+from aiida_alml.workflows.functions import merge_labelled
+from aiida_alml.workflows.label import LabelWorkChain
+from aiida_alml.workflows.labellers.shell import allow_labeller
 
 
 def _aims_namespace(code):
@@ -161,7 +162,7 @@ def test_shell_labeller_runs_only_codes_declared_reference_programs(aiida_localh
     """Not declared: refused; the project's own programs and other plugins' codes: refused even when declared."""
     from aiida_shell import ShellCode
 
-    from aiida_alml.workflows.shell_labelling import LABELLER_EXTRA
+    from aiida_alml.workflows.labellers.shell import LABELLER_EXTRA
 
     structures = ConfigurationSet.from_ase([water()])
     plain = ShellCode(label='undeclared', computer=aiida_localhost, filepath_executable='/bin/true',
@@ -373,7 +374,7 @@ def test_fixed_kpoint_mesh_across_strained_cells(aiida_code_installed):
 
 
 def test_fixed_kpoint_meshes_per_cell_shape():
-    from aiida_alml.workflows.label import fixed_kpoint_meshes
+    from aiida_alml.workflows.labellers.aims import fixed_kpoint_meshes
 
     images = _strained_silicon([0.0, -0.02, 0.0])
     images[2] = images[2].repeat((2, 1, 1))  # another cell shape: its own mesh
@@ -405,7 +406,7 @@ def test_kpoint_and_accuracy_settings_compared(first, second, message):
 
 
 def test_unknown_settings_are_not_mixed_with_recorded_ones():
-    from aiida_alml.workflows.label import declare_label_settings
+    from aiida_alml.workflows.functions import declare_label_settings
 
     recorded = _labelled(BASE)
     unknown = ConfigurationSet.from_ase([recorded.get_atoms(0)], include_info=False).store()
@@ -450,7 +451,7 @@ def test_allow_labeller_command_declares_and_revokes(aiida_localhost, aiida_prof
     from click.testing import CliRunner
 
     from aiida_alml.cli.setup import allow_labeller as command
-    from aiida_alml.workflows.shell_labelling import LABELLER_EXTRA
+    from aiida_alml.workflows.labellers.shell import LABELLER_EXTRA
 
     code = ShellCode(label='xtb-like', computer=aiida_localhost, filepath_executable='/bin/true',
                      default_calc_job_plugin='core.shell').store()

@@ -22,7 +22,7 @@ from aiida.engine.utils import instantiate_process
 from aiida.manage import get_manager
 from alml_test_calculators.replay import CHILD_LABEL, ReportsOnce, SubmitsOneChild
 
-from aiida_alml.workflows.submission import queued_pids, zeromq_task_folder
+from aiida_alml.workflows.engine_internals import queued_pids, zeromq_task_folder
 
 pytestmark = [pytest.mark.storage, pytest.mark.daemon]
 

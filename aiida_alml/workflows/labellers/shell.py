@@ -1,11 +1,14 @@
-"""What the shell labeller (aiida-shell's ``ShellJob``, one per configuration) may run and which files it may touch.
+"""The shell labeller of ``alml.label`` (``labeller='shell'``): one aiida-shell ``ShellJob`` per configuration, under an
+``alml.shell.base``. The program reads the geometry file we write (placeholder ``{geometry}`` in its arguments) and
+writes an ASE-readable file with energy and forces, read back by the calcfunction :func:`parse_shell_labels`.
 
-The shell labeller runs whatever its code node runs, with the arguments the campaign gives. A campaign file is data
-(docs/security.md), so the code must have been declared a reference program by whoever administers the profile: the
-extra :data:`LABELLER_EXTRA` set to true on the code node (``aiida-alml allow-labeller CODE``). The project's own
-programs (``alml-train``, ``alml-md``, ``alml-label``) and codes of other calculation plugins never qualify: given
-free arguments, ``alml-train`` would train on any file or load any model. File names are plain names inside the job
-folder (aiida-shell joins them to its sandbox, so ``../x`` would write or retrieve a file outside it).
+What it may run and which files it may touch: the shell labeller runs whatever its code node runs, with the arguments
+the campaign gives. A campaign file is data (docs/security.md), so the code must have been declared a reference program
+by whoever administers the profile: the extra :data:`LABELLER_EXTRA` set to true on the code node (``aiida-alml
+allow-labeller CODE``). The project's own programs (``alml-train``, ``alml-md``, ``alml-label``) and codes of other
+calculation plugins never qualify: given free arguments, ``alml-train`` would train on any file or load any model.
+File names are plain names inside the job folder (aiida-shell joins them to its sandbox, so ``../x`` would write or
+retrieve a file outside it).
 """
 
 from __future__ import annotations
@@ -14,8 +17,17 @@ import pathlib
 import re
 import string
 
+from aiida import orm
+from aiida.engine import calcfunction
+
+from aiida_alml.data.configurations import ConfigurationSet
+from aiida_alml.label_settings import with_label_settings
+from aiida_alml.workflows.base import base_inputs, last_job
+from aiida_alml.workflows.job_resources import job_options_problem
+from aiida_alml.workflows.submission import submit_once
+
 __all__ = ('GEOMETRY_PLACEHOLDER', 'LABELLER_EXTRA', 'OWN_PROGRAMS', 'allow_labeller', 'plain_file_name_problem',
-           'shell_label_problem')
+           'shell_label_problem', 'parse_shell_labels', 'submit_shell', 'collect_shell', 'ShellJobOutput')
 
 GEOMETRY_PLACEHOLDER = '{geometry}'
 
@@ -60,8 +72,8 @@ def allow_labeller(code) -> None:
     code.base.extras.set(LABELLER_EXTRA, True)
 
 
-def shell_label_problem(inputs, options_problem) -> str | None:
-    """What makes the ``shell`` inputs of ``alml.label`` unfit, or None; ``options_problem`` checks job options."""
+def shell_label_problem(inputs) -> str | None:
+    """What makes the ``shell`` inputs of ``alml.label`` unfit, or None."""
     shell = inputs.get('shell', {})
     for name in ('code', 'arguments', 'output_filename'):
         if name not in shell:
@@ -82,7 +94,7 @@ def shell_label_problem(inputs, options_problem) -> str | None:
     if 'options' in shell:
         from aiida_shell import ShellJob
 
-        return options_problem(ShellJob, shell['options'], 'shell.options', code)
+        return job_options_problem(ShellJob, shell['options'], 'shell.options', code)
     return None
 
 
@@ -125,3 +137,87 @@ def _formats_problem(shell) -> str | None:
         return (f'shell.output_format: not given, and ASE cannot tell the format from the name '
                 f'{shell["output_filename"].value!r} ({exception}): give output_format')
     return None
+
+
+@calcfunction
+def parse_shell_labels(output_file: orm.SinglefileData, file_format: orm.Str) -> ConfigurationSet:
+    """Our parser of a reference program's output: an ASE-readable file with energy and forces of one geometry."""
+    import tempfile
+
+    from ase.io import read
+
+    # ASE guesses a format from the file name, so read it under its own name (its last part only: a node from an
+    # imported archive may carry any name, and the file must stay in the temporary folder).
+    with tempfile.TemporaryDirectory() as directory:
+        path = pathlib.Path(directory) / (pathlib.PurePath(output_file.filename).name or 'output')
+        path.write_bytes(output_file.get_content(mode='rb'))
+        atoms = read(path, index=-1, format=file_format.value or None)
+    results = getattr(atoms.calc, 'results', {}) or {}
+    missing = [name for name in ('energy', 'forces') if name not in results]
+    if missing:
+        raise ValueError(f'{output_file.filename}: no {" and ".join(missing)} in the program output')
+    creator = output_file.creator
+    meta = {'labeller': 'shell', 'source_calc_uuid': creator.uuid if creator else None}
+    if creator is not None:
+        # What decides the numbers: the program (its code) and its command line; the output format only says how
+        # to read them, but a different reader could round differently.
+        settings = {
+            'labeller': 'shell',
+            'code': creator.inputs.code.full_label,
+            'plugin': creator.process_type.rsplit(':', 1)[-1],
+            'arguments': creator.inputs.arguments.get_list() if 'arguments' in creator.inputs else [],
+            'output_format': file_format.value,
+        }
+        meta = with_label_settings(meta, settings)
+    return ConfigurationSet.from_ase([atoms], metadata=[meta])
+
+
+def submit_shell(process, index: int):
+    import io
+
+    from ase.io import write
+
+    from aiida_alml.workflows.shell_base import ShellBaseWorkChain
+
+    shell = process.inputs.shell
+    buffer = io.StringIO()
+    atoms = process.inputs.structures.get_atoms(index)
+    atoms.calc = None
+    write(buffer, atoms, format=shell.geometry_format.value)
+    filename = shell.geometry_filename.value
+    geometry = orm.SinglefileData(io.BytesIO(buffer.getvalue().encode()), filename=filename)
+    options = shell.options.get_dict() if 'options' in shell else {}
+    # ShellJob fails with exit status 410 on any stderr output; many programs print warnings there.
+    options.setdefault('redirect_stderr', True)
+    options.setdefault('resources', {'num_machines': 1})
+    inputs = {
+        'code': shell.code,
+        # aiida-shell replaces {geometry} by the file name of the node passed under `nodes['geometry']`.
+        'arguments': shell.arguments,
+        'nodes': {'geometry': geometry},
+        'filenames': {'geometry': filename},
+        'outputs': orm.List([shell.output_filename.value]),
+        'metadata': {'options': options},
+    }
+    return submit_once(process, ShellBaseWorkChain, **base_inputs(
+        'shell', inputs, process.inputs.max_relaunches, f'shell_{index}'))
+
+
+def collect_shell(process, node, index: int):
+    job = last_job(node)  # the ShellJob that ran last under alml.shell.base
+    output = ShellJobOutput.output_file(job, process.inputs.shell.output_filename.value)
+    if output is None:
+        return {'pk': job.pk, 'exit_status': None, 'message': 'no output file'}
+    return parse_shell_labels(output, process.inputs.shell.output_format,
+                              metadata={'call_link_label': f'parse_{index}'})
+
+
+class ShellJobOutput:
+    """Where aiida-shell puts an output file: a SinglefileData under its name with non-word characters as ``_``."""
+
+    @staticmethod
+    def output_file(node, filename: str):
+        from aiida_shell.parsers.shell import ShellParser
+
+        label = ShellParser.format_link_label(filename)
+        return node.outputs[label] if label in node.outputs else None

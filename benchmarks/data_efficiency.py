@@ -260,6 +260,8 @@ def selection_diagnostics(node, calculator: dict | None = None) -> list[dict]:
     from aiida import orm
     from ase import Atoms
 
+    from ase.calculators.calculator import CalculationFailed
+
     from aiida_alml.engines.calculators import build_calculator
     from aiida_alml.selection.calibration import spearman
     from aiida_alml.workflows.functions import force_errors
@@ -274,18 +276,23 @@ def selection_diagnostics(node, calculator: dict | None = None) -> list[dict]:
                                         trajectory.get_array('forces'))
         counted, chosen = record.get_array('counted'), record.get_array('chosen')
         errors = np.full(len(counted), np.nan)
+        unlabelled = 0
         for row, (index, frame) in enumerate(zip(record.get_array('trajectory_index'), record.get_array('frame'))):
             if not counted[row]:
                 continue
             symbols, positions, cells, forces = trajectories[int(index)]
             atoms = Atoms(symbols=symbols, positions=positions[frame], cell=cells[frame], pbc=True)
             atoms.calc = build_calculator(calculator or {'name': 'emt'}, ['energy', 'forces'])
-            errors[row] = force_errors(atoms.get_forces() - forces[frame])['force_rmse']
+            try:
+                errors[row] = force_errors(atoms.get_forces() - forces[frame])['force_rmse']
+            except CalculationFailed:  # an SCF that does not converge (xTB on a distorted frame): no true error
+                unlabelled += 1
         uncertainty = record.get_array('uncertainty')
         mask = counted & np.isfinite(errors) & np.isfinite(uncertainty)
         rows.append({
             'iteration': int(key.rsplit('_', 1)[1]),
             'counted': int(mask.sum()),
+            'reference_failed': unlabelled,
             'spearman_sigma_error': spearman(uncertainty[mask], errors[mask]) if mask.sum() > 2 else None,
             'pool_force_rmse': float(np.sqrt(np.mean(errors[mask] ** 2))) if mask.any() else None,
             'chosen_force_rmse': float(np.sqrt(np.mean(errors[chosen & mask] ** 2))) if (chosen & mask).any() else None,

@@ -10,14 +10,13 @@ from aiida.common import datastructures
 from aiida.engine import CalcJob
 
 from aiida_alml.calculations.base import define_disk_full_exit_code, define_interruption_exit_code
-from aiida_alml.calculations.md import check_committee, upload_committee
+from aiida_alml.calculations.md import STDOUT_FILE, check_committee, upload_committee
 from aiida_alml.data import ConfigurationSet, MlipModel
 
 __all__ = ('ScoreCalculation',)
 
 INPUT_FILE = 'score.json'
 FRAMES_FILE = 'frames.xyz'
-STDOUT_FILE = 'alml-md.out'
 
 
 def _validate_device(value, _):

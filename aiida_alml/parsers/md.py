@@ -14,10 +14,23 @@ from aiida_alml.engines.disk import disk_full_line
 from aiida_alml.engines.md import SUMMARY_FILE, TRAJECTORY_FILE
 from aiida_alml.parsers.interruption import InterruptionAwareParser
 
-__all__ = ('MdParser',)
+__all__ = ('MdParser', 'read_engine_output')
 
 # Stored by set_trajectory itself; every other array of the engine is stored under its own name.
 _TRAJECTORY_KEYS = {'step', 'time', 'positions', 'cell', 'numbers', 'pbc'}
+
+
+def read_engine_output(parser) -> tuple[str, object]:
+    """``alml-md``'s retrieved output (``''`` without one), and the exit code it already gives (a model file whose
+    hash did not match, a full disk) or None. Shared by the parsers of ``alml.md`` and ``alml.score``."""
+    if STDOUT_FILE not in parser.retrieved.base.repository.list_object_names():
+        return '', None
+    output = parser.retrieved.base.repository.get_object_content(STDOUT_FILE, mode='r')
+    if 'ModelHashError' in output:
+        return output, parser.exit_codes.ERROR_MODEL_HASH
+    if (line := disk_full_line(output)):
+        return output, parser.exit_codes.ERROR_DISK_FULL.format(details=line)
+    return output, None
 
 
 class MdParser(InterruptionAwareParser):
@@ -27,13 +40,9 @@ class MdParser(InterruptionAwareParser):
 
     def parse_job(self, **kwargs):
         names = self.retrieved.base.repository.list_object_names()
-        output = ''
-        if STDOUT_FILE in names:
-            output = self.retrieved.base.repository.get_object_content(STDOUT_FILE, mode='r')
-            if 'ModelHashError' in output:
-                return self.exit_codes.ERROR_MODEL_HASH
-            if (line := disk_full_line(output)):
-                return self.exit_codes.ERROR_DISK_FULL.format(details=line)
+        output, exit_code = read_engine_output(self)
+        if exit_code is not None:
+            return exit_code
         for filename in (SUMMARY_FILE, TRAJECTORY_FILE):
             if filename not in names:
                 # The last lines of the engine's output usually name the exception.

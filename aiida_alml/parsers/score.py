@@ -8,10 +8,9 @@ import numpy as np
 from aiida import orm
 from aiida.engine import ExitCode
 
-from aiida_alml.calculations.score import STDOUT_FILE
-from aiida_alml.engines.disk import disk_full_line
 from aiida_alml.engines.score import SCORES_FILE
 from aiida_alml.parsers.interruption import InterruptionAwareParser
+from aiida_alml.parsers.md import read_engine_output
 
 __all__ = ('ScoreParser',)
 
@@ -22,15 +21,10 @@ class ScoreParser(InterruptionAwareParser):
     """``predictions``: the arrays of :mod:`aiida_alml.engines.score`, checked against the frames' sizes."""
 
     def parse_job(self, **kwargs):
-        names = self.retrieved.base.repository.list_object_names()
-        output = ''
-        if STDOUT_FILE in names:
-            output = self.retrieved.base.repository.get_object_content(STDOUT_FILE, mode='r')
-            if 'ModelHashError' in output:
-                return self.exit_codes.ERROR_MODEL_HASH
-            if (line := disk_full_line(output)):
-                return self.exit_codes.ERROR_DISK_FULL.format(details=line)
-        if SCORES_FILE not in names:
+        output, exit_code = read_engine_output(self)
+        if exit_code is not None:
+            return exit_code
+        if SCORES_FILE not in self.retrieved.base.repository.list_object_names():
             tail = '\n'.join(output.strip().splitlines()[-3:])
             return self.exit_codes.ERROR_MISSING_OUTPUT.format(filename=SCORES_FILE, details=f'Output ends: {tail}')
         try:

@@ -53,6 +53,7 @@ from aiida_alml.workflows.base import base_inputs
 from aiida_alml.workflows.score_base import ScoreBaseWorkChain
 from aiida_alml.workflows.seeds import iteration_seeds
 from aiida_alml.workflows.stability import StabilityWorkChain
+from aiida_alml.workflows.protocols import ProtocolMixin
 from aiida_alml.workflows.submission import EndsInterruptedFunctions, submit_once
 
 __all__ = ('ActiveLearningWorkChain',)
@@ -71,8 +72,10 @@ def reference_cpu_seconds(jobs) -> float | None:
     return float(sum(reported)) if reported else None
 
 
-class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
+class ActiveLearningWorkChain(EndsInterruptedFunctions, ProtocolMixin, WorkChain):
     """Active learning of a MACE committee; every structure, label, model and selection decision is a node."""
+
+    _protocol_name = 'active_learning'
 
     @classmethod
     def define(cls, spec):
@@ -681,26 +684,6 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, WorkChain):
         return submit_once(self, LabelWorkChain, **inputs)
 
     # ------------------------------------------------------------------ protocols
-    @classmethod
-    def get_available_protocols(cls) -> dict:
-        """``{protocol: {'description': ...}}`` of ``aiida_alml/protocols/active_learning.yaml``."""
-        from aiida_alml.protocols import get_available_protocols
-
-        return get_available_protocols('active_learning')
-
-    @classmethod
-    def get_default_protocol(cls) -> str:
-        from aiida_alml.protocols import get_default_protocol
-
-        return get_default_protocol('active_learning')
-
-    @classmethod
-    def get_protocol_inputs(cls, protocol: str | None = None, overrides: dict | None = None) -> dict:
-        """The inputs of ``protocol`` (default: moderate) with ``overrides`` merged in, as plain values."""
-        from aiida_alml.workflows.protocols import active_learning_inputs
-
-        return active_learning_inputs(protocol, overrides)
-
     @classmethod
     def get_builder_from_protocol(cls, train_code, md_code, label_code, structures=None, *, initial_dataset=None,
                                   exploration_structures=None, test_set=None, calculator=None, protocol=None,

@@ -10,6 +10,7 @@ from aiida_alml.calculations.mace_train import MaceTrainCalculation, is_isolated
 from aiida_alml.data import ConfigurationSet, MlipModel
 from aiida_alml.workflows.base import base_inputs, define_relaunch_input, job_failure
 from aiida_alml.workflows.mace_train_base import MaceTrainBaseWorkChain
+from aiida_alml.workflows.protocols import ProtocolMixin
 from aiida_alml.workflows.submission import EndsInterruptedFunctions, submit_once
 
 __all__ = ('CommitteeWorkChain', 'bootstrap_resample', 'summarize_committee')
@@ -68,7 +69,7 @@ def _validate_inputs(inputs, _):
     return None
 
 
-class CommitteeWorkChain(EndsInterruptedFunctions, WorkChain):
+class CommitteeWorkChain(EndsInterruptedFunctions, ProtocolMixin, WorkChain):
     """Train ``num_members`` MACE models concurrently; member ``i`` gets ``seeds[i]`` (default ``i + 1``).
 
     The training inputs are those of ``alml.mace.train`` (namespace ``train``) except ``seed``. With ``bootstrap``
@@ -76,6 +77,8 @@ class CommitteeWorkChain(EndsInterruptedFunctions, WorkChain):
     an ``alml.mace.train.base`` called ``member_<i>``, which trains again when the scheduler cancelled or lost the job
     (at most ``max_relaunches`` times).
     """
+
+    _protocol_name = 'committee'
 
     @classmethod
     def define(cls, spec):
@@ -136,26 +139,6 @@ class CommitteeWorkChain(EndsInterruptedFunctions, WorkChain):
         return None
 
     # ------------------------------------------------------------------ protocols
-    @classmethod
-    def get_available_protocols(cls) -> dict:
-        """``{protocol: {'description': ...}}`` of ``aiida_alml/protocols/committee.yaml``."""
-        from aiida_alml.protocols import get_available_protocols
-
-        return get_available_protocols('committee')
-
-    @classmethod
-    def get_default_protocol(cls) -> str:
-        from aiida_alml.protocols import get_default_protocol
-
-        return get_default_protocol('committee')
-
-    @classmethod
-    def get_protocol_inputs(cls, protocol: str | None = None, overrides: dict | None = None) -> dict:
-        """The inputs of ``protocol`` (default: moderate) with ``overrides`` merged in, as plain values."""
-        from aiida_alml.workflows.protocols import committee_inputs
-
-        return committee_inputs(protocol, overrides)
-
     @classmethod
     def get_builder_from_protocol(cls, code, training_set, protocol=None, overrides=None, options=None, test_set=None):
         """A builder for a committee trained with ``code`` (``alml.mace.train``) on ``training_set`` (a labelled

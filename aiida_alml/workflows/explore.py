@@ -11,6 +11,7 @@ from aiida_alml.calculations.md import MdCalculation, check_md_grid
 from aiida_alml.engines.md import MdParameterError, validate_parameters
 from aiida_alml.workflows.base import base_inputs, define_relaunch_input, job_failure, last_job
 from aiida_alml.workflows.md_base import MdBaseWorkChain
+from aiida_alml.workflows.protocols import ProtocolMixin
 from aiida_alml.workflows.submission import EndsInterruptedFunctions, submit_once
 
 __all__ = ('ExploreWorkChain', 'md_device_problem', 'requested_gpus', 'tabulate_md_runs')
@@ -105,7 +106,7 @@ def _validate_inputs(inputs, ctx):
     return check_md_grid(inputs)
 
 
-class ExploreWorkChain(EndsInterruptedFunctions, WorkChain):
+class ExploreWorkChain(EndsInterruptedFunctions, ProtocolMixin, WorkChain):
     """Run ``alml.md`` for every structure in ``structures`` under every entry of ``conditions``.
 
     Each condition is a dict of MD parameters laid over ``parameters`` (e.g. ``{'ensemble': 'npt_berendsen',
@@ -114,6 +115,8 @@ class ExploreWorkChain(EndsInterruptedFunctions, WorkChain):
     job that ran last). Each run is an ``alml.md.base`` called ``<structure>_c<i>``, which runs the job again when the
     scheduler cancelled or lost it (at most ``max_relaunches`` times).
     """
+
+    _protocol_name = 'explore'
 
     @classmethod
     def define(cls, spec):
@@ -176,26 +179,6 @@ class ExploreWorkChain(EndsInterruptedFunctions, WorkChain):
         return None
 
     # ------------------------------------------------------------------ protocols
-    @classmethod
-    def get_available_protocols(cls) -> dict:
-        """``{protocol: {'description': ...}}`` of ``aiida_alml/protocols/explore.yaml``."""
-        from aiida_alml.protocols import get_available_protocols
-
-        return get_available_protocols('explore')
-
-    @classmethod
-    def get_default_protocol(cls) -> str:
-        from aiida_alml.protocols import get_default_protocol
-
-        return get_default_protocol('explore')
-
-    @classmethod
-    def get_protocol_inputs(cls, protocol: str | None = None, overrides: dict | None = None) -> dict:
-        """The inputs of ``protocol`` (default: moderate) with ``overrides`` merged in, as plain values."""
-        from aiida_alml.workflows.protocols import explore_inputs
-
-        return explore_inputs(protocol, overrides)
-
     @classmethod
     def get_builder_from_protocol(cls, code, structures, models, protocol=None, overrides=None, options=None):
         """A builder for committee MD with ``code`` (``alml.md``) from ``structures`` (a mapping of names to

@@ -42,6 +42,7 @@ from aiida_alml.workflows.labellers.aims import aims_label_problem, prepare_aims
 from aiida_alml.workflows.labellers.ase import ase_label_problem, split_configurations, submit_ase
 from aiida_alml.workflows.labellers.shell import GEOMETRY_PLACEHOLDER, collect_shell, shell_label_problem, submit_shell
 from aiida_alml.workflows.namespaces import unknown_input_problem
+from aiida_alml.workflows.protocols import ProtocolMixin
 from aiida_alml.workflows.submission import EndsInterruptedFunctions
 
 __all__ = ('LabelWorkChain', 'LABELLERS', 'Labeller', 'validate_label_inputs')
@@ -96,8 +97,10 @@ def validate_label_inputs(inputs, namespace):
 
 
 
-class LabelWorkChain(EndsInterruptedFunctions, WorkChain):
+class LabelWorkChain(EndsInterruptedFunctions, ProtocolMixin, WorkChain):
     """Label every configuration of ``structures`` with the chosen labeller and gather the labels in one set."""
+
+    _protocol_name = 'label'
 
     @classmethod
     def define(cls, spec):
@@ -269,26 +272,6 @@ class LabelWorkChain(EndsInterruptedFunctions, WorkChain):
         return successes, failures
 
     # ------------------------------------------------------------------ protocols
-    @classmethod
-    def get_available_protocols(cls) -> dict:
-        """``{protocol: {'description': ...}}`` of ``aiida_alml/protocols/label.yaml``."""
-        from aiida_alml.protocols import get_available_protocols
-
-        return get_available_protocols('label')
-
-    @classmethod
-    def get_default_protocol(cls) -> str:
-        from aiida_alml.protocols import get_default_protocol
-
-        return get_default_protocol('label')
-
-    @classmethod
-    def get_protocol_inputs(cls, protocol: str | None = None, overrides: dict | None = None) -> dict:
-        """The inputs of ``protocol`` (default: moderate) with ``overrides`` merged in, as plain values."""
-        from aiida_alml.workflows.protocols import label_inputs
-
-        return label_inputs(protocol, overrides)
-
     @classmethod
     def get_builder_from_protocol(cls, code, structures, calculator=None, protocol=None, overrides=None, options=None, labeller=None,
                                   species_root=None):

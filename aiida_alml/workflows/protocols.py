@@ -21,7 +21,7 @@ from typing import Any
 from aiida_alml.protocols import get_protocol_inputs, merge_inputs
 
 __all__ = (
-    'ProtocolError', 'LABELLER_PLUGINS', 'committee_inputs', 'explore_inputs', 'label_inputs', 'active_learning_inputs',
+    'PROTOCOL_INPUTS', 'ProtocolError', 'ProtocolMixin', 'LABELLER_PLUGINS', 'committee_inputs', 'explore_inputs', 'label_inputs', 'active_learning_inputs',
     'builder_from_inputs', 'committee_builder', 'explore_builder', 'label_builder', 'active_learning_builder',
     'process_inputs',
 )
@@ -95,6 +95,37 @@ def _protocol(name: str, protocol: str | None, overrides: dict | None) -> dict:
 
 def _value(value):
     return getattr(value, 'value', value)
+
+
+class ProtocolMixin:
+    """``get_available_protocols``, ``get_default_protocol`` and ``get_protocol_inputs`` of a work chain whose
+    protocols are ``aiida_alml/protocols/<_protocol_name>.yaml`` (as aiida-quantumespresso's ``ProtocolMixin``);
+    each work chain adds its own ``get_builder_from_protocol``, whose arguments differ."""
+
+    _protocol_name: str = ''
+
+    @classmethod
+    def get_available_protocols(cls) -> dict:
+        """``{protocol: {'description': ...}}`` of the work chain's protocol file."""
+        from aiida_alml.protocols import get_available_protocols
+
+        return get_available_protocols(cls._protocol_name)
+
+    @classmethod
+    def get_default_protocol(cls) -> str:
+        from aiida_alml.protocols import get_default_protocol
+
+        return get_default_protocol(cls._protocol_name)
+
+    @classmethod
+    def get_protocol_inputs(cls, protocol: str | None = None, overrides: dict | None = None) -> dict:
+        """The inputs of ``protocol`` (default: moderate) with ``overrides`` merged in, as plain values."""
+        return PROTOCOL_INPUTS[cls._protocol_name](protocol, overrides)
+
+
+#: The function giving each work chain's protocol inputs, by protocol file name.
+PROTOCOL_INPUTS = {'active_learning': active_learning_inputs, 'committee': committee_inputs,
+                   'explore': explore_inputs, 'label': label_inputs}
 
 
 # ---------------------------------------------------------------------- conversion and validation

@@ -14,7 +14,7 @@ from aiida_alml.calculations.base import define_disk_full_exit_code, define_inte
 from aiida_alml.data import ConfigurationSet, MlipModel, ModelIntegrityError
 from aiida_alml.formats.mace_options import MaceOptionError, check_parameters, known_options, to_command_line
 
-__all__ = ('MaceTrainCalculation', 'average_e0s', 'isolated_atom_energies')
+__all__ = ('MaceTrainCalculation', 'average_e0s', 'isolated_atom_energies', 'stage_two_budget')
 
 MODEL_NAME = 'mace'  # mace_run_train --name: MACE writes mace.model, alml-train converts it to mace.alml
 MODEL_FILE = f'{MODEL_NAME}.alml'
@@ -32,6 +32,20 @@ DEFAULT_VALID_FRACTION = 0.1
 #: the latest).
 STAGE_TWO_SWITCHES = ('swa', 'stage_two')
 MIN_EPOCHS_STAGE_TWO = 8
+
+
+def stage_two_budget(parameters: dict, num_configurations: int, steps: int) -> dict:
+    """``max_num_epochs`` and ``start_swa`` for a training with ``parameters`` whose stage two has at least ``steps``
+    gradient steps on ``num_configurations`` training configurations (isolated atoms not counted; the validation split
+    by ``valid_fraction``). Stage one keeps MACE's length (3/4 of ``max_num_epochs``); stage two is MACE's last
+    quarter or longer. Energies need it: a model learns E(V) and defect energies from energy labels alone (forces do
+    not constrain them), and that happens in stage two."""
+    epochs = int(parameters.get('max_num_epochs', known_options()['max_num_epochs'].default))
+    stage_one = max(1, epochs // 4 * 3)  # MACE's start_swa when none is given
+    n_train = num_configurations - int(parameters.get('valid_fraction', DEFAULT_VALID_FRACTION) * num_configurations)
+    steps_per_epoch = max(1, n_train // int(parameters.get('batch_size', DEFAULT_BATCH_SIZE)))  # incomplete batch dropped
+    stage_two = max(epochs - stage_one, -(-int(steps) // steps_per_epoch))
+    return {'start_swa': stage_one, 'max_num_epochs': stage_one + stage_two}
 
 
 def is_isolated_atom(metadata: dict, n_atoms: int) -> bool:
@@ -155,7 +169,16 @@ def _validate_inputs(inputs, _):
     # MACE drops the last incomplete batch: with fewer configurations than one batch nothing is trained.
     n_train = len(_split_isolated(training))
     if 'validation_set' not in inputs:
-        n_train -= int(parameters.get('valid_fraction', DEFAULT_VALID_FRACTION) * n_train)
+        valid_fraction = parameters.get('valid_fraction', DEFAULT_VALID_FRACTION)
+        n_valid = int(valid_fraction * n_train)
+        if n_valid == 0:
+            # MACE would split off no frame and crash on the empty validation set after loading everything.
+            return (
+                f'training_set: valid_fraction {valid_fraction} of {n_train} configurations (without isolated atoms) '
+                f'leaves no validation configuration: give more configurations, a larger valid_fraction or a '
+                f'validation_set'
+            )
+        n_train -= n_valid
     batch_size = int(parameters.get('batch_size', DEFAULT_BATCH_SIZE))
     if n_train < batch_size:
         return (
@@ -271,12 +294,18 @@ class MaceTrainCalculation(CalcJob):
             arguments.append('--restart_latest')
         parameters = self.inputs.parameters.get_dict()
         epochs = int(parameters.get('max_num_epochs', known_options()['max_num_epochs'].default))
+        stage_two = any(parameters.get(name) for name in STAGE_TWO_SWITCHES)
         if not any(name in parameters for name in STAGE_TWO_SWITCHES) and epochs >= MIN_EPOCHS_STAGE_TWO:
             # MACE's recipe for learning energies: the last quarter of the epochs with energy weight 1000 (forces
             # 100). With the first stage's weights alone (energy 1, forces 100) energies were not learned: models
             # missed their own training energies by 60-175 meV/atom (issue 28). Not for a few epochs: MACE would
             # start stage two after the first, and forces would hardly be trained.
             arguments.append('--swa')
+            stage_two = True
+        if stage_two and 'swa_lr' not in parameters:
+            # Stage two at the first stage's learning rate, not MACE's ten times lower swa_lr: at 1e-3 a few hundred
+            # steps hardly moved the energy (demo data: 14.5 meV/atom in-sample after 400 steps, 1.1 at 1e-2).
+            arguments += ['--swa_lr', repr(float(parameters.get('lr', known_options()['lr'].default)))]
         arguments += to_command_line(parameters)
 
         codeinfo = datastructures.CodeInfo()

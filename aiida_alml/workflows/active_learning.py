@@ -15,7 +15,7 @@ import time
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, if_, while_
 
-from aiida_alml.calculations.mace_train import isolated_atom_energies
+from aiida_alml.calculations.mace_train import isolated_atom_energies, stage_two_budget
 from aiida_alml.data import ConfigurationSet
 from aiida_alml.engines.md import validate_parameters as validate_md_parameters
 from aiida_alml.label_settings import labels_mismatch
@@ -27,6 +27,7 @@ from aiida_alml.workflows.active_learning_inputs import (
     validate_isolated_atom_box,
     validate_perturbation,
     validate_selection,
+    validate_stage_two_steps,
     validate_validation,
 )
 from aiida_alml.workflows.committee import CommitteeWorkChain
@@ -132,9 +133,17 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, ProtocolMixin, WorkChain
         spec.input('calibration_window', valid_type=orm.Int, default=lambda: orm.Int(3),
                    help='How many of the most recent labelled iterations the calibration pools.')
         spec.input('final_training', valid_type=orm.Bool, default=lambda: orm.Bool(True),
-                   help='Train once more on the whole dataset when the last committee has not seen every label.')
+                   help='Train once more on the whole dataset at the end (warm-started like the loop\'s trainings): '
+                        'when the last committee has not seen every label, or to give stage two '
+                        '`final_stage_two_steps` steps.')
+        spec.input('final_stage_two_steps', valid_type=orm.Int, default=lambda: orm.Int(400),
+                   validator=validate_stage_two_steps,
+                   help='Gradient steps of the final training\'s stage two at least (epochs follow from the dataset '
+                        'size and batch_size): energies are learned there. 0: the training parameters as they are, '
+                        'and no final training when the last committee saw every label.')
         spec.input('final_train_parameters', valid_type=orm.Dict, required=False,
-                   help='mace_run_train options for that final training (e.g. more epochs).')
+                   help='mace_run_train options for that final training, laid over the others (they win over the '
+                        'epochs `final_stage_two_steps` sets).')
         spec.input('isolated_atom_box', valid_type=orm.Float, default=lambda: orm.Float(20.0),
                    validator=validate_isolated_atom_box,
                    help='Edge (Å) of the empty, non-periodic box in which one atom of each element is labelled with '
@@ -496,16 +505,26 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, ProtocolMixin, WorkChain
 
     # ------------------------------------------------------------------ end
     def needs_final_training(self):
-        """The last committee has not seen every label (the loop stopped on its budget or iteration limit)."""
+        """The last committee has not seen every label (the loop stopped on its budget or iteration limit), or the
+        final training's long stage two is asked for."""
         return (self.inputs.final_training.value and self.ctx.models is not None
-                and self.ctx.models_trained_on != self.ctx.dataset.uuid)
+                and (self.ctx.models_trained_on != self.ctx.dataset.uuid or self.inputs.final_stage_two_steps.value > 0))
 
     def run_final_training(self):
         # The index after the last iteration: seeds no loop iteration used.
         seeds = iteration_seeds(self.inputs.seed.value, self.ctx.iteration, self.inputs.train.num_members.value, [])
-        self.report(f'final training on the whole dataset ({len(self.ctx.dataset)} configurations)')
-        extra = self.inputs.final_train_parameters.get_dict() if 'final_train_parameters' in self.inputs else {}
-        self.ctx.final = {'labels_total': len(self.ctx.dataset), 'member_seeds': seeds['members']}
+        extra = {}
+        steps = self.inputs.final_stage_two_steps.value
+        if steps > 0:
+            parameters = self._training_parameters()
+            extra = stage_two_budget(parameters, len(self.ctx.dataset), steps)
+        if 'final_train_parameters' in self.inputs:
+            extra.update(self.inputs.final_train_parameters.get_dict())
+        self.report(f'final training on the whole dataset ({len(self.ctx.dataset)} configurations'
+                    + (f', {extra["max_num_epochs"]} epochs, stage two from epoch {extra["start_swa"]})' if
+                       'start_swa' in extra and 'max_num_epochs' in extra else ')'))
+        self.ctx.final = {'labels_total': len(self.ctx.dataset), 'member_seeds': seeds['members'],
+                          'stage_two_steps': steps}
         return ToContext(final_committee=self._submit_training(seeds['members'], TRAIN_FINAL, extra))
 
     def inspect_final_training(self):
@@ -614,17 +633,24 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, ProtocolMixin, WorkChain
         if self.ctx.e0s is not None:
             inputs['train']['e0s'] = self.ctx.e0s
         inputs['seeds'] = orm.List(seeds)
-        parameters = inputs['train']['parameters'].get_dict() if 'parameters' in inputs['train'] else {}
+        parameters = self._training_parameters()
         if self.inputs.warm_start.value and self.ctx.models:
             inputs['parent_models'] = self.ctx.models
-            if 'warm_start_parameters' in self.inputs:
-                parameters.update(self.inputs.warm_start_parameters.get_dict())
         if extra_parameters:
             parameters.update(extra_parameters)
         if parameters:
             inputs['train']['parameters'] = orm.Dict(parameters)
         inputs['metadata'] = {'call_link_label': link_label}
         return submit_once(self, CommitteeWorkChain, **inputs)
+
+    def _training_parameters(self) -> dict:
+        """The mace_run_train options of the next training: ``train.train.parameters``, with
+        ``warm_start_parameters`` over them when it continues from the current committee."""
+        train = self.inputs.train.train
+        parameters = train.parameters.get_dict() if 'parameters' in train else {}
+        if self.inputs.warm_start.value and self.ctx.models and 'warm_start_parameters' in self.inputs:
+            parameters.update(self.inputs.warm_start_parameters.get_dict())
+        return parameters
 
     def _submit_scoring(self, job_label: str, errors_label: str, row: dict) -> dict:
         """Launch the job that runs the current committee on the held-out test set ({} without a test set): an

@@ -15,7 +15,7 @@ __all__ = ('SELECTION_DEFAULTS', 'PERTURBATION_KEYS', 'VALIDATION_DEFAULTS', 'MA
            'MAX_LABELS_PER_ITERATION', 'MAX_ITERATIONS', 'MAX_PERTURBED_COPIES', 'MAX_PERTURBED_ATOMS',
            'MAX_DESCRIPTOR_BINS', 'MAX_DESCRIPTOR_R_CUT', 'MAX_MD_RUNS', 'MAX_ISOLATED_ATOM_BOX', 'validate_selection',
            'validate_perturbation', 'validate_validation', 'validate_active_learning_inputs', 'initial_label_count',
-           'budget_line')
+           'budget_line', 'validate_stage_two_steps')
 
 #: Defaults of the ``selection`` input (trust window in eV/Å after calibration).
 SELECTION_DEFAULTS = {
@@ -31,6 +31,8 @@ SELECTION_DEFAULTS = {
     'descriptor_bins': 32,
     'contact_fraction': 0.8,
 }
+#: Upper bound of ``final_stage_two_steps`` (a typo of a few zeros would train for days).
+MAX_STAGE_TWO_STEPS = 100_000
 PERTURBATION_KEYS = ('count', 'rattle_std', 'max_strain', 'seed')
 #: Defaults of the ``validation`` input: MD of the final committee at temperature_factor × the hottest exploration,
 #: for ``steps`` (None: steps_factor × the longest exploration run), in each ensemble.
@@ -136,6 +138,14 @@ def validate_selection(value, _=None) -> str | None:
     fraction = settings['contact_fraction']
     if not _is_number(fraction) or not 0 < fraction <= 1:
         return f'selection: contact_fraction must be a number in (0, 1], got {fraction!r}'
+    return None
+
+
+def validate_stage_two_steps(node, _=None) -> str | None:
+    """``final_stage_two_steps``: a non-negative number of gradient steps, at most MAX_STAGE_TWO_STEPS."""
+    if not 0 <= node.value <= MAX_STAGE_TWO_STEPS:
+        return (f'final_stage_two_steps: must be 0 (no longer stage two) to {MAX_STAGE_TWO_STEPS} gradient steps, '
+                f'got {node.value}')
     return None
 
 

@@ -149,6 +149,11 @@ def test_fewer_configurations_than_a_batch(tiny_mace_inputs):
     _refused(tiny_mace_inputs(batch_size=32), r'training_set: 16 configurations .* batch_size is 32')
 
 
+def test_a_validation_split_with_no_configuration_is_refused(tiny_mace_inputs):
+    # 20 cells x 0.04 rounds down to no validation frame: MACE would crash on the empty set after loading the data.
+    _refused(tiny_mace_inputs(valid_fraction=0.04), r'valid_fraction 0.04 of 20 configurations .* no validation')
+
+
 def test_e0s_must_cover_the_elements(tiny_mace_inputs):
     _refused({**tiny_mace_inputs(), 'e0s': orm.Dict({'Ag': -0.1})}, r"e0s: no isolated-atom energy for \['Cu'\]")
     _refused({**tiny_mace_inputs(), 'e0s': orm.Str('guess')}, r'e0s: a string must be "average"')
@@ -318,6 +323,12 @@ def test_stage_two_is_on_unless_switched_off(tiny_mace_inputs, tmp_path, monkeyp
         assert '--swa' not in _dry_run_command_line(tiny_mace_inputs(max_num_epochs=8, **{switch: False}))
     # with 7 epochs or fewer MACE would begin stage two after the first: forces would hardly be trained
     assert '--swa' not in _dry_run_command_line(tiny_mace_inputs(max_num_epochs=7))
+    # stage two keeps the first stage's learning rate (MACE's own default would drop it ten times), unless told
+    assert "'--swa_lr' '0.01'" in script
+    assert "'--swa_lr' '0.02'" in _dry_run_command_line(tiny_mace_inputs(max_num_epochs=8, lr=0.02))
+    given = _dry_run_command_line(tiny_mace_inputs(max_num_epochs=8, swa_lr=0.0005))
+    assert given.count('--swa_lr') == 1 and "'--swa_lr' '0.0005'" in given
+    assert "'--swa_lr'" in _dry_run_command_line(tiny_mace_inputs(max_num_epochs=3, swa=True))
 
 
 def test_alml_train_accepts_the_calculations_command_line(tiny_mace_inputs, tmp_path, monkeypatch):
@@ -408,11 +419,15 @@ def _energy_errors(model: MlipModel, node: ConfigurationSet) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_a_warm_started_model_reproduces_its_own_training_energies(mace_train_code):
-    """Issue 28, on the demo's data and model: a scratch model, then a warm start on more data (as the loop does),
-    both with isolated-atom E0s and stage two. Before: the warm start kept the parent's E0s and the energy weighed
-    1 against forces 100, and models missed their own training energies by a near-constant 60-175 meV/atom."""
+def test_a_final_training_reproduces_its_own_training_energies(mace_train_code):
+    """Issue 28, on the demo's data and model: a scratch model, then a warm start on more data as the campaign's final
+    training makes it (isolated-atom E0s, a stage two of at least 400 steps at the first stage's learning rate).
+    Before: the warm start kept the parent's E0s and the energy weighed 1 against forces 100, and models missed their
+    own training energies by a near-constant 60-175 meV/atom; with MACE's stage two (28 steps at swa_lr 1e-3) they
+    still missed them by 17 meV/atom, following the cell volume (E(V) is learned from energies alone)."""
     from conftest import mace_train_options
+
+    from aiida_alml.calculations.mace_train import stage_two_budget
 
     initial, grown, held_out = _demo_energy_sets()
     e0s = orm.Dict({'Cu': cu_e0()})
@@ -424,8 +439,11 @@ def test_a_warm_started_model_reproduces_its_own_training_energies(mace_train_co
     _, parent = run_get_node(MaceTrainCalculation, training_set=first_set, parameters=orm.Dict(parameters), **common)
     assert parent.is_finished_ok, parent.exit_message
     grown_set = ConfigurationSet.from_ase(grown).store()
+    warm = {**parameters, 'max_num_epochs': 10}  # the demo's warm_start_parameters
+    final = {**warm, **stage_two_budget(warm, len(grown), 400)}
+    assert final['start_swa'] == 6 and final['max_num_epochs'] == 6 + 67  # 30 labels - 4 for validation: 6 steps an epoch
     _, child = run_get_node(MaceTrainCalculation, training_set=grown_set, parent_model=parent.outputs.model,
-                            parameters=orm.Dict({**parameters, 'max_num_epochs': 10}), **common)
+                            parameters=orm.Dict(final), **common)
     assert child.is_finished_ok, child.exit_message
     assert child.outputs.metrics['stage_two'] and child.outputs.metrics['e0s'] == {'Cu': pytest.approx(cu_e0())}
 
@@ -434,8 +452,8 @@ def test_a_warm_started_model_reproduces_its_own_training_energies(mace_train_co
     rmse_in, rmse_out = np.sqrt(np.mean(in_sample**2)), np.sqrt(np.mean(outside**2))
     print(f'in-sample mean {in_sample.mean() * 1000:+.1f}, RMSE {rmse_in * 1000:.1f}; held-out mean '
           f'{outside.mean() * 1000:+.1f}, RMSE {rmse_out * 1000:.1f} meV/atom')
-    # No constant offset from its own reference (before: -59 meV/atom on this data). What is left is not an offset:
-    # vacancy cells come out ~15 meV/atom too low and perfect cells too high (tiny model, a few hundred steps).
-    assert abs(in_sample.mean()) < 0.010, in_sample
-    assert rmse_in < 0.025, rmse_in
-    assert rmse_out < 2 * rmse_in, (rmse_out, rmse_in)  # held-out frames (900 K) within 2x the in-sample error
+    # Measured outside AiiDA with the same settings: 1.1 meV/atom in-sample (mean +0.7), 4.8 held-out (900 K frames,
+    # hotter than any training frame). No offset, and E(V) learned: no error grows with the cell volume.
+    assert abs(in_sample.mean()) < 0.003, in_sample
+    assert rmse_in < 0.004, rmse_in
+    assert rmse_out < 0.010, (rmse_out, rmse_in)  # the issue's goal for held-out frames (EMT)

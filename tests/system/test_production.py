@@ -117,6 +117,7 @@ def _write_campaign(folder: pathlib.Path) -> pathlib.Path:
         patience: 1
         max_iterations: 3
         max_labels: 40
+        final_stage_two_steps: 0
         """
     path = folder / 'campaign.yaml'
     path.write_text(textwrap.dedent(text))

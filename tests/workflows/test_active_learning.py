@@ -42,6 +42,9 @@ def al_inputs(label_code, mace_train_code, md_code):
             'selection': orm.Dict({'trust_lo': 0.05, 'trust_hi': 5.0, 'labels_per_iteration': 4}),
             'max_iterations': orm.Int(3),
             'max_labels': orm.Int(100),
+            # No long final stage two (the product's default, 400 steps): minutes per campaign here. The budget
+            # test below runs a short one.
+            'final_stage_two_steps': orm.Int(0),
         }
         inputs.update(overrides)
         return inputs
@@ -57,7 +60,7 @@ def test_stops_on_label_budget_through_the_daemon(submit_and_await, al_inputs):
     # The reference fails on cells of more than 7 atoms (a NaN energy, like a diverging SCF): the four 8-atom initial
     # cells are failed labels, far above max_failed_fraction, yet the campaign keeps the 8 labels that succeeded and
     # goes on. Failed labels are charged to the budget. trust_lo tiny: every counted frame is a candidate.
-    inputs = al_inputs(max_labels=orm.Int(18), warm_start=orm.Bool(True),
+    inputs = al_inputs(max_labels=orm.Int(18), warm_start=orm.Bool(True), final_stage_two_steps=orm.Int(60),
                        warm_start_parameters=orm.Dict({'max_num_epochs': 2}),
                        selection=orm.Dict({'trust_lo': 1e-6, 'trust_hi': 50.0, 'labels_per_iteration': 4}))
     inputs['label']['ase']['calculator'] = orm.Dict({'name': 'alml_test.nan_for_heavy_cells',
@@ -86,6 +89,11 @@ def test_stops_on_label_budget_through_the_daemon(submit_and_await, al_inputs):
     assert curve['models_trained_on_dataset'] and curve['final_training']['labels_total'] == 14
     for model in node.outputs.models.values():
         assert _trained_on(model).uuid == node.outputs.dataset.uuid
+        # the final stage two has at least 60 steps: 14 labels, 2 split off for validation, batches of 4 -> 3 steps
+        # an epoch, 20 epochs after the one epoch of stage one that the warm start's 2 epochs give (MACE's 3/4)
+        parameters = model.creator.inputs.parameters.get_dict()
+        assert (parameters['start_swa'], parameters['max_num_epochs']) == (1, 21)
+        assert model.creator.outputs.metrics['stage_two']
     record = node.outputs.selection_records.iteration_0
     assert int(record.get_array('chosen').sum()) == 4 and len(record.get_array('reason')) == 13
     # warm start: each member of iteration 1 continued from the same member of iteration 0

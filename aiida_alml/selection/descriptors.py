@@ -10,7 +10,11 @@ from itertools import combinations_with_replacement
 
 import numpy as np
 
-__all__ = ('radial_descriptor', 'local_descriptors', 'selection_descriptors')
+__all__ = ('radial_descriptor', 'local_descriptors', 'selection_descriptors', 'radial_count', 'local_environments',
+           'widen_elements')
+
+#: The angular orders ζ of the local descriptors (their last 2 * len(ZETAS) columns).
+ZETAS = (1, 2, 4, 8)
 
 
 def radial_descriptor(atoms, elements: list[int], r_cut: float = 5.0, n_bins: int = 32, width: float = 0.15):
@@ -47,7 +51,7 @@ def _cutoff(distances: np.ndarray, r_cut: float) -> np.ndarray:
 
 
 def local_descriptors(atoms, elements: list[int], r_cut: float = 5.0, n_radial: int = 8,
-                      zetas: tuple[int, ...] = (1, 2, 4, 8)) -> np.ndarray:
+                      zetas: tuple[int, ...] = ZETAS) -> np.ndarray:
     """Per-atom environment descriptors (n_atoms, len(elements) * n_radial + 2 * len(zetas)).
 
     Radial part: for each neighbour element, Gaussians (width = spacing) centred between 0.5 Å and ``r_cut``, summed
@@ -94,8 +98,51 @@ def local_descriptors(atoms, elements: list[int], r_cut: float = 5.0, n_radial: 
     return np.concatenate([radial.reshape(n_atoms, -1), angular], axis=1)
 
 
-def selection_descriptors(frames: list, training: list, atom_sigmas: list, elements: list[int], kind: str = 'local',
-                          r_cut: float = 5.0, n_bins: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def radial_count(n_bins: int) -> int:
+    """Radial Gaussians per neighbour element of the local descriptors that ``n_bins`` asks for."""
+    return max(2, n_bins // 4)
+
+
+def local_environments(images: list, elements: list[int], r_cut: float = 5.0,
+                       n_bins: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Every atomic environment of ``images``, in order: (rows of :func:`local_descriptors`, atomic numbers).
+
+    The reference :func:`selection_descriptors` compares against; computed once per labelled configuration it can be
+    kept and passed back as ``reference`` (see :func:`widen_elements` for rows made with fewer elements).
+    """
+    columns = len(elements) * radial_count(n_bins) + 2 * len(ZETAS)
+    blocks = [local_descriptors(atoms, elements, r_cut=r_cut, n_radial=radial_count(n_bins)) for atoms in images]
+    numbers = [np.asarray(atoms.numbers, dtype=np.int64) for atoms in images]
+    if not blocks:
+        return np.zeros((0, columns)), np.zeros(0, dtype=np.int64)
+    return np.concatenate(blocks), np.concatenate(numbers)
+
+
+def widen_elements(rows: np.ndarray, elements: list[int], wider: list[int], n_bins: int = 32) -> np.ndarray:
+    """Rows of :func:`local_descriptors` made with ``elements``, laid out for the superset ``wider``.
+
+    Exact: an environment without neighbours of an element has zeros in that element's radial channel, and the
+    angular part does not depend on the element list; the values are the same floating-point sums either way.
+    """
+    elements, wider = sorted(elements), sorted(wider)
+    if elements == wider:
+        return rows
+    absent = sorted(set(elements) - set(wider))
+    if absent:
+        raise ValueError(f'cannot lay out rows of elements {elements} for {wider}: {absent} missing')
+    n_radial = radial_count(n_bins)
+    radial_width = len(elements) * n_radial
+    if rows.shape[1] != radial_width + 2 * len(ZETAS):
+        raise ValueError(f'rows have {rows.shape[1]} columns, not those of elements {elements} with {n_bins} bins')
+    radial = np.zeros((len(rows), len(wider), n_radial))
+    radial[:, [wider.index(element) for element in elements]] = rows[:, :radial_width].reshape(
+        len(rows), len(elements), n_radial)
+    return np.concatenate([radial.reshape(len(rows), -1), rows[:, radial_width:]], axis=1)
+
+
+def selection_descriptors(frames: list, training: list | None, atom_sigmas: list, elements: list[int],
+                          kind: str = 'local', r_cut: float = 5.0, n_bins: int = 32,
+                          reference: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Descriptors that farthest-point sampling and the near-copy test compare: (one row per frame, reference rows).
 
     ``kind='local'``: a frame is represented by the environment of its most uncertain atom (largest σ), and the
@@ -103,22 +150,33 @@ def selection_descriptors(frames: list, training: list, atom_sigmas: list, eleme
     committee doubts is new, however big the cell around it. Columns are scaled by their spread over the
     training environments; the central element is a one-hot block far larger than that, so environments of different
     elements never match. ``kind='radial'``: one global pair-distance histogram per configuration (per atom).
+
+    ``reference`` (``kind='local'`` only): the training environments already described, as :func:`local_environments`
+    gives them for ``training`` with these ``elements``, in the same order; then ``training`` is not described again
+    (it may be None) and the result is the same to the last bit.
     """
     if kind == 'radial':
+        if reference is not None:
+            raise ValueError("precomputed reference rows are local environments: not for descriptor kind 'radial'")
+
         def describe(images):
             return np.array([radial_descriptor(atoms, elements, r_cut=r_cut, n_bins=n_bins) for atoms in images])
 
         return describe(frames), describe(training)
     if kind != 'local':
         raise ValueError(f"descriptor kind must be 'local' or 'radial', got {kind!r}")
-    n_radial = max(2, n_bins // 4)
+    n_radial = radial_count(n_bins)
 
     def environments(atoms):
         return local_descriptors(atoms, elements, r_cut=r_cut, n_radial=n_radial), atoms.numbers
 
-    reference = [environments(atoms) for atoms in training]
-    reference_rows = np.concatenate([rows for rows, _ in reference]) if reference else None
-    reference_numbers = np.concatenate([numbers for _, numbers in reference]) if reference else None
+    if reference is None:
+        reference = local_environments(training, elements, r_cut=r_cut, n_bins=n_bins)
+    reference_rows, reference_numbers = reference
+    if len(reference_rows) != len(reference_numbers):
+        raise ValueError(f'{len(reference_rows)} reference rows but {len(reference_numbers)} atomic numbers')
+    if not len(reference_rows):  # no training environments: the frames set their own scale
+        reference_rows = reference_numbers = None
     representatives, numbers = [], []
     for atoms, sigma in zip(frames, atom_sigmas):
         rows, atom_numbers = environments(atoms)

@@ -364,12 +364,19 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, ProtocolMixin, WorkChain
         # σ counts as checked against labels once calibrated (or when calibration is switched off).
         self.ctx.sigma_checked = self.ctx.sigma_calibrated or not self.inputs.calibrate.value
         start = time.perf_counter()
+        # Training environments described by earlier selections: each configuration is described once per campaign
+        # (issue 26). `.get`: a campaign checkpointed before the cache existed has none.
+        environments = self.ctx.get('environments') or {}
         outputs = select_for_labelling(
             orm.Dict(settings), orm.Float(self.ctx.sigma_scale), orm.Int(self.ctx.iteration), self.ctx.dataset,
             orm.Bool(self.ctx.sigma_checked), self.ctx.exploration.outputs.overview,
             metadata={'call_link_label': iteration_label('select', self.ctx.iteration)},
+            **({'environments': dict(environments)} if environments else {}),
             **dict(self.ctx.exploration.outputs.trajectories.items()),
         )
+        if 'training_environments' in outputs:
+            self.ctx.environments = {**environments, f'iteration_{self.ctx.iteration}':
+                                     outputs['training_environments']}
         self.ctx.entry['wall_time_s']['select'] = time.perf_counter() - start
         self.out(f'selection_records.iteration_{self.ctx.iteration}', outputs['record'])
         self.ctx.selection_summary = outputs['summary'].get_dict()

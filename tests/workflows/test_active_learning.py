@@ -210,6 +210,12 @@ def test_realistic_window_hot_exploration_learns_without_converging(al_inputs):
     calls = {link.link_label: link.node for link in node.base.links.get_outgoing().all()}
     assert calls['calibrate_1'].outputs.result['pooled'] == ['iteration_0', 'iteration_1']
     assert calls['calibrate_1'].outputs.result['num_frames'] == 10
+    # issue 26: iteration 1's selection describes only the 5 labels iteration 0 added; the rest comes from the block
+    # iteration 0's selection described (its output, this one's input)
+    first, second = calls['select_0'], calls['select_1']
+    assert second.inputs.environments.iteration_0.uuid == first.outputs.training_environments.uuid
+    assert len(second.inputs.training_set) == len(first.inputs.training_set) + 5
+    assert len(second.outputs.training_environments.get_array('fingerprint')) == 5
 
 
 @pytest.mark.parametrize('name, value, message', [

@@ -7,6 +7,7 @@ shows; its module is only where the code lives):
 * :mod:`.e0s`: the isolated atoms and the E0s from their labels;
 * :mod:`.labels`: the labelled sets of ``alml.label`` (merged, failures recorded, settings declared);
 * :mod:`.selection`: the frames chosen for labelling, with their record and summary;
+* :mod:`.descriptors`: the local environments of the training configurations, described once and kept as nodes;
 * :mod:`.errors`: the committee's errors, out of sample and on the held-out test set;
 * :mod:`.calibration`: the calibration factor of σ;
 * :mod:`.records`: the row of each loop iteration and the learning curve.
@@ -17,6 +18,7 @@ that labeller in :mod:`aiida_alml.workflows.labellers`.
 
 from aiida_alml.workflows.functions.calibration import calibrate_committee
 from aiida_alml.workflows.functions.datasets import merge_training_sets, perturb_structures, split_structures
+from aiida_alml.workflows.functions.descriptors import describe_configurations, gather_environments
 from aiida_alml.workflows.functions.e0s import isolated_atom_e0s, isolated_atoms
 from aiida_alml.workflows.functions.errors import (
     FORCE_ERROR_CONVENTION, evaluate_predictions, force_errors, score_predictions,
@@ -30,5 +32,5 @@ __all__ = (
     'perturb_structures', 'split_structures', 'merge_training_sets', 'select_for_labelling', 'evaluate_predictions',
     'calibrate_committee', 'exploration_accounting', 'record_iteration', 'assemble_learning_curve',
     'merge_labelled', 'record_failures', 'declare_label_settings',
-    'FORCE_ERROR_CONVENTION', 'force_errors', 'physical_contacts',
+    'FORCE_ERROR_CONVENTION', 'force_errors', 'physical_contacts', 'describe_configurations', 'gather_environments',
 )

@@ -13,6 +13,7 @@ from aiida_alml.data import ConfigurationSet
 from aiida_alml.selection import (
     CLASS_NAMES, CONTACT_FILTERED_MODES, REASONS, frame_uncertainty, select_frames, selection_descriptors,
 )
+from aiida_alml.workflows.functions.descriptors import CONTACT_REACH, closest_within, gather_environments
 
 __all__ = ('select_for_labelling', 'exploration_accounting', 'physical_contacts')
 
@@ -45,12 +46,20 @@ def exploration_accounting(overview: dict) -> dict:
     return runs
 
 
-def physical_contacts(frames: list, training: list, contact_fraction: float) -> tuple[np.ndarray, float]:
+def physical_contacts(frames: list, training: list | None, contact_fraction: float,
+                      training_closest: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Per frame its closest interatomic distance (inf: none closer than the training data's), and the threshold
-    below which a frame is unphysical: ``contact_fraction`` × the closest distance in any training configuration."""
+    below which a frame is unphysical: ``contact_fraction`` × the closest distance in any training configuration.
+
+    ``training_closest``: those distances of the training configurations already known (inf: none within
+    :data:`~aiida_alml.workflows.functions.descriptors.CONTACT_REACH`), instead of ``training``.
+    """
     from aiida_alml.engines.md import closest_distance
 
-    reference = [closest_distance(atoms, 6.0) for atoms in training]
+    if training_closest is None:
+        reference = [closest_within(atoms, CONTACT_REACH) for atoms in training]
+    else:
+        reference = [float(d) if np.isfinite(d) else None for d in training_closest]
     reference = min((d for d in reference if d is not None), default=None)
     if reference is None:
         return np.full(len(frames), np.inf), 0.0
@@ -66,7 +75,7 @@ def select_for_labelling(
     training_set: ConfigurationSet,
     calibrated: orm.Bool,
     exploration_overview: orm.Dict,
-    **trajectories,
+    **inputs,
 ) -> dict:
     """Classify every explored frame by its calibrated uncertainty and pick a diverse, capped batch to label.
 
@@ -75,9 +84,16 @@ def select_for_labelling(
     was chosen ``selected`` (the frames, unlabelled, with their origin in the metadata) and ``predictions``
     (ArrayData: the committee's mean forces, energies and per-atom σ at the chosen frames, to measure its
     out-of-sample error once they are labelled).
+
+    ``environments`` (optional namespace): blocks of training environments described by earlier selections (their
+    ``training_environments`` outputs); with ``descriptor='local'`` only the training configurations that none of
+    them covers are described, and those are returned as ``training_environments``. The picks are the same with or
+    without them. Every other keyword input is a trajectory of the exploration.
     """
     from ase import Atoms
 
+    trajectories = dict(inputs)
+    environments = dict(trajectories.pop('environments', None) or {})
     settings = settings.get_dict()
     keys = sorted(trajectories)
     # Each trajectory's arrays are read once; per frame we keep what selection and evaluation need.
@@ -97,17 +113,26 @@ def select_for_labelling(
             predicted.append({name: values[frame] for name, values in committee.items()})
     uncertainty = np.array([frame_uncertainty(sigma, calibration.value) for sigma in sigma_atoms])
 
-    elements = sorted(set(training_set.configurations.numbers.tolist()).union(*(set(a.numbers) for a in frames)))
-    training = training_set.to_ase()
+    configurations = training_set.configurations
+    elements = sorted(set(configurations.numbers.tolist()).union(*(set(a.numbers) for a in frames)))
+    r_cut, n_bins = settings['descriptor_r_cut'], settings['descriptor_bins']
+    training, training_closest, new_environments = None, None, None
+    if settings['descriptor'] == 'local':
+        # each training configuration is described once in a campaign: here only those no earlier block covers
+        reference, training_closest, new_environments = gather_environments(
+            configurations, environments, elements, r_cut, n_bins)
+    else:
+        reference, training = None, training_set.to_ase()
     descriptors, training_descriptors = selection_descriptors(
-        frames, training, sigma_atoms, elements, kind=settings['descriptor'],
-        r_cut=settings['descriptor_r_cut'], n_bins=settings['descriptor_bins'],
+        frames, training, sigma_atoms, elements, kind=settings['descriptor'], r_cut=r_cut, n_bins=n_bins,
+        reference=reference,
     )
     trajectory_index = np.array([o[0] for o in origin], dtype=np.int64)
     steps = np.array(steps, dtype=np.int64)
     closest, min_closest = None, 0.0
     if settings['mode'] in CONTACT_FILTERED_MODES:
-        closest, min_closest = physical_contacts(frames, training, settings['contact_fraction'])
+        closest, min_closest = physical_contacts(frames, training, settings['contact_fraction'],
+                                                 training_closest=training_closest)
     result = select_frames(
         uncertainty, descriptors, settings['trust_lo'], settings['trust_hi'], settings['labels_per_iteration'],
         training_descriptors=training_descriptors, min_distance=settings['min_distance'], mode=settings['mode'],
@@ -156,6 +181,8 @@ def select_for_labelling(
         'max_uncertainty': float(uncertainty.max()) if len(uncertainty) else None,
     }
     outputs = {'record': record, 'summary': orm.Dict(summary)}
+    if new_environments is not None:
+        outputs['training_environments'] = new_environments
     if result.order:
         chosen_frames = [frames[i] for i in result.order]
         metadata = [

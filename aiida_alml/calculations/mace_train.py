@@ -35,7 +35,7 @@ MIN_EPOCHS_STAGE_TWO = 8
 
 
 def stage_two_budget(parameters: dict, num_configurations: int, steps: int) -> dict:
-    """``max_num_epochs`` and ``start_swa`` for a training with ``parameters`` whose stage two has at least ``steps``
+    """``max_num_epochs``, ``start_swa`` and ``swa_lr`` for a training with ``parameters`` whose stage two has at least ``steps``
     gradient steps on ``num_configurations`` training configurations (isolated atoms not counted; the validation split
     by ``valid_fraction``). Stage one keeps MACE's length (3/4 of ``max_num_epochs``); stage two is MACE's last
     quarter or longer. Energies need it: a model learns E(V) and defect energies from energy labels alone (forces do
@@ -45,7 +45,13 @@ def stage_two_budget(parameters: dict, num_configurations: int, steps: int) -> d
     n_train = num_configurations - int(parameters.get('valid_fraction', DEFAULT_VALID_FRACTION) * num_configurations)
     steps_per_epoch = max(1, n_train // int(parameters.get('batch_size', DEFAULT_BATCH_SIZE)))  # incomplete batch dropped
     stage_two = max(epochs - stage_one, -(-int(steps) // steps_per_epoch))
-    return {'start_swa': stage_one, 'max_num_epochs': stage_one + stage_two}
+    budget = {'start_swa': stage_one, 'max_num_epochs': stage_one + stage_two}
+    if 'swa_lr' not in parameters:
+        # Stage two at the first stage's learning rate, not MACE's ten times lower swa_lr: at 1e-3, 400 steps hardly
+        # moved the energies (demo data: 14.5 meV/atom in-sample, 1.1 at 1e-2). Not for the loop's short warm starts:
+        # a few dozen steps at 1e-2 made their energies jump between iterations.
+        budget['swa_lr'] = float(parameters.get('lr', known_options()['lr'].default))
+    return budget
 
 
 def is_isolated_atom(metadata: dict, n_atoms: int) -> bool:
@@ -294,18 +300,12 @@ class MaceTrainCalculation(CalcJob):
             arguments.append('--restart_latest')
         parameters = self.inputs.parameters.get_dict()
         epochs = int(parameters.get('max_num_epochs', known_options()['max_num_epochs'].default))
-        stage_two = any(parameters.get(name) for name in STAGE_TWO_SWITCHES)
         if not any(name in parameters for name in STAGE_TWO_SWITCHES) and epochs >= MIN_EPOCHS_STAGE_TWO:
             # MACE's recipe for learning energies: the last quarter of the epochs with energy weight 1000 (forces
             # 100). With the first stage's weights alone (energy 1, forces 100) energies were not learned: models
             # missed their own training energies by 60-175 meV/atom (issue 28). Not for a few epochs: MACE would
             # start stage two after the first, and forces would hardly be trained.
             arguments.append('--swa')
-            stage_two = True
-        if stage_two and 'swa_lr' not in parameters:
-            # Stage two at the first stage's learning rate, not MACE's ten times lower swa_lr: at 1e-3 a few hundred
-            # steps hardly moved the energy (demo data: 14.5 meV/atom in-sample after 400 steps, 1.1 at 1e-2).
-            arguments += ['--swa_lr', repr(float(parameters.get('lr', known_options()['lr'].default)))]
         arguments += to_command_line(parameters)
 
         codeinfo = datastructures.CodeInfo()

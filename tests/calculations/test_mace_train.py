@@ -323,12 +323,22 @@ def test_stage_two_is_on_unless_switched_off(tiny_mace_inputs, tmp_path, monkeyp
         assert '--swa' not in _dry_run_command_line(tiny_mace_inputs(max_num_epochs=8, **{switch: False}))
     # with 7 epochs or fewer MACE would begin stage two after the first: forces would hardly be trained
     assert '--swa' not in _dry_run_command_line(tiny_mace_inputs(max_num_epochs=7))
-    # stage two keeps the first stage's learning rate (MACE's own default would drop it ten times), unless told
-    assert "'--swa_lr' '0.01'" in script
-    assert "'--swa_lr' '0.02'" in _dry_run_command_line(tiny_mace_inputs(max_num_epochs=8, lr=0.02))
-    given = _dry_run_command_line(tiny_mace_inputs(max_num_epochs=8, swa_lr=0.0005))
-    assert given.count('--swa_lr') == 1 and "'--swa_lr' '0.0005'" in given
-    assert "'--swa_lr'" in _dry_run_command_line(tiny_mace_inputs(max_num_epochs=3, swa=True))
+
+
+def test_stage_two_budget_of_a_final_training():
+    """At least the asked gradient steps in stage two (MACE drops the incomplete batch), never shorter than MACE's
+    last quarter, and at the first stage's learning rate unless swa_lr is given."""
+    from aiida_alml.calculations.mace_train import stage_two_budget
+
+    warm = {'max_num_epochs': 10, 'batch_size': 4, 'valid_fraction': 0.15}
+    # 30 configurations, 4 for validation, 26 // 4 = 6 steps an epoch: 67 epochs for 400 steps after epoch 6
+    assert stage_two_budget(warm, 30, 400) == {'start_swa': 6, 'max_num_epochs': 73, 'swa_lr': 0.01}
+    assert stage_two_budget({**warm, 'lr': 0.005, 'swa_lr': 0.002}, 30, 400) == {'start_swa': 6, 'max_num_epochs': 73}
+    assert stage_two_budget({**warm, 'lr': 0.005}, 30, 400)['swa_lr'] == 0.005
+    # a large dataset: MACE's own stage two (the last quarter of 200 epochs) is already longer than 400 steps
+    assert stage_two_budget({'max_num_epochs': 200, 'batch_size': 5}, 5000, 400)['max_num_epochs'] == 200
+    # MACE's defaults (batch 10, 10 % validation) when the parameters do not say
+    assert stage_two_budget({'max_num_epochs': 4}, 100, 45) == {'start_swa': 3, 'max_num_epochs': 8, 'swa_lr': 0.01}
 
 
 def test_alml_train_accepts_the_calculations_command_line(tiny_mace_inputs, tmp_path, monkeypatch):
@@ -440,8 +450,7 @@ def test_a_final_training_reproduces_its_own_training_energies(mace_train_code):
     assert parent.is_finished_ok, parent.exit_message
     grown_set = ConfigurationSet.from_ase(grown).store()
     warm = {**parameters, 'max_num_epochs': 10}  # the demo's warm_start_parameters
-    final = {**warm, **stage_two_budget(warm, len(grown), 400)}
-    assert final['start_swa'] == 6 and final['max_num_epochs'] == 6 + 67  # 30 labels - 4 for validation: 6 steps an epoch
+    final = {**warm, **stage_two_budget(warm, len(grown), 400)}  # what the campaign's final training gets
     _, child = run_get_node(MaceTrainCalculation, training_set=grown_set, parent_model=parent.outputs.model,
                             parameters=orm.Dict(final), **common)
     assert child.is_finished_ok, child.exit_message

@@ -92,7 +92,7 @@ def test_stops_on_label_budget_through_the_daemon(submit_and_await, al_inputs):
         # the final stage two has at least 60 steps: 14 labels, 2 split off for validation, batches of 4 -> 3 steps
         # an epoch, 20 epochs after the one epoch of stage one that the warm start's 2 epochs give (MACE's 3/4)
         parameters = model.creator.inputs.parameters.get_dict()
-        assert (parameters['start_swa'], parameters['max_num_epochs']) == (1, 21)
+        assert (parameters['start_swa'], parameters['max_num_epochs'], parameters['swa_lr']) == (1, 21, 0.01)
         assert model.creator.outputs.metrics['stage_two']
     record = node.outputs.selection_records.iteration_0
     assert int(record.get_array('chosen').sum()) == 4 and len(record.get_array('reason')) == 13

@@ -151,7 +151,7 @@ def test_a_bad_override_value_is_refused_by_the_work_chains_own_validation(build
 
 
 def test_a_code_for_no_labeller_is_refused(mace_train_code, cu_training_set):
-    with pytest.raises(ProtocolError, match="labeller: cannot tell which labeller .*\(plugin 'alml.mace.train'"):
+    with pytest.raises(ProtocolError, match=r"labeller: cannot tell which labeller .*\(plugin 'alml.mace.train'"):
         LabelWorkChain.get_builder_from_protocol(mace_train_code, cu_training_set)
 
 

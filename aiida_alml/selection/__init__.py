@@ -10,6 +10,7 @@ from .calibration import (
 from .convergence import convergence_blockers
 from .outliers import ENERGY_JUMP_FLOOR, ENERGY_JUMP_SPREADS, energy_jumps
 from .descriptors import local_descriptors, radial_descriptor, selection_descriptors
+from .feature_uncertainty import FeatureSpaceUncertainty
 from .sampling import distance_to_set, farthest_point_sampling
 from .stability import STABILITY_DEFAULTS, assess_run, nve_drift_per_ps
 from .select import CONTACT_FILTERED_MODES, MODES, RANDOM_BASELINES, REASONS, SelectionResult, select_frames
@@ -19,7 +20,7 @@ from .uncertainty import force_sigma, frame_uncertainty
 __all__ = (
     'ENERGY_JUMP_FLOOR', 'ENERGY_JUMP_SPREADS', 'STABILITY_DEFAULTS', 'assess_run', 'energy_jumps', 'nve_drift_per_ps',
     'ACCURATE', 'CANDIDATE', 'CLASS_NAMES', 'CONTACT_FILTERED_MODES', 'FAILED', 'MODES', 'RANDOM_BASELINES', 'REASONS',
-    'SelectionResult', 'calibration_summary',
+    'FeatureSpaceUncertainty', 'SelectionResult', 'calibration_summary',
     'classify', 'convergence_blockers', 'distance_to_set', 'expected_factor', 'f_cdf', 'farthest_point_sampling', 'fit_calibration',
     'fit_calibration_factor', 'force_sigma', 'frame_coverage', 'frame_uncertainty', 'promised_frame_coverage',
     'local_descriptors', 'radial_descriptor', 'select_frames', 'selection_descriptors', 'validate_trust_window',

@@ -342,6 +342,7 @@ def campaign_inputs(codes: dict, args) -> dict:
         'patience': orm.Int(3),
         'max_iterations': orm.Int(args.iterations),
         'max_labels': orm.Int(1000),
+        'final_stage_two_steps': orm.Int(0),  # the final training as short as the loop's: faults, not energies
         'seed': orm.Int(0),
     }
 

@@ -175,16 +175,7 @@ def _validate_inputs(inputs, _):
     # MACE drops the last incomplete batch: with fewer configurations than one batch nothing is trained.
     n_train = len(_split_isolated(training))
     if 'validation_set' not in inputs:
-        valid_fraction = parameters.get('valid_fraction', DEFAULT_VALID_FRACTION)
-        n_valid = int(valid_fraction * n_train)
-        if n_valid == 0:
-            # MACE would split off no frame and crash on the empty validation set after loading everything.
-            return (
-                f'training_set: valid_fraction {valid_fraction} of {n_train} configurations (without isolated atoms) '
-                f'leaves no validation configuration: give more configurations, a larger valid_fraction or a '
-                f'validation_set'
-            )
-        n_train -= n_valid
+        n_train -= int(parameters.get('valid_fraction', DEFAULT_VALID_FRACTION) * n_train)
     batch_size = int(parameters.get('batch_size', DEFAULT_BATCH_SIZE))
     if n_train < batch_size:
         return (

@@ -7,6 +7,10 @@ Output: ``trajectory.npz`` (the sampled frames and their uncertainty arrays) and
 Uncertainty definitions (population variance across the N members, ddof=0, as MACE's calculator uses):
 ``force_sigma[i] = sqrt(sum_c var_m F[m, i, c])`` (eV/Å, :func:`aiida_alml.selection.uncertainty.force_sigma`),
 ``energy_sigma_per_atom = std_m E[m] / n_atoms`` (eV), ``stress_sigma[k] = std_m S[m, k]`` (eV/Å³, Voigt).
+
+With ``uncertainty_bias`` τ the dynamics run on the committee's mean energy plus ``-τ σ_E`` (:mod:`.bias`); each frame
+still records the committee's unbiased ``energy`` and ``forces``, and the bias as ``bias_energy`` (eV) and
+``max_bias_force`` (eV/Å, the largest atomic bias force).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from aiida_alml.atoms.suggest import did_you_mean
 
 __all__ = (
     'DEFAULTS', 'ENSEMBLES', 'MAX_MD_FRAMES', 'MAX_MD_PRESSURE', 'MAX_MD_STEPS', 'MAX_MD_TEMPERATURE', 'MAX_MD_TIMESTEP',
+    'MAX_UNCERTAINTY_BIAS',
     'MdParameterError', 'committee_uncertainty', 'main', 'md_bounds_problem', 'run_md', 'validate_parameters',
 )
 
@@ -50,6 +55,7 @@ DEFAULTS = {
     'stop_patience': 3,  # ... for this many consecutive samples
     'min_distance': 0.5,  # Å: stop when two atoms come closer (None: no check)
     'store_committee_forces': False,  # keep every member's forces per frame (frames x N x n x 3: large)
+    'uncertainty_bias': None,  # τ of the bias -τ σ_E towards where the members disagree (engines/bias.py); None: off
     'device': 'cpu',
 }
 
@@ -66,6 +72,9 @@ MAX_MD_PRESSURE = 1e7
 #: Frames a run records (steps / sample_interval): each is stored and scored by the selection; 10^5 is a 10^7-step run
 #: sampled every 100 steps, more than any iteration labels from.
 MAX_MD_FRAMES = 10**5
+#: τ of uncertainty-biased MD (dimensionless, E_bias = -τ σ_E): the bias force is τ × a weighted mean of the members'
+#: force deviations, so τ ~ 1-10 matters beside thermal forces; 100 would let the bias alone drive the MD.
+MAX_UNCERTAINTY_BIAS = 100.0
 
 TRAJECTORY_FILE = 'trajectory.npz'
 SUMMARY_FILE = 'summary.json'
@@ -149,6 +158,14 @@ def validate_parameters(given: dict) -> dict:
     for key in ('stop_max_force_sigma', 'min_distance'):
         if parameters[key] is not None:
             parameters[key] = _positive(parameters, key)
+    bias = parameters['uncertainty_bias']
+    if bias is not None:
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias) or bias < 0:
+            raise MdParameterError(f'uncertainty_bias must be a number >= 0 (τ of the bias -τ σ_E), got {bias!r}')
+        if bias > MAX_UNCERTAINTY_BIAS:
+            raise MdParameterError(f'uncertainty_bias must be at most {MAX_UNCERTAINTY_BIAS:g} (beyond that the bias '
+                                   f'alone drives the MD), got {bias:g}')
+        parameters['uncertainty_bias'] = float(bias) if bias > 0 else None
     if not isinstance(parameters['store_committee_forces'], bool):
         raise MdParameterError('store_committee_forces must be true or false')
     device = parameters['device']
@@ -271,6 +288,10 @@ def run_md(atoms, calculator, parameters: dict) -> tuple[dict[str, np.ndarray], 
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
     parameters = validate_parameters(dict(parameters))
+    if parameters['uncertainty_bias'] is not None:
+        from aiida_alml.engines.bias import UncertaintyBias
+
+        calculator = UncertaintyBias(calculator, parameters['uncertainty_bias'])
     atoms.calc = calculator
     rng = np.random.default_rng(parameters['seed'])
     MaxwellBoltzmannDistribution(atoms, temperature_K=parameters['temperature_start'], rng=rng)
@@ -287,7 +308,13 @@ def run_md(atoms, calculator, parameters: dict) -> tuple[dict[str, np.ndarray], 
             break
         energy = atoms.get_potential_energy()
         forces = atoms.get_forces()
-        frame = committee_uncertainty(atoms.calc.results, len(atoms))
+        results = atoms.calc.results
+        bias = {}
+        if 'bias_energy' in results:  # the frame records the committee's own prediction, the bias beside it
+            energy, forces = results['unbiased_energy'], results['unbiased_forces']
+            bias = {'bias_energy': results['bias_energy'],
+                    'max_bias_force': float(np.linalg.norm(results['bias_forces'], axis=1).max())}
+        frame = committee_uncertainty(results, len(atoms))
         n_members = int(frame['forces_comm'].shape[0])
         values = [energy, forces, frame['force_sigma']]
         if not all(np.isfinite(value).all() for value in values):
@@ -304,7 +331,7 @@ def run_md(atoms, calculator, parameters: dict) -> tuple[dict[str, np.ndarray], 
             step=steps_done, time=steps_done * parameters['timestep'], positions=atoms.positions.copy(),
             cell=atoms.cell.array.copy(), forces=forces.copy(), energy=energy,
             temperature=atoms.get_temperature(), target_temperature=_target_temperature(parameters, steps_done),
-            **frame,
+            **frame, **bias,
         )  # fmt: skip
         threshold = parameters['stop_max_force_sigma']
         above = above + 1 if threshold is not None and frame['max_force_sigma'] > threshold else 0

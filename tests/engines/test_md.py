@@ -227,6 +227,24 @@ def test_md_records_uncertainty(md_code, trained_committee):
     assert trajectory.get_array('energy_sigma_per_atom')[2] == pytest.approx(energies.std() / 32, rel=1e-6)
 
 
+def test_uncertainty_biased_md_with_a_mace_committee(md_code, trained_committee):
+    """NPT with the bias (forces and stress) through AiiDA: each frame records the committee's own energy and the bias
+    -τ σ_E, checked against a fresh evaluation of the members."""
+    _, models = trained_committee
+    inputs = _md_inputs(md_code, models, ensemble='npt_berendsen', pressure=0.0, steps=20, sample_interval=10,
+                        uncertainty_bias=5.0)
+    results, node = run_get_node(MdCalculation, **inputs)
+    assert node.is_finished_ok, node.exit_message
+    trajectory, summary = results['trajectory'], results['summary'].get_dict()
+    assert summary['parameters']['uncertainty_bias'] == 5.0
+    assert summary['committee_evaluation']['uncertainty_bias'] == 5.0
+    again = _independent_sigma(models, trajectory, 2)
+    energies = np.asarray(again['energy_comm'])
+    assert trajectory.get_array('bias_energy')[2] == pytest.approx(-5.0 * energies.std(), rel=1e-6)
+    assert trajectory.get_array('energy')[2] == pytest.approx(energies.mean(), rel=1e-9)
+    assert (trajectory.get_array('max_bias_force') > 0).all()
+
+
 @pytest.mark.slow
 def test_bad_committee_stops_early(md_code, trained_committee):
     """Two 3-epoch members disagree a lot: a low threshold stops the run after `stop_patience` samples."""

@@ -159,7 +159,8 @@ def campaign_inputs(codes, initial, start, test_set, args, mode: str, seed: int,
 
     def run(temperature, seed):
         return {'ensemble': 'nvt_langevin', 'temperature': temperature, 'steps': system['md_steps'],
-                'timestep': system['timestep'], 'sample_interval': system['sample_interval'], 'seed': seed}
+                'timestep': system['timestep'], 'sample_interval': system['sample_interval'], 'seed': seed,
+                **({'uncertainty_bias': args.uncertainty_bias} if getattr(args, 'uncertainty_bias', None) else {})}
 
     if args.exploration == 'schedule':  # two runs per iteration, one temperature per iteration, rising
         exploration = {'explore': {'md': {'code': codes['md'], 'metadata': {'options': OPTIONS}},
@@ -471,6 +472,8 @@ def main(argv=None) -> int:
     parser.add_argument('--trust-lo', type=float, default=None)
     parser.add_argument('--trust-hi', type=float, default=None)
     parser.add_argument('--stability-steps', type=int, default=500)
+    parser.add_argument('--uncertainty-bias', type=float, default=None,
+                        help='τ of uncertainty-biased exploration MD (engines/bias.py); default: plain MD')
     parser.add_argument('--out', type=pathlib.Path, default=None, help='write all figures as JSON here')
     parser.add_argument('--merge', nargs='+', type=pathlib.Path, default=None,
                         help='run nothing: print the tables of these result files together')

@@ -11,7 +11,8 @@ models are trained with ``alml-train`` directly (the campaign's tiny ScaleShiftM
   frames hotter than training (the repo's demo test sets, extended with more frames of the same kind where cheap);
 * committee A: ``--members`` members (2 by default, the demos' committee size), seeds only (today's committee);
   committee B: as many members that also differ in r_max and each see a bootstrap resample of the training frames
-  (more diversity);
+  (more diversity); committee C: bootstrap resamples and seeds with A's r_max (the diversity one committee graph can
+  evaluate);
 * estimators, each turned into a frame score:
   - ``committee_force_sigma``: max_i σ_F,i of A (today's); ``diverse_force_sigma``: the same for B;
   - ``committee_atom_energy_sigma``: max_i of the members' spread of atomic energy E_i (A);
@@ -242,7 +243,8 @@ def train_member(folder: pathlib.Path, frames, e0s, seed: int, r_max: float, epo
 
 
 def train_committees(work: pathlib.Path, system: str, data: dict, epochs: int, members: int) -> dict:
-    """Committee A (seeds only) and committee B (seeds, r_max and bootstrap resamples of the training frames)."""
+    """Committee A (seeds only), committee B (seeds, r_max and bootstrap resamples of the training frames) and
+    committee C (seeds and bootstrap resamples, A's r_max)."""
     settings = SYSTEMS[system]
     folder = work / system
     committee = [train_member(folder / f'A{k}', data['train'], data['e0s'], 1 + k, settings['r_max'], epochs)
@@ -254,7 +256,14 @@ def train_committees(work: pathlib.Path, system: str, data: dict, epochs: int, m
         frames = [data['train'][i] for i in resample]
         r_max = settings['diverse_r_max'][k % len(settings['diverse_r_max'])]
         diverse.append(train_member(folder / f'B{k}', frames, data['e0s'], 11 + k, r_max, epochs))
-    return {'committee': committee, 'diverse': diverse}
+    # committee C: bootstrap resamples and seeds, one r_max (what the committee calculator can evaluate in one graph)
+    rng = np.random.default_rng(17)
+    bootstrap = []
+    for k in range(members):
+        resample = rng.integers(0, len(data['train']), len(data['train']))
+        frames = [data['train'][i] for i in resample]
+        bootstrap.append(train_member(folder / f'C{k}', frames, data['e0s'], 21 + k, settings['r_max'], epochs))
+    return {'committee': committee, 'diverse': diverse, 'bootstrap': bootstrap}
 
 
 # ---------------------------------------------------------------------- evaluation
@@ -340,7 +349,8 @@ def evaluate(system: str, data: dict, models: dict) -> dict:
     result = {'frames': {name: len(data[name]) for name in ('train', 'calibration', 'test')}, 'demo_test_frames': demo,
               'atoms_per_frame': sorted({len(a) for a in data['test']}), 'force': {}, 'energy': {}, 'error': {}}
     errors, scores = {}, {}
-    for tag, paths in (('committee', models['committee']), ('diverse', models['diverse'])):
+    for tag in ('committee', 'diverse', 'bootstrap'):
+        paths = models[tag]
         for name in sets:
             errors[tag, name], scores[tag, name] = committee_scores(data[name], member_predictions(paths, data[name]))
     single = {name: member_predictions(models['committee'][:1], data[name]) for name in sets}
@@ -350,9 +360,11 @@ def evaluate(system: str, data: dict, models: dict) -> dict:
 
     force_rows = {'committee_force_sigma': ('committee', 'force_sigma'),
                   'diverse_force_sigma': ('diverse', 'force_sigma'),
+                  'bootstrap_force_sigma': ('bootstrap', 'force_sigma'),
                   'committee_atom_energy_sigma': ('committee', 'atom_energy_sigma')}
     energy_rows = {'committee_energy_sigma': ('committee', 'energy_sigma'),
                    'diverse_energy_sigma': ('diverse', 'energy_sigma'),
+                   'bootstrap_energy_sigma': ('bootstrap', 'energy_sigma'),
                    'committee_atom_energy_sigma': ('committee', 'atom_energy_sigma_summed')}
     for row, (tag, key) in force_rows.items():
         result['force'][row] = ranking(errors[tag, 'test']['max_force'], scores[tag, 'test'][key],
@@ -380,7 +392,7 @@ def evaluate(system: str, data: dict, models: dict) -> dict:
             result['energy'][row] = ranking(errors['single', 'test']['energy'], energy['test'],
                                             errors['single', 'calibration']['energy'], energy['calibration'], demo)
             result.setdefault('feature_dimension', {})[kind] = int(features['train'][0].shape[1])
-    for tag in ('committee', 'diverse', 'single'):
+    for tag in ('committee', 'diverse', 'bootstrap', 'single'):
         test = errors[tag, 'test']
         result['error'][tag] = {'max_force_median': float(np.median(test['max_force'])),
                                 'energy_mae_per_atom': float(np.mean(test['energy']) / np.mean([len(a) for a in data['test']]))}
@@ -391,6 +403,7 @@ def evaluate(system: str, data: dict, models: dict) -> dict:
 LABELS = {
     'committee_force_sigma': '(a) committee σ_F (seeds)',
     'diverse_force_sigma': '(b) diverse committee σ_F (seeds + r_max + bootstrap)',
+    'bootstrap_force_sigma': '(e) bootstrap committee σ_F (seeds + bootstrap, one r_max)',
     'committee_atom_energy_sigma': '(c) committee per-atom energy σ',
     'llpr_last_layer': '(d) LLPR, last-layer features (single model)',
     'mahalanobis_last_layer': '(d) Mahalanobis, last-layer features',
@@ -398,6 +411,7 @@ LABELS = {
     'mahalanobis_node': '(d) Mahalanobis, node features',
     'committee_energy_sigma': '(a) committee σ_E',
     'diverse_energy_sigma': '(b) diverse committee σ_E',
+    'bootstrap_energy_sigma': '(e) bootstrap committee σ_E',
     'committee_force_sigma_vs_member0_errors': '(a) committee σ_F vs member 0 errors',
 }
 
@@ -464,7 +478,8 @@ def main(argv=None) -> int:
         prepared[system] = data, train_committees(work, system, data, epochs, members)
     if args.train_only:
         return 0
-    missing = [s for s, (_, models) in prepared.items() if None in models['committee'] + models['diverse']]
+    missing = [s for s, (_, models) in prepared.items()
+               if None in models['committee'] + models['diverse'] + models['bootstrap']]
     if missing:
         raise SystemExit(f'members of {missing} are still being trained by another process; run again later')
     for system, (data, models) in prepared.items():

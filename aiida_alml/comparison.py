@@ -44,7 +44,7 @@ def same_test_set(campaigns: dict) -> str | None:
         if reference is None:
             reference_name, reference = name, test_set
             continue
-        if test_set.uuid != reference.uuid and test_set.content_hash != reference.content_hash:
+        if test_set.uuid != reference.uuid and not test_set.same_content(reference):
             return (f'{name} was scored on test set <{test_set.pk}> ({test_set.num_configurations} configurations, '
                     f'content {test_set.content_hash[:12]}) but {reference_name} on <{reference.pk}> '
                     f'({reference.num_configurations} configurations, content {reference.content_hash[:12]})')

@@ -20,8 +20,6 @@ details of the few nodes found are then read with ordinary QueryBuilder queries.
 
 from __future__ import annotations
 
-import io
-import json
 from collections import Counter, defaultdict
 
 from aiida import orm
@@ -155,20 +153,9 @@ def _iteration_of_link(label: str, process_type: str | None, caller: int) -> dic
 
 
 def _configuration_metadata(node) -> list[dict]:
-    """The per-configuration metadata of a ConfigurationSet, without loading its arrays when they are not cached."""
-    import numpy as np
-
-    from aiida_alml.data.configurations import _ARRAYS_FILE
-
-    cached = getattr(node, '_configurations', None)
-    if cached is not None:
-        return list(cached.metadata)
-    with node.base.repository.open(_ARRAYS_FILE, mode='rb') as handle:
-        data = io.BytesIO(handle.read())
-    with np.load(data, allow_pickle=False) as arrays:  # npz members load lazily: only `metadata` is read
-        if 'metadata' not in arrays.files:
-            return [{} for _ in range(node.num_configurations)]
-        return json.loads(str(arrays['metadata']))
+    """The per-configuration metadata of a ConfigurationSet (flat or composed), without loading its arrays when they
+    are not cached."""
+    return node.configuration_metadata()
 
 
 def _value(node_type: str, attributes: dict, uuid: str):

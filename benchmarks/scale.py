@@ -7,13 +7,19 @@ random numbers of the right shapes, since neither the selection nor the storage 
 one iteration at that size instead of running every iteration up to it:
 
 - ``merge_training_sets`` of the previous N - per-iteration labels and the new ones (what the loop does after each
-  labelling): database rows (nodes, links) and repository bytes it adds;
+  labelling), side by side: ``merge_before``, a calcfunction that writes the concatenation of both as one flat set
+  (what ``merge_training_sets`` did until issue 26's storage change; the previous set flat too), and ``merge``, the
+  composed set that ``merge_training_sets`` now returns (the previous set composed of the earlier iterations' label
+  sets, as in a campaign). CPU and wall seconds, database rows (nodes, links), repository bytes and attribute bytes
+  (JSON of the new node's attributes) each adds;
 - ``select_for_labelling`` on the merged set of N and an exploration of ``frames`` frames (108 atoms), side by
   side: ``before``, describing every training environment (no ``environments`` input: what the loop did until this
   change), and ``after``, given the blocks of environments that earlier iterations described (one per iteration,
   emulated by cutting the ``before`` run's block; the same rows bit for bit) and describing only the new labels.
   CPU seconds of this process (where the calcfunction runs, as in a daemon worker), wall seconds, the rows and
   bytes each adds, and a check that both pick the same frames.
+
+``--merge-only`` skips the selection (minutes per size) to measure the merges at larger N.
 
 Results go to ``benchmarks/results/scale/`` (``--out``). The CLI commands ``status``, ``lineage`` and ``export``
 need a whole ``alml.active_learning`` record (models, learning curve, ...), which this benchmark does not fake;
@@ -85,6 +91,30 @@ def repository_bytes(nodes) -> int:
                for node in nodes for name in node.base.repository.list_object_names())
 
 
+def attribute_bytes(node) -> int:
+    """Size of the node's attributes as JSON (what the database row holds besides the repository)."""
+    return len(json.dumps(node.base.attributes.all, sort_keys=True))
+
+
+def _flat_merge(**sets):
+    """What ``merge_training_sets`` did until the storage change of issue 26: one flat copy of every configuration."""
+    from aiida_alml.atoms.configurations import Configurations
+    from aiida_alml.data import ConfigurationSet
+
+    return ConfigurationSet(Configurations.concatenate([sets[key].configurations for key in sorted(sets)]))
+
+
+def flat_merge():
+    from aiida.engine import calcfunction
+
+    return calcfunction(_flat_merge)
+
+
+def merge_figures(result, cpu: float, wall: float, rows: dict) -> dict:
+    return {'cpu_s': cpu, 'wall_s': wall, 'rows_added': rows, 'repository_bytes_added': repository_bytes([result]),
+            'attribute_bytes_added': attribute_bytes(result)}
+
+
 def cut_block(block, start: int, stop: int):
     """The part of a block of environments that describes its configurations start..stop (stored)."""
     from aiida import orm
@@ -111,18 +141,33 @@ def measured(function, *args, **kwargs):
     return result, node, cpu, wall, {key: after[key] - rows[key] for key in rows}
 
 
-def one_iteration(size: int, per_iteration: int, frames: int, seed: int) -> dict:
+def one_iteration(size: int, per_iteration: int, frames: int, seed: int, merge_only: bool = False) -> dict:
     from aiida import orm
 
+    from aiida_alml.atoms.configurations import Configurations
     from aiida_alml.data import ConfigurationSet
     from aiida_alml.workflows.active_learning_inputs import SELECTION_DEFAULTS
     from aiida_alml.workflows.functions import merge_training_sets, select_for_labelling
 
     rng = np.random.default_rng(seed)
-    previous = ConfigurationSet(copper_cells(size - per_iteration, rng)).store()
+    # The label sets of the earlier iterations, then the previous training set as each design holds it.
+    earlier = [ConfigurationSet(copper_cells(per_iteration, rng)).store() for _ in range(size // per_iteration - 1)]
     new = ConfigurationSet(copper_cells(per_iteration, rng)).store()
+    previous_flat = ConfigurationSet(Configurations.concatenate([part.configurations for part in earlier])).store()
+    previous = ConfigurationSet.compose(earlier).store() if len(earlier) > 1 else earlier[0]
+    flat, _, flat_cpu, flat_wall, flat_rows = measured(flat_merge(), a_previous=previous_flat, b_new=new)
     dataset, merge_node, merge_cpu, merge_wall, merge_rows = measured(merge_training_sets, a_previous=previous,
                                                                       b_new=new)
+    same_content = dataset.flat_content_hash() == flat.content_hash
+    row = {
+        'labels': size, 'new_labels': per_iteration, 'frames': frames, 'atoms_per_cell': 4 * CELL_REPEAT ** 3,
+        'merge_before': merge_figures(flat, flat_cpu, flat_wall, flat_rows),
+        'merge': {**merge_figures(dataset, merge_cpu, merge_wall, merge_rows), 'parts': len(dataset.parts)},
+        'merge_same_content': bool(same_content),
+    }
+    if merge_only:
+        return row
+
     trajectories = exploration(frames, rng)
     settings = orm.Dict({**SELECTION_DEFAULTS, 'mode': 'fps', 'labels_per_iteration': 20}).store()
     fixed = (settings, orm.Float(1.0).store(), orm.Int(size // per_iteration).store(), dataset,
@@ -139,9 +184,7 @@ def one_iteration(size: int, per_iteration: int, frames: int, seed: int) -> dict
             and np.array_equal(before['record'].get_array('reason'), after['record'].get_array('reason')))
     described = len(after['training_environments'].get_array('fingerprint'))
     return {
-        'labels': size, 'new_labels': per_iteration, 'frames': frames, 'atoms_per_cell': 4 * CELL_REPEAT ** 3,
-        'merge': {'cpu_s': merge_cpu, 'wall_s': merge_wall, 'rows_added': merge_rows,
-                  'repository_bytes_added': repository_bytes([dataset])},
+        **row,
         'select_before': {'cpu_s': before_cpu, 'wall_s': before_wall, 'rows_added': before_rows,
                           'configurations_described': size},
         'select_after': {'cpu_s': after_cpu, 'wall_s': after_wall, 'rows_added': after_rows,
@@ -165,6 +208,7 @@ def main(argv=None) -> int:
     parser.add_argument('--per-iteration', type=int, default=100, help='labels added per iteration')
     parser.add_argument('--frames', type=int, default=96, help='explored frames offered to the selection')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--merge-only', action='store_true', help='measure the merges only, not the selection')
     parser.add_argument('--out', type=pathlib.Path,
                         default=pathlib.Path(__file__).parent / 'results' / 'scale' / 'scale.json')
     args = parser.parse_args(argv)
@@ -174,26 +218,42 @@ def main(argv=None) -> int:
     rows = []
     with throwaway_profile('scale'):
         for size in args.sizes:
-            rows.append(one_iteration(size, args.per_iteration, args.frames, args.seed + size))
+            rows.append(one_iteration(size, args.per_iteration, args.frames, args.seed + size, args.merge_only))
             print(json.dumps(rows[-1]), flush=True)
 
     sizes = [row['labels'] for row in rows]
     models = {}
     if len(rows) > 1:
-        for key in ('select_before', 'select_after'):
-            models[key] = fit(sizes, [row[key]['cpu_s'] for row in rows])
-        models['merge_bytes'] = fit(sizes, [row['merge']['repository_bytes_added'] for row in rows])
-    lines = ['| labels N | select CPU s, before | select CPU s, after | configurations described, before / after | '
-             'environment inputs | merge: nodes / links / MB added | select: nodes / links added, after | '
-             'same picks |', '|---|---|---|---|---|---|---|---|']
+        if not args.merge_only:
+            for key in ('select_before', 'select_after'):
+                models[key] = fit(sizes, [row[key]['cpu_s'] for row in rows])
+        for key in ('merge_before', 'merge'):
+            models[f'{key}_bytes'] = fit(sizes, [row[key]['repository_bytes_added'] + row[key]['attribute_bytes_added']
+                                                 for row in rows])
+            models[f'{key}_cpu'] = fit(sizes, [row[key]['cpu_s'] for row in rows])
+    lines = ['| labels N | parts | merge before: MB added (repository + attributes) | merge after: kB added '
+             '(repository + attributes) | merge CPU s, before / after | merge: nodes / links added, before / after | '
+             'same content |', '|---|---|---|---|---|---|---|']
     for row in rows:
-        merge, before, after = row['merge'], row['select_before'], row['select_after']
+        before, after = row['merge_before'], row['merge']
         lines.append(
-            f'| {row["labels"]} | {before["cpu_s"]:.1f} | {after["cpu_s"]:.1f} | '
-            f'{before["configurations_described"]} / {after["configurations_described"]} | '
-            f'{after["environment_inputs"]} | {merge["rows_added"]["nodes"]} / {merge["rows_added"]["links"]} / '
-            f'{merge["repository_bytes_added"] / 1e6:.1f} | {after["rows_added"]["nodes"]} / '
-            f'{after["rows_added"]["links"]} | {row["same_picks"]} |')
+            f'| {row["labels"]} | {after["parts"]} | '
+            f'{(before["repository_bytes_added"] + before["attribute_bytes_added"]) / 1e6:.2f} | '
+            f'{after["repository_bytes_added"] / 1e3:.1f} + {after["attribute_bytes_added"] / 1e3:.1f} | '
+            f'{before["cpu_s"]:.2f} / {after["cpu_s"]:.2f} | '
+            f'{before["rows_added"]["nodes"]} / {before["rows_added"]["links"]}, '
+            f'{after["rows_added"]["nodes"]} / {after["rows_added"]["links"]} | {row["merge_same_content"]} |')
+    if not args.merge_only:
+        lines += ['', '| labels N | select CPU s, before | select CPU s, after | configurations described, before / '
+                  'after | environment inputs | select: nodes / links added, after | same picks |',
+                  '|---|---|---|---|---|---|---|']
+        for row in rows:
+            before, after = row['select_before'], row['select_after']
+            lines.append(
+                f'| {row["labels"]} | {before["cpu_s"]:.1f} | {after["cpu_s"]:.1f} | '
+                f'{before["configurations_described"]} / {after["configurations_described"]} | '
+                f'{after["environment_inputs"]} | {after["rows_added"]["nodes"]} / {after["rows_added"]["links"]} | '
+                f'{row["same_picks"]} |')
     print('\n'.join(lines))
     for key, (intercept, slope) in models.items():
         print(f'{key}: {intercept:.3g} + {slope:.3g} N; at 1e4: {intercept + slope * 1e4:.4g}, '
@@ -202,7 +262,7 @@ def main(argv=None) -> int:
     args.out.write_text(json.dumps({'settings': {**vars(args), 'out': str(args.out)}, 'rows': rows,
                                     'linear_models': {key: {'intercept': a, 'slope': b}
                                                       for key, (a, b) in models.items()}}, indent=1))
-    return 0 if all(row['same_picks'] for row in rows) else 1
+    return 0 if all(row.get('same_picks', True) and row['merge_same_content'] for row in rows) else 1
 
 
 if __name__ == '__main__':

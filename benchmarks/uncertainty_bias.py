@@ -1,7 +1,7 @@
 """Benchmark (issue 25, item 2): does uncertainty-biased MD find the frames the committee gets wrong?
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/uncertainty_bias.py [--systems copper cuau water] [--strengths 0 1 3 10]
-[--seeds 0 1 2] [--steps 600] [--work-dir /tmp/alml-uncertainty-ranking] [--out FILE]``.
+[--cap EV] [--seeds 0 1 2] [--steps 600] [--work-dir /tmp/alml-uncertainty-ranking] [--out FILE]``.
 
 No AiiDA. The committees and reference data are those of ``benchmarks/uncertainty_ranking.py`` (trained there, or
 reused from its ``--work-dir``): committee A, the campaign's kind (members differing in seed only), trained on
@@ -45,14 +45,16 @@ def _closest(atoms) -> float:
     return float(distances.min()) if len(distances) else np.inf
 
 
-def explore(system: str, models: list, start, strength: float, seed: int, steps: int) -> tuple[list, dict]:
+def explore(system: str, models: list, start, strength: float, seed: int, steps: int,
+            cap: float | None = None) -> tuple[list, dict]:
     """Frames of one committee MD run (positions set on copies of ``start``) and its summary."""
     from aiida_alml.engines.committee import CommitteeCalculator
     from aiida_alml.engines.md import run_md
 
     calculator = CommitteeCalculator(model_paths=[str(path) for path in models], default_dtype='float64')
     parameters = {'temperature': TEMPERATURES[system], 'steps': steps, 'sample_interval': 20, 'seed': seed,
-                  'timestep': TIMESTEPS[system], 'uncertainty_bias': strength or None, 'min_distance': 0.5}
+                  'timestep': TIMESTEPS[system], 'uncertainty_bias': strength or None, 'min_distance': 0.5,
+                  'uncertainty_bias_cap': cap if strength else None}
     atoms = start.copy()
     atoms.calc = None
     arrays, summary = run_md(atoms, calculator, parameters)
@@ -89,7 +91,8 @@ def frame_errors(frames: list, spec: dict) -> dict:
             'closest': np.array([_closest(a) for a in frames])}
 
 
-def run_system(system: str, work: pathlib.Path, strengths, seeds, steps: int, epochs: int) -> dict:
+def run_system(system: str, work: pathlib.Path, strengths, seeds, steps: int, epochs: int,
+               cap: float | None = None) -> dict:
     data = cached_data(work, system, quick=False)
     models = train_committees(work, system, data, epochs, members=2)['committee']
     spec = SYSTEMS[system]['calculator']
@@ -100,7 +103,7 @@ def run_system(system: str, work: pathlib.Path, strengths, seeds, steps: int, ep
         pooled, stops = {}, []
         for seed in seeds:
             started = time.time()
-            frames, summary = explore(system, models, starts[seed % len(starts)], strength, seed, steps)
+            frames, summary = explore(system, models, starts[seed % len(starts)], strength, seed, steps, cap)
             stops.append(summary['stop_kind'])
             errors = frame_errors(frames, spec) if frames else {}
             for key, values in errors.items():
@@ -127,7 +130,7 @@ def run_system(system: str, work: pathlib.Path, strengths, seeds, steps: int, ep
             'mean_temperature': float(np.mean(run['temperature'])) if len(force) else None,
             'blow_ups': sum(stop in ('close_contact', 'non_finite') for stop in run['stops']),
         }
-    return {'system': system, 'temperature': TEMPERATURES[system], 'steps': steps, 'seeds': list(seeds),
+    return {'system': system, 'temperature': TEMPERATURES[system], 'steps': steps, 'seeds': list(seeds), 'cap': cap,
             'plain_p90_force_error': threshold, 'training_closest': training_closest, 'runs': runs}
 
 
@@ -141,7 +144,8 @@ def table(results: list[dict]) -> str:
             def f(value, fmt):
                 return format(value, fmt) if value is not None else '-'
 
-            lines.append(f'| {result["system"]} | {key} | {s["frames"]} ({s.get("reference_failed", 0)}) | '
+            cap = f' (cap {result["cap"]:g} eV)' if result.get('cap') and key != '0' else ''
+            lines.append(f'| {result["system"]} | {key}{cap} | {s["frames"]} ({s.get("reference_failed", 0)}) | '
                          f'{f(s["mean_sigma"], ".3f")} | '
                          f'{f(s["mean_force_error"], ".3f")} | {f(s["p90_force_error"], ".3f")} | '
                          f'{f(s["above_plain_p90"], ".0%")} | {f(s["mean_energy_error_mev"], ".1f")} | '
@@ -155,6 +159,7 @@ def main(argv=None) -> int:
     parser.add_argument('--systems', nargs='+', default=['copper', 'cuau', 'water'], choices=sorted(SYSTEMS))
     parser.add_argument('--strengths', nargs='+', type=float, default=[0.0, 1.0, 3.0, 10.0])
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    parser.add_argument('--cap', type=float, default=None, help='uncertainty_bias_cap (eV) of the biased runs')
     parser.add_argument('--steps', type=int, default=600)
     parser.add_argument('--epochs', type=int, default=25,
                         help='for committees not yet trained in --work-dir (uncertainty_ranking.py\'s default)')
@@ -165,7 +170,8 @@ def main(argv=None) -> int:
         parser.error('--strengths must start with 0 (plain MD: the reference the others are compared with)')
     results = []
     for system in args.systems:
-        results.append(run_system(system, args.work_dir, args.strengths, args.seeds, args.steps, args.epochs))
+        results.append(run_system(system, args.work_dir, args.strengths, args.seeds, args.steps, args.epochs,
+                                  args.cap))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1))
         print(table(results), flush=True)

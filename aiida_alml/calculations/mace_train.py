@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from typing import NamedTuple
 
 import numpy as np
 from aiida import orm
@@ -14,7 +15,8 @@ from aiida_alml.calculations.base import define_disk_full_exit_code, define_inte
 from aiida_alml.data import ConfigurationSet, MlipModel, ModelIntegrityError
 from aiida_alml.formats.mace_options import MaceOptionError, check_parameters, known_options, to_command_line
 
-__all__ = ('MaceTrainCalculation', 'average_e0s', 'isolated_atom_energies', 'stage_two_budget')
+__all__ = ('MaceTrainCalculation', 'TrainingSplit', 'average_e0s', 'isolated_atom_energies', 'stage_two_budget',
+           'training_split')
 
 MODEL_NAME = 'mace'  # mace_run_train --name: MACE writes mace.model, alml-train converts it to mace.alml
 MODEL_FILE = f'{MODEL_NAME}.alml'
@@ -34,6 +36,24 @@ STAGE_TWO_SWITCHES = ('swa', 'stage_two')
 MIN_EPOCHS_STAGE_TWO = 8
 
 
+class TrainingSplit(NamedTuple):
+    """What MACE trains on per epoch: configurations, batch size and gradient steps (the incomplete batch dropped)."""
+
+    configurations: int
+    batch_size: int
+    steps_per_epoch: int
+
+
+def training_split(parameters: dict, num_configurations: int, validation_set: bool = False) -> TrainingSplit:
+    """The training split of ``num_configurations`` (isolated atoms not counted) under ``parameters``: without a
+    ``validation_set`` MACE keeps ``N - int(valid_fraction * N)`` for training; it drops the last incomplete batch."""
+    n_train = num_configurations
+    if not validation_set:
+        n_train -= int(parameters.get('valid_fraction', DEFAULT_VALID_FRACTION) * n_train)
+    batch_size = int(parameters.get('batch_size', DEFAULT_BATCH_SIZE))
+    return TrainingSplit(n_train, batch_size, n_train // batch_size)
+
+
 def stage_two_budget(parameters: dict, num_configurations: int, steps: int) -> dict:
     """``max_num_epochs``, ``start_swa`` and ``swa_lr`` for a training with ``parameters`` whose stage two has at least ``steps``
     gradient steps on ``num_configurations`` training configurations (isolated atoms not counted; the validation split
@@ -42,8 +62,7 @@ def stage_two_budget(parameters: dict, num_configurations: int, steps: int) -> d
     not constrain them), and that happens in stage two."""
     epochs = int(parameters.get('max_num_epochs', known_options()['max_num_epochs'].default))
     stage_one = max(1, epochs // 4 * 3)  # MACE's start_swa when none is given
-    n_train = num_configurations - int(parameters.get('valid_fraction', DEFAULT_VALID_FRACTION) * num_configurations)
-    steps_per_epoch = max(1, n_train // int(parameters.get('batch_size', DEFAULT_BATCH_SIZE)))  # incomplete batch dropped
+    steps_per_epoch = max(1, training_split(parameters, num_configurations).steps_per_epoch)
     stage_two = max(epochs - stage_one, -(-int(steps) // steps_per_epoch))
     budget = {'start_swa': stage_one, 'max_num_epochs': stage_one + stage_two}
     if 'swa_lr' not in parameters:
@@ -173,14 +192,12 @@ def _validate_inputs(inputs, _):
         return str(error)
 
     # MACE drops the last incomplete batch: with fewer configurations than one batch nothing is trained.
-    n_train = len(_split_isolated(training))
-    if 'validation_set' not in inputs:
-        n_train -= int(parameters.get('valid_fraction', DEFAULT_VALID_FRACTION) * n_train)
-    batch_size = int(parameters.get('batch_size', DEFAULT_BATCH_SIZE))
-    if n_train < batch_size:
+    split = training_split(parameters, len(_split_isolated(training)), validation_set='validation_set' in inputs)
+    if split.steps_per_epoch < 1:
         return (
-            f'training_set: {n_train} configurations are left for training (after the validation split and without '
-            f'isolated atoms) but batch_size is {batch_size}: give more configurations or a smaller batch_size'
+            f'training_set: {split.configurations} configurations are left for training (after the validation split '
+            f'and without isolated atoms) but batch_size is {split.batch_size}: give more configurations or a '
+            'smaller batch_size'
         )
 
     if 'restart_folder' in inputs:

@@ -12,6 +12,11 @@ mean ``Ē`` and ``M`` members, ``∂σ_E/∂x = (1/(M σ_E)) Σ_m (E_m − Ē) �
 * bias forces ``F_bias = -(τ/(M σ_E)) Σ_m (E_m − Ē) F_m`` (each member's forces ``F_m = -∂E_m/∂x``),
 * bias stress ``S_bias = -(τ/(M σ_E)) Σ_m (E_m − Ē) S_m`` (NPT: the cell is pushed the same way).
 
+With a ``cap`` C (eV, ``uncertainty_bias_cap``) the bias saturates: ``E_bias = -C tanh(τ σ_E / C)``, the same for
+``τ σ_E`` ≪ C, never below -C, and its pull ``τ sech²(τ σ_E / C) ∂σ_E/∂x`` fades once ``τ σ_E`` passes C. The linear
+bias runs away (a larger σ_E pulls harder, until the atoms leave the physical region: measured in
+docs/benchmarks.md); the cap bounds the work the bias can do on the atoms.
+
 Where the members agree exactly (``σ_E`` = 0) the bias and its gradient are taken as zero. Only the dynamics feel the
 bias: the frames record the committee's own (unbiased) energy and forces, and reference labels are computed on the
 frames' positions as for any frame.
@@ -28,11 +33,13 @@ __all__ = ('UncertaintyBias', 'bias_terms')
 _AGREEMENT = 1e-12
 
 
-def bias_terms(energies: np.ndarray, forces: np.ndarray, stresses: np.ndarray | None, strength: float) -> dict:
-    """``energy``, ``forces`` (n, 3) and, when ``stresses`` are given, ``stress`` (Voigt) of ``E_bias = -τ σ_E``.
+def bias_terms(energies: np.ndarray, forces: np.ndarray, stresses: np.ndarray | None, strength: float,
+               cap: float | None = None) -> dict:
+    """``energy``, ``forces`` (n, 3) and, when ``stresses`` are given, ``stress`` (Voigt) of ``E_bias = -τ σ_E``
+    (with ``cap`` C: ``-C tanh(τ σ_E / C)``).
 
     ``energies``: (M,) member total energies (eV); ``forces``: (M, n, 3) member forces; ``stresses``: (M, 6) member
-    stresses (Voigt) or None; ``strength``: τ ≥ 0.
+    stresses (Voigt) or None; ``strength``: τ ≥ 0; ``cap``: C > 0 (eV) or None.
     """
     energies = np.asarray(energies, dtype=np.float64)
     forces = np.asarray(forces, dtype=np.float64)
@@ -45,15 +52,19 @@ def bias_terms(energies: np.ndarray, forces: np.ndarray, stresses: np.ndarray | 
             terms['stress'] = np.zeros(6)
         return terms
     weights = deviations / (len(energies) * sigma)  # ∂σ_E/∂E_m
-    terms['energy'] = -strength * sigma
-    terms['forces'] = -strength * np.einsum('m,mij->ij', weights, forces)
+    if cap is None:
+        terms['energy'], pull = -strength * sigma, strength  # pull: -∂E_bias/∂σ_E
+    else:
+        saturation = np.tanh(strength * sigma / cap)
+        terms['energy'], pull = -cap * saturation, strength * (1.0 - saturation**2)
+    terms['forces'] = -pull * np.einsum('m,mij->ij', weights, forces)
     if stresses is not None:
-        terms['stress'] = -strength * np.einsum('m,mk->k', weights, np.asarray(stresses, dtype=np.float64))
+        terms['stress'] = -pull * np.einsum('m,mk->k', weights, np.asarray(stresses, dtype=np.float64))
     return terms
 
 
 class UncertaintyBias(Calculator):
-    """A committee calculator's mean energy, forces and stress with ``E_bias = -τ σ_E`` added (see the module).
+    """A committee calculator's mean energy, forces and stress with ``E_bias`` added (see the module).
 
     ``committee`` must give ``energy_comm`` (M,) and ``forces_comm`` (M, n, 3) in its results, and ``stress_comm``
     (M, 6) for a cell periodic in all directions (as :class:`aiida_alml.engines.committee.CommitteeCalculator`).
@@ -64,18 +75,20 @@ class UncertaintyBias(Calculator):
 
     implemented_properties = ['energy', 'free_energy', 'forces', 'stress']
 
-    def __init__(self, committee: Calculator, strength: float):
+    def __init__(self, committee: Calculator, strength: float, cap: float | None = None):
         super().__init__()
         if not np.isfinite(strength) or strength < 0:
             raise ValueError(f'uncertainty_bias must be a finite number >= 0, got {strength!r}')
-        self.committee, self.strength = committee, float(strength)
+        if cap is not None and (not np.isfinite(cap) or cap <= 0):
+            raise ValueError(f'uncertainty_bias_cap must be a positive number (eV), got {cap!r}')
+        self.committee, self.strength, self.cap = committee, float(strength), cap
 
     def calculate(self, atoms=None, properties=('energy',), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         self.committee.calculate(self.atoms, list(properties) + ['energy', 'forces'], system_changes)
         member = self.committee.results
         stresses = member.get('stress_comm') if self.atoms.pbc.all() else None
-        terms = bias_terms(member['energy_comm'], member['forces_comm'], stresses, self.strength)
+        terms = bias_terms(member['energy_comm'], member['forces_comm'], stresses, self.strength, self.cap)
         results = dict(member)
         results.update(
             unbiased_energy=member['energy'], unbiased_forces=member['forces'],
@@ -90,4 +103,4 @@ class UncertaintyBias(Calculator):
     def describe(self) -> dict:
         """The committee's own description, with the bias strength."""
         described = self.committee.describe() if hasattr(self.committee, 'describe') else {}
-        return {**described, 'uncertainty_bias': self.strength}
+        return {**described, 'uncertainty_bias': self.strength, 'uncertainty_bias_cap': self.cap}

@@ -56,6 +56,7 @@ DEFAULTS = {
     'min_distance': 0.5,  # Å: stop when two atoms come closer (None: no check)
     'store_committee_forces': False,  # keep every member's forces per frame (frames x N x n x 3: large)
     'uncertainty_bias': None,  # τ of the bias -τ σ_E towards where the members disagree (engines/bias.py); None: off
+    'uncertainty_bias_cap': None,  # eV: the bias saturates at -cap (-cap tanh(τ σ_E / cap)); None: linear
     'device': 'cpu',
 }
 
@@ -166,6 +167,14 @@ def validate_parameters(given: dict) -> dict:
             raise MdParameterError(f'uncertainty_bias must be at most {MAX_UNCERTAINTY_BIAS:g} (beyond that the bias '
                                    f'alone drives the MD), got {bias:g}')
         parameters['uncertainty_bias'] = float(bias) if bias > 0 else None
+    cap = parameters['uncertainty_bias_cap']
+    if cap is not None:
+        if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not math.isfinite(cap) or cap <= 0:
+            raise MdParameterError(f'uncertainty_bias_cap must be a positive number (eV), got {cap!r}')
+        if bias is None:
+            raise MdParameterError('uncertainty_bias_cap is given but uncertainty_bias is not: give the strength τ too')
+        # τ = 0 switches the bias off (e.g. one iteration of a schedule): its cap has nothing to bound then
+        parameters['uncertainty_bias_cap'] = float(cap) if parameters['uncertainty_bias'] is not None else None
     if not isinstance(parameters['store_committee_forces'], bool):
         raise MdParameterError('store_committee_forces must be true or false')
     device = parameters['device']
@@ -291,7 +300,7 @@ def run_md(atoms, calculator, parameters: dict) -> tuple[dict[str, np.ndarray], 
     if parameters['uncertainty_bias'] is not None:
         from aiida_alml.engines.bias import UncertaintyBias
 
-        calculator = UncertaintyBias(calculator, parameters['uncertainty_bias'])
+        calculator = UncertaintyBias(calculator, parameters['uncertainty_bias'], parameters['uncertainty_bias_cap'])
     atoms.calc = calculator
     rng = np.random.default_rng(parameters['seed'])
     MaxwellBoltzmannDistribution(atoms, temperature_K=parameters['temperature_start'], rng=rng)

@@ -18,7 +18,6 @@ from aiida.engine import ToContext, WorkChain, if_, while_
 from aiida_alml.calculations.mace_train import isolated_atom_energies, stage_two_budget
 from aiida_alml.data import ConfigurationSet
 from aiida_alml.engines.md import validate_parameters as validate_md_parameters
-from aiida_alml.label_settings import labels_mismatch
 from aiida_alml.selection import MODES, convergence_blockers
 from aiida_alml.workflows.active_learning_inputs import (
     SELECTION_DEFAULTS,
@@ -45,6 +44,7 @@ from aiida_alml.workflows.functions import (
     select_for_labelling,
     split_structures,
 )
+from aiida_alml.workflows.functions.datasets import training_labels_mismatch
 from aiida_alml.workflows.label import LabelWorkChain
 from aiida_alml.workflows.links import (
     E0S, ERRORS_FINAL, ISOLATED_ATOMS, LABEL_INITIAL, LABEL_ISOLATED_ATOMS, LEARNING_CURVE, MERGE_INITIAL,
@@ -700,7 +700,8 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, ProtocolMixin, WorkChain
 
     def _mismatch(self, labelled: ConfigurationSet) -> str | None:
         """Why ``labelled`` may not join the training set (settings differ from its labels), or None."""
-        return labels_mismatch(self.ctx.dataset.configurations.metadata, labelled.configurations.metadata)
+        # From the sets' attributes where they decide it: no pass over the whole training set in the daemon
+        return training_labels_mismatch(self.ctx.dataset, labelled)
 
     def _submit_labelling(self, structures: ConfigurationSet, link_label: str, overrides: dict | None = None):
         inputs = self.exposed_inputs(LabelWorkChain, namespace='label')

@@ -50,15 +50,18 @@ def _copper(repeat=(2, 2, 2), rattle=0.08, seed=4):
     return atoms
 
 
-def test_bias_forces_and_stress_are_the_gradient_of_the_biased_energy():
+@pytest.mark.parametrize('capped', [False, True])
+def test_bias_forces_and_stress_are_the_gradient_of_the_biased_energy(capped):
     atoms = _copper()
-    atoms.calc = UncertaintyBias(AnalyticCommittee(), strength=3.0)
     committee = AnalyticCommittee()
     committee.calculate(atoms.copy(), ['energy'], all_changes)
-    # energy: the committee mean minus τ σ_E (population σ of the members' total energies)
-    sigma = committee.results['energy_comm'].std()
+    sigma = committee.results['energy_comm'].std()  # population σ of the members' total energies
     assert sigma > 0.1
-    assert atoms.get_potential_energy() == pytest.approx(committee.results['energy'] - 3.0 * sigma, abs=1e-10)
+    # a cap where the saturation is half-way (tanh(1)): both the energy and the pull differ from the linear bias
+    cap = 3.0 * sigma if capped else None
+    atoms.calc = UncertaintyBias(AnalyticCommittee(), strength=3.0, cap=cap)
+    bias = -cap * np.tanh(1.0) if capped else -3.0 * sigma
+    assert atoms.get_potential_energy() == pytest.approx(committee.results['energy'] + bias, abs=1e-10)
     assert atoms.calc.results['unbiased_energy'] == pytest.approx(committee.results['energy'], abs=1e-12)
     np.testing.assert_allclose(atoms.calc.results['unbiased_forces'], committee.results['forces'], atol=1e-12)
     # forces and stress: minus the derivatives of that energy (finite differences of the biased energy)
@@ -68,6 +71,19 @@ def test_bias_forces_and_stress_are_the_gradient_of_the_biased_energy():
     assert np.abs(bias_forces).max() > 1e-2  # a bias that matters, not a zero checked against a zero
     numerical_stress = calculate_numerical_stress(atoms, eps=1e-6)
     np.testing.assert_allclose(atoms.get_stress(), numerical_stress, atol=2e-7)
+
+
+def test_capped_bias_saturates():
+    forces = np.random.default_rng(1).standard_normal((2, 4, 3))
+    for spread in (0.01, 1.0, 100.0):
+        linear = bias_terms(np.array([0.0, 2 * spread]), forces, None, strength=2.0)
+        capped = bias_terms(np.array([0.0, 2 * spread]), forces, None, strength=2.0, cap=0.5)
+        assert -0.5 <= capped['energy'] < 0 and capped['energy'] >= linear['energy']
+        ratio = np.abs(capped['forces']).max() / np.abs(linear['forces']).max()
+        if spread == 0.01:  # τ σ_E = 0.02 ≪ cap: the linear bias
+            assert capped['energy'] == pytest.approx(linear['energy'], rel=5e-3) and ratio == pytest.approx(1, rel=5e-3)
+        if spread == 100.0:  # τ σ_E = 200 ≫ cap: no pull left, the bias cannot run away
+            assert capped['energy'] == pytest.approx(-0.5) and ratio < 1e-12
 
 
 def test_bias_vanishes_where_the_members_agree_and_for_zero_strength():
@@ -91,6 +107,14 @@ def test_uncertainty_bias_parameter_is_checked():
                        (MAX_UNCERTAINTY_BIAS * 2, f'at most {MAX_UNCERTAINTY_BIAS:g}')):
         with pytest.raises(MdParameterError, match=match):
             validate_parameters({**base, 'uncertainty_bias': bad})
+    assert validate_parameters({**base, 'uncertainty_bias': 2, 'uncertainty_bias_cap': 1})['uncertainty_bias_cap'] == 1.0
+    # τ = 0 switches the bias off, its cap with it; a cap without any τ is a mistake
+    assert validate_parameters({**base, 'uncertainty_bias': 0, 'uncertainty_bias_cap': 1})['uncertainty_bias_cap'] is None
+    with pytest.raises(MdParameterError, match='uncertainty_bias_cap is given but uncertainty_bias is not'):
+        validate_parameters({**base, 'uncertainty_bias_cap': 1.0})
+    for bad in (0, -1.0, 'x', float('inf')):
+        with pytest.raises(MdParameterError, match='uncertainty_bias_cap must be a positive number'):
+            validate_parameters({**base, 'uncertainty_bias': 2, 'uncertainty_bias_cap': bad})
 
 
 def test_biased_md_records_the_committees_own_prediction_and_the_bias():

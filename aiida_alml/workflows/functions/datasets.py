@@ -8,7 +8,7 @@ from aiida.engine import calcfunction
 from aiida_alml.atoms.configurations import Configurations
 from aiida_alml.data import ConfigurationSet
 
-__all__ = ('perturb_structures', 'split_structures', 'merge_training_sets')
+__all__ = ('perturb_structures', 'split_structures', 'merge_training_sets', 'training_labels_mismatch')
 
 
 @calcfunction
@@ -28,17 +28,39 @@ def split_structures(structures: ConfigurationSet) -> dict:
     return {f's{index}': structures.get_structure(index) for index in range(len(structures))}
 
 
+def training_labels_mismatch(first: ConfigurationSet, second: ConfigurationSet) -> str | None:
+    """Why the labels of two sets may not share one training set, or None (as
+    :func:`aiida_alml.label_settings.labels_mismatch` of their metadata, with the same message).
+
+    Decided from the sets' attributes when they settle it, so that a growing training set is not read at every merge:
+    when every configuration of both records label settings and all share one fingerprint, the settings are identical
+    (the fingerprint is the SHA-256 of their canonical JSON); when none records any, there is nothing to compare.
+    Otherwise (or for sets stored before ``unrecorded_label_settings`` existed) the metadata is read, not the arrays.
+    """
+    from aiida_alml.label_settings import label_fingerprint, labels_mismatch
+
+    unrecorded = [node.base.attributes.get('unrecorded_label_settings', None) for node in (first, second)]
+    if None not in unrecorded:
+        fingerprints = set(first.label_fingerprints) | set(second.label_fingerprints)
+        if sum(unrecorded) == 0 and len(fingerprints) == 1 and fingerprints != {label_fingerprint({})}:
+            return None
+        if unrecorded == [len(first), len(second)] and not fingerprints:
+            return None
+    return labels_mismatch(first.configuration_metadata(), second.configuration_metadata())
+
+
 @calcfunction
 def merge_training_sets(**sets: ConfigurationSet) -> ConfigurationSet:
-    """Concatenate labelled sets in the order of their (sorted) keys; every configuration keeps its metadata.
+    """The labelled sets in the order of their (sorted) keys as one training set; every configuration keeps its
+    metadata.
 
+    The result is a composed ConfigurationSet (:meth:`ConfigurationSet.compose`): it lists the flat sets the inputs
+    are made of and copies no array, so a merge stores what the new labels add, not the whole training set again.
     Refuses sets whose labels were computed with different settings (see :mod:`aiida_alml.label_settings`).
     """
-    from aiida_alml.label_settings import labels_mismatch
-
     keys = sorted(sets)
     for key in keys[1:]:
-        problem = labels_mismatch(sets[keys[0]].configurations.metadata, sets[key].configurations.metadata)
+        problem = training_labels_mismatch(sets[keys[0]], sets[key])
         if problem:
             raise ValueError(f'refusing to merge {keys[0]} and {key}: {problem}')
-    return ConfigurationSet(Configurations.concatenate([sets[key].configurations for key in keys]))
+    return ConfigurationSet.compose([sets[key] for key in keys])

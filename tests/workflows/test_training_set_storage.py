@@ -1,0 +1,230 @@
+"""Issue 26: a training set grown by merges stores each label once, and a merge's cost does not grow with it.
+
+Counted, not timed: the repository bytes and attribute bytes each merge adds, and the arrays and metadata it reads.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from aiida import orm
+
+from aiida_alml.atoms.configurations import Configurations
+from aiida_alml.data import ConfigurationSet
+from aiida_alml.label_settings import with_label_settings
+from aiida_alml.workflows.functions import merge_training_sets
+
+SETTINGS = {'calculator': {'class': 'ase.calculators.emt:EMT'}}
+
+
+def _labels(count: int, seed: int, settings=SETTINGS) -> ConfigurationSet:
+    """``count`` labelled 8-atom copper cells, as one labelling of the loop would return them (stored)."""
+    from ase.build import bulk
+
+    rng = np.random.default_rng(seed)
+    cell = bulk('Cu', 'fcc', a=3.61, cubic=True).repeat((2, 1, 1))
+    n = len(cell)
+    metadata = [with_label_settings({'iteration': seed, 'labelled_by': f'calc-{seed}-{i}'}, settings)
+                for i in range(count)]
+    return ConfigurationSet(Configurations(
+        numbers=np.tile(cell.numbers, count),
+        positions=np.tile(cell.positions, (count, 1)) + rng.normal(0, 0.05, (count * n, 3)),
+        n_atoms=np.full(count, n), cells=np.tile(cell.cell.array, (count, 1, 1)), pbc=np.ones((count, 3), bool),
+        energy=rng.normal(-30, 1, count), forces=rng.normal(0, 0.5, (count * n, 3)), metadata=metadata,
+    )).store()
+
+
+def _repository_bytes(node) -> int:
+    return sum(len(node.base.repository.get_object_content(name, mode='rb'))
+               for name in node.base.repository.list_object_names())
+
+
+def _attribute_bytes(node) -> int:
+    return len(json.dumps(node.base.attributes.all, sort_keys=True))
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """How often arrays (``Configurations.from_npz``) and metadata (``configuration_metadata``) are read."""
+    counts = {'arrays': 0, 'metadata': 0}
+    from_npz = Configurations.from_npz.__func__
+    metadata = ConfigurationSet.configuration_metadata
+
+    def counted_from_npz(cls, handle):
+        counts['arrays'] += 1
+        return from_npz(cls, handle)
+
+    def counted_metadata(self):
+        counts['metadata'] += 1
+        return metadata(self)
+
+    monkeypatch.setattr(Configurations, 'from_npz', classmethod(counted_from_npz))
+    monkeypatch.setattr(ConfigurationSet, 'configuration_metadata', counted_metadata)
+    return counts
+
+
+def test_each_merge_stores_its_new_labels_only(reads):
+    per_iteration, iterations = 5, 8
+    parts = [_labels(per_iteration, seed) for seed in range(iterations + 1)]
+    dataset = parts[0]
+    added = []  # per merge: (repository bytes, attribute bytes) of the new training set
+    for new in parts[1:]:
+        reads.update(arrays=0, metadata=0)
+        dataset = merge_training_sets(a_previous=orm.load_node(dataset.pk), b_new=orm.load_node(new.pk))
+        assert reads == {'arrays': 0, 'metadata': 0}  # decided from attributes: nothing of the dataset is read
+        added.append((_repository_bytes(dataset), _attribute_bytes(dataset)))
+
+    assert all(repository == 0 for repository, _ in added)
+    # The attributes list the parts (UUID, size, content hash): about 110 bytes more per iteration (a few more when a
+    # count gains a digit), never a copy of the labels.
+    growth = [later - earlier for (_, earlier), (_, later) in zip(added, added[1:])]
+    assert max(growth) - min(growth) <= 8 and max(growth) < 200
+    # Before, merge k wrote one npz of all k + 1 label sets: 44 label sets' worth over these 8 merges.
+    one_label_set = _repository_bytes(parts[1])
+    assert added[-1][1] < one_label_set * (iterations + 1) / 50
+    assert sum(attributes for _, attributes in added) < one_label_set * sum(range(2, iterations + 2)) / 40
+
+    # The final training set is the flat concatenation, exactly.
+    final = orm.load_node(dataset.pk)
+    flat = Configurations.concatenate([part.configurations for part in parts])
+    assert final.parts == [part.uuid for part in parts]
+    for name in ('numbers', 'positions', 'n_atoms', 'cells', 'pbc', 'energy', 'forces'):
+        assert getattr(final.configurations, name).tobytes() == getattr(flat, name).tobytes(), name
+    assert final.configurations.stress is None
+    assert final.configurations.metadata == flat.metadata
+    assert len(final) == len(flat) == per_iteration * (iterations + 1)
+    assert final.elements == ['Cu'] and final.labels == ['energy', 'forces'] and final.total_atoms == flat.total_atoms
+    assert final.label_fingerprints == sorted({meta['label_fingerprint'] for meta in flat.metadata})
+    assert final.flat_content_hash() == flat.content_hash()
+
+
+def test_what_a_merge_adds_does_not_depend_on_the_labels_it_holds():
+    """Two campaigns, one with four times the labels per iteration: their merges add the same bytes."""
+    added = {}
+    for per_iteration in (2, 8):
+        dataset = _labels(per_iteration, 0)
+        added[per_iteration] = []
+        for seed in range(1, 5):
+            dataset = merge_training_sets(a_previous=dataset, b_new=_labels(per_iteration, seed))
+            added[per_iteration].append(_repository_bytes(dataset) + _attribute_bytes(dataset))
+    # equal but for the digits of the counts (num_configurations, total_atoms, part sizes)
+    assert all(abs(small - large) <= 16 for small, large in zip(added[2], added[8]))
+
+
+def test_merges_refuse_mismatched_labels_and_read_metadata_only_then(reads):
+    emt = merge_training_sets(a_previous=_labels(2, 0), b_new=_labels(2, 1))
+    lj = _labels(2, 2, settings={'calculator': {'class': 'ase.calculators.lj:LennardJones'}})
+    reads.update(arrays=0, metadata=0)
+    with pytest.raises(ValueError, match=r'refusing to merge a_previous and b_new: .*calculator.class='):
+        merge_training_sets(a_previous=emt, b_new=lj)
+    assert reads['arrays'] == 0 and reads['metadata'] == 2  # the message names configurations: metadata, no arrays
+
+    # A fingerprint that does not match its settings (metadata made by hand): the attributes cannot decide, the
+    # metadata is read and the settings compared.
+    forged = [{**meta, 'label_fingerprint': emt.label_fingerprints[0]} for meta in lj.configurations.metadata]
+    forged = ConfigurationSet(lj.configurations.replace(metadata=forged)).store()
+    assert 'unrecorded_label_settings' not in forged.base.attributes.all
+    with pytest.raises(ValueError, match=r'calculator.class='):
+        merge_training_sets(a_previous=emt, b_new=forged)
+
+    unknown = ConfigurationSet.from_ase(orm.load_node(lj.pk).to_ase(), metadata=[{}, {}]).store()
+    with pytest.raises(ValueError, match='has no recorded label settings'):
+        merge_training_sets(a_previous=emt, b_new=unknown)
+    both_unknown = merge_training_sets(a=unknown, b=ConfigurationSet.from_ase(unknown.to_ase(), metadata=[{}, {}]))
+    assert len(both_unknown) == 4 and both_unknown.base.attributes.get('unrecorded_label_settings') == 4
+
+
+def test_an_archive_of_the_training_set_carries_its_parts(tmp_path):
+    from aiida.tools.archive import create_archive
+    from aiida.tools.graph.graph_traversers import get_nodes_export
+
+    parts = [_labels(2, seed) for seed in range(3)]
+    dataset = merge_training_sets(a_initial=parts[0], b_labelled=parts[1])
+    dataset = merge_training_sets(a_previous=dataset, b_new=parts[2])
+    exported = get_nodes_export([dataset.pk])['nodes']
+    assert {part.pk for part in parts} <= exported  # the default export rules follow create/input links back
+
+    path = create_archive([dataset], filename=tmp_path / 'training.aiida')
+    # Read the archive on its own (as a read-only profile): the training set loads from what it holds.
+    from aiida.storage.sqlite_zip.backend import SqliteZipBackend
+
+    archive = SqliteZipBackend(SqliteZipBackend.create_profile(path))
+    try:
+        query = orm.QueryBuilder(backend=archive).append(ConfigurationSet, filters={'uuid': dataset.uuid})
+        in_archive = query.one()[0]
+        assert in_archive.backend is archive and in_archive.parts == dataset.parts
+        assert in_archive.configurations.content_hash() == dataset.flat_content_hash()
+    finally:
+        archive.close()
+
+
+def test_labelling_calculations_of_a_composed_training_set_are_exact():
+    """The provenance queries find the labelling jobs behind each part, and count the configurations of each."""
+    from aiida.common.links import LinkType
+
+    from aiida_alml.provenance import labelling_calculations
+
+    def labelled_by_a_job(count, seed):
+        calc = orm.CalcJobNode(process_type='aiida.calculations:alml.ase')
+        calc.set_process_state('finished')
+        calc.set_exit_status(0)
+        calc.store()
+        labels = _labels(count, seed)  # stored, so relabel through a fresh node that the job creates
+        metadata = [{**meta, 'labelled_by': calc.uuid} for meta in labels.configurations.metadata]
+        node = ConfigurationSet(labels.configurations.replace(metadata=metadata))
+        node.base.links.add_incoming(calc, LinkType.CREATE, 'labelled')
+        return calc, node.store()
+
+    jobs = [labelled_by_a_job(count, seed) for seed, count in enumerate((3, 1, 2))]
+    dataset = jobs[0][1]
+    for _, labels in jobs[1:]:
+        dataset = merge_training_sets(a_previous=dataset, b_new=labels)
+    found = labelling_calculations(orm.load_node(dataset.pk))
+    assert [(entry['uuid'], entry['num_configurations']) for entry in found] == [
+        (calc.uuid, len(labels)) for calc, labels in jobs]
+
+
+def _dry_run_folder(inputs):
+    import pathlib
+
+    from aiida.engine import run_get_node
+
+    from aiida_alml.calculations.mace_train import MaceTrainCalculation
+
+    inputs = {**inputs, 'metadata': {**inputs['metadata'], 'dry_run': True, 'store_provenance': False}}
+    _, node = run_get_node(MaceTrainCalculation, **inputs)
+    return pathlib.Path(node.dry_run_info['folder'])
+
+
+def _composed_copy(flat: ConfigurationSet, cuts=(7, 15)) -> ConfigurationSet:
+    """``flat`` as the loop would hold it: label sets merged one after the other."""
+    configurations = flat.configurations
+    bounds = [0, *cuts, len(flat)]
+    parts = [ConfigurationSet(configurations.select(range(start, stop))).store()
+             for start, stop in zip(bounds, bounds[1:])]
+    dataset = merge_training_sets(a_initial=parts[0], b_labelled=parts[1])
+    for part in parts[2:]:
+        dataset = merge_training_sets(a_previous=dataset, b_new=part)
+    assert dataset.is_composed and len(dataset.parts) == len(parts)
+    return dataset
+
+
+def test_mace_gets_the_same_training_file_from_a_composed_set(tiny_mace_inputs, cu_training_set):
+    """The isolated atom (in the last part) still gives the E0s and is left out of train.xyz: the job is the same."""
+    composed = _composed_copy(cu_training_set)
+    flat_folder = _dry_run_folder(tiny_mace_inputs())
+    composed_folder = _dry_run_folder({**tiny_mace_inputs(), 'training_set': composed})
+    for name in ('train.xyz', '_aiidasubmit.sh'):
+        assert (composed_folder / name).read_bytes() == (flat_folder / name).read_bytes(), name
+    assert "'--E0s' '{29:" in (composed_folder / '_aiidasubmit.sh').read_text()
+
+
+def test_a_composed_training_set_trains_a_model(tiny_mace_inputs, cu_training_set):
+    from aiida.engine import run_get_node
+
+    from aiida_alml.calculations.mace_train import MaceTrainCalculation
+
+    composed = _composed_copy(cu_training_set, cuts=(10,))
+    _, node = run_get_node(MaceTrainCalculation, **{**tiny_mace_inputs(), 'training_set': composed})
+    assert node.is_finished_ok, node.exit_message
+    assert node.inputs.training_set.uuid == composed.uuid and 'model' in node.outputs

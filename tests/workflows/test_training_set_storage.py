@@ -209,8 +209,10 @@ def _composed_copy(flat: ConfigurationSet, cuts=(7, 15)) -> ConfigurationSet:
     return dataset
 
 
-def test_mace_gets_the_same_training_file_from_a_composed_set(tiny_mace_inputs, cu_training_set):
+def test_mace_gets_the_same_training_file_from_a_composed_set(tiny_mace_inputs, cu_training_set, tmp_path,
+                                                             monkeypatch):
     """The isolated atom (in the last part) still gives the E0s and is left out of train.xyz: the job is the same."""
+    monkeypatch.chdir(tmp_path)  # a dry run writes its folder under the working directory
     composed = _composed_copy(cu_training_set)
     flat_folder = _dry_run_folder(tiny_mace_inputs())
     composed_folder = _dry_run_folder({**tiny_mace_inputs(), 'training_set': composed})

@@ -350,6 +350,11 @@ SCHEDULES_AND_MD = [
         r'explore.conditions\[0\]: steps must be a whole number, got True'),
     Bad('explore.conditions', 'temperature: hot', 'not a number', setting('explore.conditions.1.temperature', 'hot'),
         r"explore.conditions\[1\]: temperature must be a number, got 'hot'"),
+    Bad('explore.conditions', 'uncertainty_bias: 500', 'a bias that alone would drive the MD',
+        setting('explore.conditions.0.uncertainty_bias', 500), r'explore.conditions\[0\]: uncertainty_bias must be at most 100'),
+    Bad('explore.conditions', 'uncertainty_bias_cap without uncertainty_bias', 'a cap of no bias',
+        setting('explore.conditions.0.uncertainty_bias_cap', 0.3),
+        r'explore.conditions\[0\]: uncertainty_bias_cap is given but uncertainty_bias is not'),
 ]
 
 MACE_OPTIONS = [

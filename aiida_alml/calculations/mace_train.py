@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from typing import NamedTuple
@@ -13,6 +14,11 @@ from aiida.engine import CalcJob
 
 from aiida_alml.calculations.base import define_disk_full_exit_code, define_interruption_exit_code
 from aiida_alml.data import ConfigurationSet, MlipModel, ModelIntegrityError
+from aiida_alml.data.configurations import _ARRAYS_FILE  # the file of a flat set's repository that holds its arrays
+# ISOLATED_ATOM and is_isolated_atom are defined with alml-train (no AiiDA there) and imported from here by others.
+from aiida_alml.engines.train import (  # noqa: F401
+    ISOLATED_ATOM, PARTS_FORMAT, PARTS_OPTION, is_isolated_atom, trained_indices,
+)
 from aiida_alml.formats.mace_options import MaceOptionError, check_parameters, known_options, to_command_line
 
 __all__ = ('MaceTrainCalculation', 'TrainingSplit', 'average_e0s', 'isolated_atom_energies', 'stage_two_budget',
@@ -25,7 +31,9 @@ VALID_FILE = 'valid.xyz'
 TEST_FILE = 'test.xyz'
 PARENT_FILE = 'parent.alml'
 STDOUT_FILE = 'mace_run_train.out'
-ISOLATED_ATOM = 'IsolatedAtom'  # MACE's config_type for the configurations that give E0s
+#: The plan from which alml-train writes train.xyz on the compute node, and the name of each part's copy there.
+PARTS_PLAN_FILE = 'train_parts.json'
+PART_FILE = 'train_part_{:05d}.npz'
 # MACE defaults used by the input checks (they do not change between 0.3.x versions).
 DEFAULT_BATCH_SIZE = 10
 DEFAULT_VALID_FRACTION = 0.1
@@ -73,11 +81,6 @@ def stage_two_budget(parameters: dict, num_configurations: int, steps: int) -> d
     return budget
 
 
-def is_isolated_atom(metadata: dict, n_atoms: int) -> bool:
-    """Whether a configuration gives an element's E0 (MACE's ``config_type: IsolatedAtom``, one atom)."""
-    return metadata.get('config_type') == ISOLATED_ATOM and n_atoms == 1
-
-
 def isolated_atom_energies(configurations) -> dict[str, float]:
     """E0 per element from the configurations whose metadata says ``config_type: IsolatedAtom``."""
     from ase.data import chemical_symbols
@@ -107,11 +110,16 @@ def average_e0s(configurations) -> dict[str, float]:
     return {chemical_symbols[z]: float(energy) for z, energy in zip(numbers, solution)}
 
 
-def _split_isolated(configurations) -> list[int]:
-    """Indices of the configurations that are not isolated atoms (those are trained on)."""
-    return [
-        i for i, meta in enumerate(configurations.metadata) if not is_isolated_atom(meta, int(configurations.n_atoms[i]))
-    ]
+_split_isolated = trained_indices  # alml-train leaves the isolated atoms out by the same function
+
+
+def _trained_count(training_set: ConfigurationSet) -> int:
+    """How many configurations of ``training_set`` are trained on (not isolated atoms), from its attributes when it
+    records its isolated atoms (sets stored before that attribute existed are loaded)."""
+    isolated = training_set.isolated_atoms
+    if isolated is None:
+        return len(_split_isolated(training_set.configurations))
+    return training_set.num_configurations - isolated
 
 
 def _check_labels(name: str, node: ConfigurationSet) -> str | None:
@@ -121,9 +129,11 @@ def _check_labels(name: str, node: ConfigurationSet) -> str | None:
     return None
 
 
-def _resolve_e0s(inputs, configurations) -> dict[str, float] | str:
-    """The E0s to use: the `e0s` input, else IsolatedAtom configurations, else 'average'. Raises ValueError."""
-    elements = set(configurations.elements)
+def _resolve_e0s(inputs, training_set) -> dict[str, float] | str:
+    """The E0s to use: the `e0s` input, else IsolatedAtom configurations, else 'average'. Raises ValueError.
+
+    Only the IsolatedAtom case reads ``training_set``'s configurations; the others need its elements alone."""
+    elements = set(training_set.elements)
     if 'e0s' in inputs:
         value = inputs['e0s']
         if isinstance(value, orm.Str):
@@ -144,7 +154,7 @@ def _resolve_e0s(inputs, configurations) -> dict[str, float] | str:
         if missing:
             raise ValueError(f'e0s: no isolated-atom energy for {missing} (elements of the training set)')
         return {key: float(e0s[key]) for key in sorted(elements)}
-    from_set = isolated_atom_energies(configurations)
+    from_set = isolated_atom_energies(training_set.configurations)
     if from_set:
         missing = sorted(elements - set(from_set))
         if missing:
@@ -180,7 +190,7 @@ def _validate_inputs(inputs, _):
         return message
     if 'training_set' not in inputs:
         return None  # exposed by a workflow that supplies the training set later (it is a required port here)
-    training = inputs['training_set'].configurations
+    training = inputs['training_set']  # its attributes, not its arrays, where they suffice (issue 26)
     elements = set(training.elements)
     for name in ('validation_set', 'test_set'):
         if name in inputs and not set(inputs[name].elements) <= elements:
@@ -192,7 +202,7 @@ def _validate_inputs(inputs, _):
         return str(error)
 
     # MACE drops the last incomplete batch: with fewer configurations than one batch nothing is trained.
-    split = training_split(parameters, len(_split_isolated(training)), validation_set='validation_set' in inputs)
+    split = training_split(parameters, _trained_count(training), validation_set='validation_set' in inputs)
     if split.steps_per_epoch < 1:
         return (
             f'training_set: {split.configurations} configurations are left for training (after the validation split '
@@ -233,6 +243,17 @@ class MaceTrainCalculation(CalcJob):
     flags take true/false. Files, seed, keys, E0s, warm start and restart are set through their own inputs so that
     each is a node in the provenance graph. On a GPU node give ``device: cuda`` and the scheduler's GPU request in
     ``metadata.options.custom_scheduler_commands`` (see docs/mace.md).
+
+    ``train.xyz`` is written in one of two ways, and the command line of the submit script says which:
+
+    * a composed ``training_set`` (a merged training set) with ``e0s`` given as numbers: AiiDA copies each part's
+      npz file into the job folder (``train_part_00000.npz``, ...) and alml-train writes train.xyz from them on the
+      compute node, as ``--alml_train_parts train_parts.json`` on the command line shows (the plan lists the files
+      with the size and content hash of each part; the job's output says
+      ``alml-train: assembled train.xyz from K parts, N configurations``). The daemon reads none of the arrays, so
+      its work per training does not grow with the training set, and train.xyz is not stored in the job's node;
+    * otherwise (a flat set, or E0s that need the configurations: ``average`` or the set's IsolatedAtom ones), the
+      daemon writes train.xyz itself. Both give the same file, byte for byte.
     """
 
     @classmethod
@@ -274,16 +295,27 @@ class MaceTrainCalculation(CalcJob):
                        'this job\'s remote_folder to continue from its checkpoints.')
 
     def prepare_for_submission(self, folder):
-        training = self.inputs.training_set.configurations
-        e0s = _resolve_e0s(self.inputs, training)
-        # Isolated atoms give the E0s; MACE would drop them from training anyway (keep_isolated_atoms=False).
-        trained = training.select(_split_isolated(training))
-        if e0s == 'average':
-            e0s = average_e0s(trained)
-        from aiida_alml.atoms.configurations import write_extxyz
+        training_set = self.inputs.training_set
+        e0s = _resolve_e0s(self.inputs, training_set)
+        calcinfo = datastructures.CalcInfo()
+        calcinfo.local_copy_list = []
+        if training_set.is_composed and isinstance(self.inputs.get('e0s'), orm.Dict):
+            # Nothing here needs the arrays: the parts go to the job as they are stored, alml-train writes train.xyz.
+            calcinfo.local_copy_list, plan = _parts_plan(training_set)
+            with folder.open(PARTS_PLAN_FILE, 'w', encoding='utf-8') as handle:
+                json.dump(plan, handle, indent=1)
+            arguments = [PARTS_OPTION, PARTS_PLAN_FILE]
+        else:
+            training = training_set.configurations
+            # Isolated atoms give the E0s; MACE would drop them from training anyway (keep_isolated_atoms=False).
+            trained = training.select(_split_isolated(training))
+            if e0s == 'average':
+                e0s = average_e0s(trained)
+            from aiida_alml.atoms.configurations import write_extxyz
 
-        write_extxyz(trained, folder.get_abs_path(TRAIN_FILE))
-        arguments = ['--name', MODEL_NAME, '--seed', str(self.inputs.seed.value), '--train_file', TRAIN_FILE]
+            write_extxyz(trained, folder.get_abs_path(TRAIN_FILE))
+            arguments = []
+        arguments += ['--name', MODEL_NAME, '--seed', str(self.inputs.seed.value), '--train_file', TRAIN_FILE]
         if 'validation_set' in self.inputs:
             self.inputs.validation_set.write_extxyz(folder.get_abs_path(VALID_FILE))
             arguments += ['--valid_file', VALID_FILE]
@@ -298,7 +330,6 @@ class MaceTrainCalculation(CalcJob):
             with self.inputs.parent_model.verified_path() as path:
                 shutil.copyfile(path, folder.get_abs_path(PARENT_FILE))
             arguments += ['--foundation_model', PARENT_FILE]
-        calcinfo = datastructures.CalcInfo()
         calcinfo.remote_copy_list = []
         if 'restart_folder' in self.inputs:
             remote = self.inputs.restart_folder
@@ -328,6 +359,17 @@ class MaceTrainCalculation(CalcJob):
         # Only our model file comes back: MACE's own pickle stays on the compute node (loading a pickle runs code).
         calcinfo.retrieve_list = [MODEL_FILE, 'logs', 'results', STDOUT_FILE]
         return calcinfo
+
+
+def _parts_plan(training_set: ConfigurationSet) -> tuple[list[tuple[str, str, str]], dict]:
+    """The ``local_copy_list`` entries that copy each part's npz file into the job folder, and the plan that lists
+    them for alml-train, in order, with the size and content hash recorded for each part (attributes only)."""
+    parts = training_set.part_nodes()  # one query; refuses parts that are missing or changed
+    copies = [(part.uuid, _ARRAYS_FILE, PART_FILE.format(index)) for index, part in enumerate(parts)]
+    plan = {'format': PARTS_FORMAT, 'parts': [
+        {'file': PART_FILE.format(index), 'num_configurations': part.num_configurations,
+         'content_hash': part.content_hash} for index, part in enumerate(parts)]}
+    return copies, plan
 
 
 def _by_atomic_number(e0s: dict[str, float]) -> dict[int, float]:

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from aiida import orm
 
 from aiida_alml.atoms.configurations import Configurations, ConfigurationError, read_extxyz, write_extxyz
+from aiida_alml.engines.train import trained_indices
 from aiida_alml.label_settings import FINGERPRINT_KEY, SETTINGS_KEY
 
 __all__ = ('ConfigurationSet', 'PartsError')
@@ -20,6 +21,8 @@ _ARRAYS_FILE = 'configurations.npz'
 _PARTS = 'parts'
 _PART_SIZES = 'part_sizes'
 _PART_HASHES = 'part_content_hashes'
+#: How many configurations are MACE's isolated atoms (the E0s; not trained on).
+_ISOLATED_ATOMS = 'isolated_atoms'
 #: Prefix of the content hash of a composed set; bump the version when its definition changes.
 _COMPOSED_HASH_FORMAT = 'alml.configurations.composed/1'
 
@@ -37,7 +40,8 @@ class ConfigurationSet(orm.Data):
     :mod:`aiida_alml.label_settings`; empty when none is recorded) and ``unrecorded_label_settings`` (how many
     configurations record no label settings; absent on sets stored before it existed and on sets where a recorded
     fingerprint does not match its settings, so that ``label_fingerprints`` can stand for the settings only when it
-    is present).
+    is present) and ``isolated_atoms`` (how many configurations are MACE's ``IsolatedAtom`` ones, which give E0s and
+    are not trained on; absent on sets stored before it existed).
 
     A set is stored in one of two ways:
 
@@ -78,6 +82,7 @@ class ConfigurationSet(orm.Data):
                 'label_fingerprints': sorted(
                     {meta[FINGERPRINT_KEY] for meta in configurations.metadata if FINGERPRINT_KEY in meta}
                 ),
+                _ISOLATED_ATOMS: len(configurations) - len(trained_indices(configurations)),
             }
         )
         unrecorded = _unrecorded_label_settings(configurations.metadata)
@@ -122,6 +127,7 @@ class ConfigurationSet(orm.Data):
             sizes += part_sizes
             hashes += part_hashes
         unrecorded = [part.base.attributes.get('unrecorded_label_settings', None) for part in sets]
+        isolated = [part.isolated_atoms for part in sets]
         node = cls.__new__(cls)  # not cls(): __init__ takes arrays and writes them to the repository
         orm.Data.__init__(node)
         node.base.attributes.set_many({
@@ -137,6 +143,8 @@ class ConfigurationSet(orm.Data):
         })
         if None not in unrecorded:
             node.base.attributes.set('unrecorded_label_settings', sum(unrecorded))
+        if None not in isolated:
+            node.base.attributes.set(_ISOLATED_ATOMS, sum(isolated))
         node._cached_configurations = None
         return node
 
@@ -280,6 +288,11 @@ class ConfigurationSet(orm.Data):
     @property
     def content_hash(self) -> str:
         return self.base.attributes.get('content_hash')
+
+    @property
+    def isolated_atoms(self) -> int | None:
+        """How many configurations are MACE's isolated atoms; None for a set stored before this was recorded."""
+        return self.base.attributes.get(_ISOLATED_ATOMS, None)
 
     @property
     def label_fingerprints(self) -> list[str]:

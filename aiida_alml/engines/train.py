@@ -10,6 +10,11 @@ A ``--foundation_model`` must be a file of this job's folder in our format: it i
 pickle. Every other ``torch.load`` during training (the checkpoints of ``--restart_latest``) is weights-only. After
 training, ``<name>_stagetwo.model`` (with stage two) or ``<name>.model`` (MACE's pickle, written by this job) is
 converted to ``<name>.alml`` (:mod:`aiida_alml.engines.model_format`), the only model file the calculation retrieves.
+
+alml-train has one option of its own, ``--alml_train_parts PLAN`` (taken off before MACE's command line is checked): a
+JSON file of the job's folder listing npz files of the folder (the flat parts of a composed training set, copied there
+by AiiDA); their configurations, concatenated in order and without the isolated atoms, are written to
+``--train_file`` before training (:func:`assemble_train_file`), exactly as the calculation would have written it.
 Runs on the compute node; no AiiDA import.
 """
 
@@ -21,15 +26,23 @@ import re
 import sys
 from pathlib import Path
 
-__all__ = ('JOB_FILE_OPTIONS', 'MODEL_CHOICES', 'REFUSED_OPTIONS', 'TEXT_OPTIONS', 'argv_problems', 'main',
-           'option_refusal')
+__all__ = ('ISOLATED_ATOM', 'JOB_FILE_OPTIONS', 'MODEL_CHOICES', 'PARTS_FORMAT', 'PARTS_OPTION', 'REFUSED_OPTIONS',
+           'TEXT_OPTIONS', 'PartsPlanError', 'argv_problems', 'assemble_train_file', 'is_isolated_atom', 'main',
+           'option_refusal', 'trained_indices')
 
 EXIT_NO_MODEL = 3
 EXIT_BAD_FOUNDATION = 4
 EXIT_BAD_ARGUMENTS = 5
 EXIT_BAD_CHECKPOINT = 6
+EXIT_BAD_PARTS = 7
 #: Every refusal's message starts with this (the calculation's parser looks for it in the job's output).
 REFUSED = 'alml-train: refused:'
+
+#: alml-train's own option: the plan of the training file (see the module docstring); the format of that plan.
+PARTS_OPTION = '--alml_train_parts'
+PARTS_FORMAT = 'alml.train_parts/1'
+#: MACE's config_type for the configurations that give E0s (MACE leaves them out of training).
+ISOLATED_ATOM = 'IsolatedAtom'
 
 #: Options (argparse ``dest``) that name a file or folder, or a name MACE builds file names from, and that the
 #: calculation passes itself: their values must be plain names inside the job's folder.
@@ -246,6 +259,97 @@ def _weights_only_loads(foundation_path: str | None, foundation):
         torch.load = load
 
 
+def is_isolated_atom(metadata: dict, n_atoms: int) -> bool:
+    """Whether a configuration gives an element's E0 (MACE's ``config_type: IsolatedAtom``, one atom)."""
+    return metadata.get('config_type') == ISOLATED_ATOM and n_atoms == 1
+
+
+def trained_indices(configurations) -> list[int]:
+    """Indices of the configurations that are not isolated atoms: those are trained on (MACE would drop the isolated
+    atoms anyway, keep_isolated_atoms=False)."""
+    return [i for i, meta in enumerate(configurations.metadata)
+            if not is_isolated_atom(meta, int(configurations.n_atoms[i]))]
+
+
+class PartsPlanError(ValueError):
+    """The plan of ``--alml_train_parts`` or one of the files it lists is not usable."""
+
+
+def _read_plan(plan: str) -> list[dict]:
+    """The parts listed by the plan file ``plan``, each checked to be a plain file name of the job folder."""
+    import json
+
+    if (reason := _plain_name(plan)) is not None:
+        raise PartsPlanError(reason)
+    try:
+        content = json.loads(Path(plan).read_text(encoding='utf-8'))
+    except (OSError, ValueError) as error:
+        raise PartsPlanError(f'cannot be read as JSON ({error})') from error
+    parts = content.get('parts') if isinstance(content, dict) else None
+    if (not isinstance(content, dict) or content.get('format') != PARTS_FORMAT or not isinstance(parts, list)
+            or not parts):
+        raise PartsPlanError(f'is not a plan of format {PARTS_FORMAT!r} with a non-empty list of `parts`')
+    for index, part in enumerate(parts):
+        if (not isinstance(part, dict) or set(part) != {'file', 'num_configurations', 'content_hash'}
+                or not isinstance(part['file'], str)):
+            raise PartsPlanError(f'part {index} must be {{"file", "num_configurations", "content_hash"}}, got {part!r}')
+        if (reason := _plain_name(part['file'])) is not None:
+            raise PartsPlanError(f'part {index}: {reason}')
+        if not Path(part['file']).is_file():
+            raise PartsPlanError(f'part {index}: {part["file"]!r} is not a file in the job folder')
+    return parts
+
+
+def assemble_train_file(plan: str, train_file: str) -> str:
+    """Write ``train_file`` from the parts of the plan file ``plan``, and say what was written.
+
+    The parts' configurations are concatenated in order, each part checked against the size and content hash that
+    the plan records (those of the stored sets), the isolated atoms left out, and the rest written with the
+    calculation's own writer: the file is byte for byte the one the calculation writes from the whole set.
+    """
+    import zipfile
+
+    from aiida_alml.atoms.configurations import Configurations, write_extxyz
+
+    parts = _read_plan(plan)
+    if (reason := _plain_name(train_file)) is not None or Path(train_file).exists():
+        raise PartsPlanError(reason or f'{train_file!r} exists already: it is written from the parts only')
+    loaded = []
+    for index, part in enumerate(parts):
+        try:
+            configurations = Configurations.from_npz(part['file'])
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
+            raise PartsPlanError(f'part {index}: {part["file"]!r} is not a configurations npz ({error})') from error
+        if len(configurations) != part['num_configurations'] or configurations.content_hash() != part['content_hash']:
+            raise PartsPlanError(f'part {index}: {part["file"]!r} holds {len(configurations)} configurations with '
+                                 f'content {configurations.content_hash()[:12]}, the plan records '
+                                 f'{part["num_configurations"]} with {str(part["content_hash"])[:12]}')
+        loaded.append(configurations)
+    try:
+        everything = Configurations.concatenate(loaded)
+    except ValueError as error:
+        raise PartsPlanError(f'the parts cannot be concatenated ({error})') from error
+    trained = trained_indices(everything)
+    if not trained:
+        raise PartsPlanError('the parts hold isolated atoms only: nothing to train on')
+    write_extxyz(everything.select(trained), train_file)
+    return (f'alml-train: assembled {train_file} from {len(parts)} parts, {len(trained)} configurations '
+            f'({len(everything) - len(trained)} isolated atoms left out)')
+
+
+def _take_parts_option(argv: list[str]) -> tuple[list[str], str | None, str | None]:
+    """(``argv`` without ``--alml_train_parts PLAN``, PLAN or None, what is wrong with the option or None)."""
+    positions = [index for index, token in enumerate(argv) if token == PARTS_OPTION]
+    if not positions:
+        return argv, None, None
+    if len(positions) > 1:
+        return argv, None, f'{PARTS_OPTION} is given {len(positions)} times'
+    index = positions[0]
+    if index + 1 >= len(argv) or argv[index + 1].startswith('-'):
+        return argv, None, f'{PARTS_OPTION} needs a value (the plan file)'
+    return argv[:index] + argv[index + 2:], argv[index + 1], None
+
+
 def _refuse(message: str, code: int) -> int:
     print(f'{REFUSED} {message}', file=sys.stderr)
     return code
@@ -253,14 +357,24 @@ def _refuse(message: str, code: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Our own option first: the rest is MACE's command line, checked in full.
+    argv, plan, problem = _take_parts_option(argv)
     from mace.tools import build_default_arg_parser
 
     parser = build_default_arg_parser()
-    problems = argv_problems(argv, parser)
+    problems = ([problem] if problem else []) + argv_problems(argv, parser)
     if problems:
         return _refuse('\n  '.join(['the command line is not one alml-train runs:', *problems]), EXIT_BAD_ARGUMENTS)
     parser.allow_abbrev = False  # already excluded above; kept off as a second guard
     args = parser.parse_args(argv)
+
+    if plan is not None:
+        if args.train_file is None:
+            return _refuse(f'{PARTS_OPTION} needs --train_file: the file to write from the parts', EXIT_BAD_PARTS)
+        try:
+            print(assemble_train_file(plan, args.train_file), flush=True)
+        except PartsPlanError as error:
+            return _refuse(f'{PARTS_OPTION} {plan}: {error}', EXIT_BAD_PARTS)
 
     from aiida_alml.engines.model_format import ModelFormatError, load_model, save_model, set_atomic_energies
 

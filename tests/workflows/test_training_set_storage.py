@@ -222,11 +222,132 @@ def test_mace_gets_the_same_training_file_from_a_composed_set(tiny_mace_inputs, 
 
 
 def test_a_composed_training_set_trains_a_model(tiny_mace_inputs, cu_training_set):
+    """Both routes train: the daemon writes train.xyz (E0s from the set's isolated atom), or alml-train writes it
+    from the parts (the same E0s given as numbers). Same file, same command line otherwise: the same training."""
+    from aiida.engine import run_get_node
+
+    from aiida_alml.calculations.mace_train import STDOUT_FILE, MaceTrainCalculation
+
+    composed = _composed_copy(cu_training_set, cuts=(10,))
+    runs = {}
+    for route, extra in (('daemon', {}), ('parts', {'e0s': _e0s_of(cu_training_set)})):
+        _, node = run_get_node(MaceTrainCalculation, **{**tiny_mace_inputs(), 'training_set': composed, **extra})
+        assert node.is_finished_ok, node.exit_message
+        assert node.inputs.training_set.uuid == composed.uuid and 'model' in node.outputs
+        runs[route] = node
+    stdout = runs['parts'].outputs.retrieved.base.repository.get_object_content(STDOUT_FILE, mode='r')
+    assert 'alml-train: assembled train.xyz from 2 parts, 20 configurations (1 isolated atoms left out)' in stdout
+    assert 'train.xyz' not in runs['parts'].base.repository.list_object_names()  # not stored in the job's node
+    assert 'train.xyz' in runs['daemon'].base.repository.list_object_names()
+    daemon, parts = (runs[route].outputs.metrics.get_dict() for route in ('daemon', 'parts'))
+    assert parts == daemon, (parts, daemon)
+
+def _e0s_of(training_set) -> orm.Dict:
+    """The E0s of the set's isolated atoms, given as numbers (what the active-learning loop passes to training)."""
+    from aiida_alml.calculations.mace_train import isolated_atom_energies
+
+    return orm.Dict(isolated_atom_energies(training_set.configurations))
+
+
+def test_with_e0s_given_the_job_gets_the_parts_and_alml_train_writes_the_same_file(
+        tiny_mace_inputs, cu_training_set, tmp_path, monkeypatch, reads):
+    """A composed set with E0s as numbers: the daemon reads none of its arrays, the job folder holds the parts and
+    the plan instead of train.xyz, and alml-train's train.xyz is byte for byte the daemon's."""
+    from aiida_alml.engines.train import assemble_train_file
+
+    monkeypatch.chdir(tmp_path)  # a dry run writes its folder under the working directory
+    e0s = _e0s_of(cu_training_set)
+    composed = _composed_copy(cu_training_set)  # the isolated atom is in the last part
+    assert composed.isolated_atoms == 1 and len(composed) == 21
+    flat_folder = _dry_run_folder({**tiny_mace_inputs(), 'e0s': e0s})
+
+    reads.update(arrays=0, metadata=0)
+    composed_folder = _dry_run_folder({**tiny_mace_inputs(), 'training_set': orm.load_node(composed.pk), 'e0s': e0s})
+    assert reads == {'arrays': 0, 'metadata': 0}  # validation and preparation: attributes only
+
+    names = sorted(path.name for path in composed_folder.iterdir())
+    assert 'train.xyz' not in names
+    assert [name for name in names if name.endswith('.npz')] == [f'train_part_{i:05d}.npz' for i in range(3)]
+    plan = json.loads((composed_folder / 'train_parts.json').read_text())
+    assert [(part['file'], part['num_configurations']) for part in plan['parts']] == [
+        (f'train_part_{i:05d}.npz', size) for i, size in enumerate((7, 8, 6))]
+    for index, uuid in enumerate(composed.parts):  # each file is the part's stored npz, as it is
+        stored = orm.load_node(uuid).base.repository.get_object_content('configurations.npz', mode='rb')
+        assert (composed_folder / f'train_part_{index:05d}.npz').read_bytes() == stored
+    # The route is on the command line, and it is the only difference from the flat set's job.
+    script = (composed_folder / '_aiidasubmit.sh').read_text()
+    assert "'--alml_train_parts' 'train_parts.json' " in script
+    flat_script = (flat_folder / '_aiidasubmit.sh').read_text()
+    assert script.replace("'--alml_train_parts' 'train_parts.json' ", '') == flat_script
+
+    monkeypatch.chdir(composed_folder)  # alml-train runs in the job folder and reads plain names only
+    message = assemble_train_file('train_parts.json', 'train.xyz')
+    assert message == 'alml-train: assembled train.xyz from 3 parts, 20 configurations (1 isolated atoms left out)'
+    assert (composed_folder / 'train.xyz').read_bytes() == (flat_folder / 'train.xyz').read_bytes()
+
+
+def test_alml_train_refuses_a_wrong_plan(tiny_mace_inputs, cu_training_set, tmp_path, monkeypatch, capsys):
+    """Only plain file names of the job folder, each holding what the plan records; the refusal names the problem."""
+    from aiida_alml.engines.train import EXIT_BAD_ARGUMENTS, EXIT_BAD_PARTS, REFUSED, main
+
+    monkeypatch.chdir(tmp_path)
+    folder = _dry_run_folder({**tiny_mace_inputs(), 'training_set': _composed_copy(cu_training_set),
+                              'e0s': _e0s_of(cu_training_set)})
+    monkeypatch.chdir(folder)
+    plan = json.loads((folder / 'train_parts.json').read_text())
+    argv = ['--alml_train_parts', 'plan.json', '--name', 'mace', '--train_file', 'train.xyz', '--work_dir', '.']
+
+    def refusal(parts=None, arguments=argv, **changes):
+        (folder / 'plan.json').write_text(json.dumps({**plan, 'parts': plan['parts'] if parts is None else parts,
+                                                      **changes}))
+        code = main(list(arguments))
+        assert not (folder / 'train.xyz').exists()
+        error = capsys.readouterr().err
+        assert error.startswith(REFUSED), error
+        return code, error
+
+    first = plan['parts'][0]
+    (tmp_path / 'outside.npz').write_bytes((folder / first['file']).read_bytes())
+    for name in ('../outside.npz', f'{folder}/{first["file"]}', '..', ''):
+        code, error = refusal([{**first, 'file': name}])
+        assert code == EXIT_BAD_PARTS and 'must be a plain file name in the job folder' in error, error
+    (folder / 'link.npz').symlink_to(tmp_path / 'outside.npz')
+    assert 'leads outside the job folder' in refusal([{**first, 'file': 'link.npz'}])[1]
+    assert "'missing.npz' is not a file in the job folder" in refusal([{**first, 'file': 'missing.npz'}])[1]
+    changed = refusal([{**first, 'file': plan['parts'][1]['file']}])[1]  # another part: not the recorded content
+    assert 'holds 8 configurations with content' in changed and 'the plan records 7' in changed
+    assert 'is not a plan of format' in refusal(format='something else')[1]
+    assert 'is not a plan of format' in refusal(parts=[])[1]
+    assert 'part 0 must be' in refusal([{**first, 'extra': 1}])[1]
+    assert 'must be a plain file name' in refusal(arguments=['--alml_train_parts', '../plan.json', *argv[2:]])[1]
+    code, error = refusal(arguments=[*argv, '--alml_train_parts', 'plan.json'])
+    assert code == EXIT_BAD_ARGUMENTS and '--alml_train_parts is given 2 times' in error
+    (folder / 'train.xyz').write_text('planted')
+    code = main(argv)
+    assert code == EXIT_BAD_PARTS and "'train.xyz' exists already" in capsys.readouterr().err
+
+
+def test_the_batch_check_counts_from_attributes_and_loads_sets_that_predate_them(tiny_mace_inputs, cu_training_set,
+                                                                                  reads):
+    """``isolated_atoms`` (summed over the parts of a composed set) gives the training count without the arrays; a
+    set stored without it is loaded, as before, and gets the same answer."""
     from aiida.engine import run_get_node
 
     from aiida_alml.calculations.mace_train import MaceTrainCalculation
 
-    composed = _composed_copy(cu_training_set, cuts=(10,))
-    _, node = run_get_node(MaceTrainCalculation, **{**tiny_mace_inputs(), 'training_set': composed})
-    assert node.is_finished_ok, node.exit_message
-    assert node.inputs.training_set.uuid == composed.uuid and 'model' in node.outputs
+    composed = _composed_copy(cu_training_set)
+    assert [orm.load_node(uuid).isolated_atoms for uuid in composed.parts] == [0, 0, 1]
+    old = ConfigurationSet(cu_training_set.configurations)
+    old.base.attributes.delete('isolated_atoms')  # as stored before the attribute existed
+    old.store()
+    assert old.isolated_atoms is None
+    assert ConfigurationSet.compose([composed, old]).isolated_atoms is None  # not known for all parts: not summed
+
+    e0s = _e0s_of(cu_training_set)
+    for training_set, arrays in ((composed, 0), (old, 1)):
+        reads.update(arrays=0, metadata=0)
+        # 21 configurations, one isolated atom, 20 % of the other 20 split off: 16 are trained on.
+        with pytest.raises(ValueError, match=r'training_set: 16 configurations .* batch_size is 17'):
+            run_get_node(MaceTrainCalculation, **{**tiny_mace_inputs(batch_size=17), 'training_set':
+                                                  orm.load_node(training_set.pk), 'e0s': e0s})
+        assert reads['arrays'] == arrays, training_set

@@ -206,30 +206,23 @@ class ConfigurationSet(orm.Data):
     @property
     def configurations(self) -> Configurations:
         """The arrays, loaded once and cached on this instance; for a composed set, its parts concatenated."""
-        cached = self._configurations
-        if cached is None:
-            with self.base.repository.open(_ARRAYS_FILE, mode='rb') as handle:
-                data = io.BytesIO(handle.read())
-            cached = Configurations.from_npz(data)
-            self._cached_configurations = cached
-        return cached
-
-    @property
-    def _configurations(self) -> Configurations | None:
-        """The cached configurations of a flat set (None when not loaded yet); a composed set's, loaded if needed.
-
-        ``aiida_alml.provenance`` reads this to avoid loading the arrays of a flat set; a composed set has no file of
-        its own for it to read instead.
-        """
         cached = getattr(self, '_cached_configurations', None)
-        if cached is None and self.is_composed:
-            cached = Configurations.concatenate([Configurations.from_npz(io.BytesIO(content))
-                                                 for content in self._part_files()])
-            if len(cached) != self.num_configurations:
-                raise PartsError(f'ConfigurationSet <{self.pk}>: its parts hold {len(cached)} configurations, '
-                                 f'{self.num_configurations} were recorded')
+        if cached is None:
+            cached = self._load_parts() if self.is_composed else self._load_flat()
             self._cached_configurations = cached
         return cached
+
+    def _load_flat(self) -> Configurations:
+        with self.base.repository.open(_ARRAYS_FILE, mode='rb') as handle:
+            return Configurations.from_npz(io.BytesIO(handle.read()))
+
+    def _load_parts(self) -> Configurations:
+        loaded = Configurations.concatenate([Configurations.from_npz(io.BytesIO(content))
+                                             for content in self._part_files()])
+        if len(loaded) != self.num_configurations:
+            raise PartsError(f'ConfigurationSet <{self.pk}>: its parts hold {len(loaded)} configurations, '
+                             f'{self.num_configurations} were recorded')
+        return loaded
 
     def _part_files(self, parts: Sequence['ConfigurationSet'] | None = None) -> list[bytes]:
         """The npz file of each part, in order, read in one request to the repository (one open per part costs the

@@ -524,7 +524,9 @@ class ActiveLearningWorkChain(EndsInterruptedFunctions, ProtocolMixin, WorkChain
         steps = self.inputs.final_stage_two_steps.value
         if steps > 0:
             parameters = self._training_parameters()
-            extra = stage_two_budget(parameters, len(self.ctx.dataset), steps)
+            # MACE trains on the configurations that are not isolated atoms (attribute of the set; 0 if not recorded)
+            trained = len(self.ctx.dataset) - self.ctx.dataset.base.attributes.get('isolated_atoms', 0)
+            extra = stage_two_budget(parameters, trained, steps)
         if 'final_train_parameters' in self.inputs:
             extra.update(self.inputs.final_train_parameters.get_dict())
         self.report(f'final training on the whole dataset ({len(self.ctx.dataset)} configurations'

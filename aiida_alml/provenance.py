@@ -152,12 +152,6 @@ def _iteration_of_link(label: str, process_type: str | None, caller: int) -> dic
     return info
 
 
-def _configuration_metadata(node) -> list[dict]:
-    """The per-configuration metadata of a ConfigurationSet (flat or composed), without loading its arrays when they
-    are not cached."""
-    return node.configuration_metadata()
-
-
 def _value(node_type: str, attributes: dict, uuid: str):
     """A JSON-friendly value of a settings input: the dict of a Dict, the list of a List, the value of a base type."""
     if node_type == 'data.core.dict.Dict.':
@@ -189,7 +183,7 @@ def _attribute(configuration_set) -> tuple[list[dict], int]:
         for pk, uuid, process_type in _ancestors([configuration_set.pk], LABELLING_PROCESS_TYPES)
     }
     counts, iterations, unattributed = Counter(), defaultdict(set), 0
-    for meta in _configuration_metadata(configuration_set):
+    for meta in configuration_set.configuration_metadata():  # the metadata only, not the arrays
         # alml.ase writes `labelled_by`, alml.aims/shell `source_calc_uuid`, and alml.label copies one to the other.
         # When an already-labelled set is labelled again the older key can survive the merge, so both name a
         # calculation; the later one (higher pk) is the one whose labels the configuration carries: it ran on the

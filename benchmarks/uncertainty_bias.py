@@ -110,7 +110,7 @@ def run_system(system: str, work: pathlib.Path, strengths, seeds, steps: int, ep
                 pooled.setdefault(key, []).extend(values.tolist())
             print(f'{system} τ={strength:g} seed {seed}: {len(frames)} frames, {summary["stop_kind"]}, '
                   f'{time.time() - started:.0f} s', flush=True)
-        runs[f'{strength:g}'] = {'strength': strength, 'stops': stops, **{k: v for k, v in pooled.items()}}
+        runs[f'{strength:g}'] = {'strength': strength, 'stops': stops, **pooled}
     plain = np.array(runs[f'{strengths[0]:g}']['force_error'])
     plain = plain[np.isfinite(plain)]
     threshold = float(np.percentile(plain, 90)) if len(plain) else None

@@ -110,15 +110,12 @@ def average_e0s(configurations) -> dict[str, float]:
     return {chemical_symbols[z]: float(energy) for z, energy in zip(numbers, solution)}
 
 
-_split_isolated = trained_indices  # alml-train leaves the isolated atoms out by the same function
-
-
 def _trained_count(training_set: ConfigurationSet) -> int:
     """How many configurations of ``training_set`` are trained on (not isolated atoms), from its attributes when it
     records its isolated atoms (sets stored before that attribute existed are loaded)."""
     isolated = training_set.isolated_atoms
     if isolated is None:
-        return len(_split_isolated(training_set.configurations))
+        return len(trained_indices(training_set.configurations))
     return training_set.num_configurations - isolated
 
 
@@ -308,7 +305,8 @@ class MaceTrainCalculation(CalcJob):
         else:
             training = training_set.configurations
             # Isolated atoms give the E0s; MACE would drop them from training anyway (keep_isolated_atoms=False).
-            trained = training.select(_split_isolated(training))
+            # trained_indices is alml-train's own rule, so both routes leave out the same configurations.
+            trained = training.select(trained_indices(training))
             if e0s == 'average':
                 e0s = average_e0s(trained)
             from aiida_alml.atoms.configurations import write_extxyz
